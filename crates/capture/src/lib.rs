@@ -1,0 +1,1 @@
+//! flowstate-capture
