@@ -1,1 +1,548 @@
-//! flowstate-obj
+//! flowstate-obj: writes an eBPF ELF object in memory, the kind clang
+//! writes for `-target bpf -g`, so that aya, libbpf (`ip`, `tc`, `bpftool`)
+//! and the kernel all accept it.
+//!
+//! Bytes in, bytes out: no syscalls, so everything here is tested without
+//! a kernel.
+//!
+//! What an object holds:
+//!
+//! - one code section per program type, named `xdp` or `classifier` (the
+//!   names aya 0.14, libbpf 1.x, `ip`, `tc` and `bpftool` all accept;
+//!   aya 0.14 does not know `tc`), with one global `STT_FUNC` symbol per
+//!   program. Programs of one type share that section, as clang does;
+//!   `ip`/`tc` pick the first program of a section.
+//! - `license` (`GPL`, needed by GPL-only helpers).
+//! - `.maps`: one global `STT_OBJECT` symbol per map over a zeroed
+//!   definition, described in `.BTF` the way clang describes
+//!   `struct { __uint(type, ..); __type(key, K); ... } name SEC(".maps")`:
+//!   a `VAR` per map in a `DATASEC` named `.maps`.
+//! - `.BTF`: the maps, their key and value types (named, so
+//!   `bpftool map dump` shows fields), and a `FUNC` per program.
+//!   No `.BTF.ext`: line and function info are optional for programs
+//!   without bpf-to-bpf calls, and libbpf, aya and the kernel load without.
+//! - `R_BPF_64_64` relocations (addend 0) at each `ld_imm64` that loads a
+//!   map, against that map's symbol; the loader patches in the map fd.
+//!
+//! ```
+//! use flowstate_obj::{BtfType, MapDef, MapKind, ObjectBuilder, ProgramDef, ProgramSection};
+//!
+//! let mut builder = ObjectBuilder::new();
+//! builder.add_map(MapDef::new("counts", MapKind::Array, BtfType::u32(), BtfType::u64(), 1));
+//! builder.add_program(ProgramDef {
+//!     name: "pass".into(),
+//!     section: ProgramSection::Xdp,
+//!     // r0 = 2 (XDP_PASS); exit
+//!     insns: vec![0xb7, 0, 0, 0, 2, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0],
+//!     map_relocs: vec![],
+//! });
+//! let elf = builder.build().unwrap();
+//! assert_eq!(&elf[..4], b"\x7fELF");
+//! ```
+
+mod btf;
+
+use object::write::{Object, Relocation, StandardSegment, Symbol, SymbolId, SymbolSection};
+use object::{
+    elf, Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags,
+    SymbolKind, SymbolScope,
+};
+
+pub use btf::{BtfType, IntType, Member, StructType};
+
+/// Size of one instruction slot; `ld_imm64` takes two.
+pub const SLOT_SIZE: usize = 8;
+
+/// Opcode of `ld_imm64` (BPF_LD | BPF_IMM | BPF_DW), the only instruction a
+/// map relocation may point at.
+const LD_IMM64: u8 = 0x18;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ObjError {
+    #[error("invalid name {name:?}: must be a C identifier")]
+    InvalidName { name: String },
+    #[error("invalid license {license:?}: must be non-empty, without NUL")]
+    InvalidLicense { license: String },
+    #[error("two {what} are named {name}")]
+    DuplicateName { what: &'static str, name: String },
+    #[error("invalid type in {context}: {reason}")]
+    InvalidType { context: String, reason: String },
+    #[error("map {map}: {reason}")]
+    InvalidMap { map: String, reason: String },
+    #[error("program {program}: {reason}")]
+    InvalidProgram { program: String, reason: String },
+    #[error("program {program}: relocation at slot {slot} names unknown map {map}")]
+    UnknownMap {
+        program: String,
+        slot: usize,
+        map: String,
+    },
+    #[error("writing the ELF object: {0}")]
+    Write(String),
+}
+
+/// The kind of an eBPF map. Numbers are `enum bpf_map_type` in
+/// `include/uapi/linux/bpf.h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MapKind {
+    Hash,
+    Array,
+    PerCpuHash,
+    PerCpuArray,
+    LruHash,
+    LruPerCpuHash,
+    /// Values are ifindexes (`u32`), for `bpf_redirect_map`.
+    DevMap,
+    DevMapHash,
+    /// No key or value; `max_entries` is the buffer size in bytes.
+    RingBuf,
+}
+
+impl MapKind {
+    /// The kernel's `bpf_map_type` number.
+    pub fn bpf_map_type(self) -> u32 {
+        match self {
+            MapKind::Hash => 1,
+            MapKind::Array => 2,
+            MapKind::PerCpuHash => 5,
+            MapKind::PerCpuArray => 6,
+            MapKind::LruHash => 9,
+            MapKind::LruPerCpuHash => 10,
+            MapKind::DevMap => 14,
+            MapKind::DevMapHash => 25,
+            MapKind::RingBuf => 27,
+        }
+    }
+
+    fn has_key_value(self) -> bool {
+        self != MapKind::RingBuf
+    }
+
+    /// Whether the key and value are described by BTF type (`key`, `value`
+    /// members) or only by size (`key_size`, `value_size`). Device maps
+    /// get sizes only, as in the kernel's own samples, because the kernel
+    /// does not take BTF for their values.
+    fn btf_key_value(self) -> bool {
+        !matches!(self, MapKind::DevMap | MapKind::DevMapHash)
+    }
+
+    fn is_array(self) -> bool {
+        matches!(
+            self,
+            MapKind::Array | MapKind::PerCpuArray | MapKind::DevMap
+        )
+    }
+}
+
+/// A map to define in `.maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapDef {
+    pub name: String,
+    pub kind: MapKind,
+    /// `None` only for [`MapKind::RingBuf`].
+    pub key: Option<BtfType>,
+    /// `None` only for [`MapKind::RingBuf`].
+    pub value: Option<BtfType>,
+    pub max_entries: u32,
+    /// `map_flags` (e.g. `BPF_F_NO_PREALLOC` = 1); 0 is omitted from BTF.
+    pub flags: u32,
+}
+
+impl MapDef {
+    /// A map with a key and a value (every kind but [`MapKind::RingBuf`]).
+    pub fn new(
+        name: impl Into<String>,
+        kind: MapKind,
+        key: BtfType,
+        value: BtfType,
+        max_entries: u32,
+    ) -> MapDef {
+        MapDef {
+            name: name.into(),
+            kind,
+            key: Some(key),
+            value: Some(value),
+            max_entries,
+            flags: 0,
+        }
+    }
+
+    /// A ring buffer of `size_bytes` (a power of two, a multiple of the
+    /// 4096-byte page).
+    pub fn ring_buf(name: impl Into<String>, size_bytes: u32) -> MapDef {
+        MapDef {
+            name: name.into(),
+            kind: MapKind::RingBuf,
+            key: None,
+            value: None,
+            max_entries: size_bytes,
+            flags: 0,
+        }
+    }
+
+    pub fn with_flags(mut self, flags: u32) -> MapDef {
+        self.flags = flags;
+        self
+    }
+
+    fn validate(&self) -> Result<(), ObjError> {
+        check_name(&self.name)?;
+        let invalid = |reason: &str| ObjError::InvalidMap {
+            map: self.name.clone(),
+            reason: reason.to_string(),
+        };
+        if self.max_entries == 0 {
+            return Err(invalid("max_entries must be at least 1"));
+        }
+        if !self.kind.has_key_value() {
+            if self.key.is_some() || self.value.is_some() {
+                return Err(invalid("a ring buffer has no key or value"));
+            }
+            if !self.max_entries.is_power_of_two() || self.max_entries % 4096 != 0 {
+                return Err(invalid(
+                    "a ring buffer's size must be a power of two and a multiple of 4096",
+                ));
+            }
+            return Ok(());
+        }
+        let (Some(key), Some(value)) = (&self.key, &self.value) else {
+            return Err(invalid("this kind of map needs a key and a value type"));
+        };
+        key.validate(&format!("key of map {}", self.name))?;
+        value.validate(&format!("value of map {}", self.name))?;
+        if key.size() == 0 || value.size() == 0 {
+            return Err(invalid("key and value must not be empty"));
+        }
+        if self.kind.is_array() && key.size() != 4 {
+            return Err(invalid("an array's key must be 4 bytes (u32)"));
+        }
+        if matches!(self.kind, MapKind::DevMap | MapKind::DevMapHash) && value.size() != 4 {
+            return Err(invalid("a device map's value must be a 4-byte ifindex"));
+        }
+        Ok(())
+    }
+}
+
+/// Which hook a program is for; decides its section name and context type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProgramSection {
+    /// `BPF_PROG_TYPE_XDP`, section `xdp`, context `struct xdp_md`.
+    Xdp,
+    /// `BPF_PROG_TYPE_SCHED_CLS` (TC, TCX), section `classifier`, context
+    /// `struct __sk_buff`.
+    Classifier,
+}
+
+impl ProgramSection {
+    pub fn section_name(self) -> &'static str {
+        match self {
+            ProgramSection::Xdp => "xdp",
+            ProgramSection::Classifier => "classifier",
+        }
+    }
+
+    fn context_struct(self) -> &'static str {
+        match self {
+            ProgramSection::Xdp => "xdp_md",
+            ProgramSection::Classifier => "__sk_buff",
+        }
+    }
+}
+
+/// One program: its instructions, encoded, and where it loads maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramDef {
+    pub name: String,
+    pub section: ProgramSection,
+    /// Encoded instructions, 8 bytes per slot (`ld_imm64` takes two).
+    pub insns: Vec<u8>,
+    /// `(slot index of an ld_imm64, map name)`: the loader puts that map's
+    /// fd there.
+    pub map_relocs: Vec<(usize, String)>,
+}
+
+impl ProgramDef {
+    fn validate(&self, maps: &[MapDef]) -> Result<(), ObjError> {
+        check_name(&self.name)?;
+        let invalid = |reason: String| ObjError::InvalidProgram {
+            program: self.name.clone(),
+            reason,
+        };
+        if self.insns.is_empty() || self.insns.len() % SLOT_SIZE != 0 {
+            return Err(invalid(format!(
+                "{} instruction bytes: must be a non-zero multiple of 8",
+                self.insns.len()
+            )));
+        }
+        let slots = self.insns.len() / SLOT_SIZE;
+        for (index, (slot, map)) in self.map_relocs.iter().enumerate() {
+            if *slot >= slots - 1 {
+                return Err(invalid(format!(
+                    "relocation at slot {slot}: an ld_imm64 there would end past the last slot {}",
+                    slots - 1
+                )));
+            }
+            let opcode = self.insns[slot * SLOT_SIZE];
+            if opcode != LD_IMM64 {
+                return Err(invalid(format!(
+                    "relocation at slot {slot}: opcode {opcode:#04x} is not ld_imm64 (0x18)"
+                )));
+            }
+            if self.map_relocs[..index].iter().any(|(s, _)| s == slot) {
+                return Err(invalid(format!("two relocations at slot {slot}")));
+            }
+            if !maps.iter().any(|m| &m.name == map) {
+                return Err(ObjError::UnknownMap {
+                    program: self.name.clone(),
+                    slot: *slot,
+                    map: map.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ObjError> {
+    if btf::is_identifier(name) {
+        Ok(())
+    } else {
+        Err(ObjError::InvalidName {
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Collects maps and programs, then writes the object with
+/// [`ObjectBuilder::build`].
+#[derive(Debug, Clone)]
+pub struct ObjectBuilder {
+    license: String,
+    maps: Vec<MapDef>,
+    programs: Vec<ProgramDef>,
+}
+
+impl Default for ObjectBuilder {
+    fn default() -> Self {
+        ObjectBuilder::new()
+    }
+}
+
+impl ObjectBuilder {
+    /// An empty object with license `GPL`.
+    pub fn new() -> ObjectBuilder {
+        ObjectBuilder {
+            license: "GPL".to_string(),
+            maps: Vec::new(),
+            programs: Vec::new(),
+        }
+    }
+
+    pub fn license(&mut self, license: impl Into<String>) -> &mut Self {
+        self.license = license.into();
+        self
+    }
+
+    pub fn add_map(&mut self, map: MapDef) -> &mut Self {
+        self.maps.push(map);
+        self
+    }
+
+    pub fn add_program(&mut self, program: ProgramDef) -> &mut Self {
+        self.programs.push(program);
+        self
+    }
+
+    /// Checks everything, then writes the ELF object.
+    pub fn build(&self) -> Result<Vec<u8>, ObjError> {
+        self.validate()?;
+
+        let mut obj = Object::new(BinaryFormat::Elf, Architecture::Bpf, Endianness::Little);
+        let mut btf = btf::BtfWriter::new();
+
+        // license: a NUL-terminated string, as libbpf and aya read it.
+        let license_section = obj.add_section(
+            obj.segment_name(StandardSegment::Data).to_vec(),
+            b"license".to_vec(),
+            SectionKind::Data,
+        );
+        let mut license = self.license.clone().into_bytes();
+        license.push(0);
+        let license_len = license.len() as u64;
+        obj.set_section_data(license_section, license, 1);
+        obj.add_symbol(global_symbol(
+            "_license",
+            SymbolKind::Data,
+            license_section,
+            0,
+            license_len,
+        ));
+
+        let map_symbols = self.write_maps(&mut obj, &mut btf);
+        self.write_programs(&mut obj, &mut btf, &map_symbols)?;
+
+        let btf_section = obj.add_section(Vec::new(), b".BTF".to_vec(), SectionKind::Other);
+        obj.set_section_data(btf_section, btf.finish(), 4);
+
+        obj.write().map_err(|e| ObjError::Write(e.to_string()))
+    }
+
+    fn validate(&self) -> Result<(), ObjError> {
+        if self.license.is_empty() || self.license.contains('\0') {
+            return Err(ObjError::InvalidLicense {
+                license: self.license.clone(),
+            });
+        }
+        for (index, map) in self.maps.iter().enumerate() {
+            map.validate()?;
+            if self.maps[..index].iter().any(|m| m.name == map.name) {
+                return Err(ObjError::DuplicateName {
+                    what: "maps",
+                    name: map.name.clone(),
+                });
+            }
+        }
+        for (index, program) in self.programs.iter().enumerate() {
+            program.validate(&self.maps)?;
+            if self.programs[..index]
+                .iter()
+                .any(|p| p.name == program.name)
+            {
+                return Err(ObjError::DuplicateName {
+                    what: "programs",
+                    name: program.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `.maps` and its BTF; returns each map's symbol, in order.
+    fn write_maps(&self, obj: &mut Object<'_>, btf: &mut btf::BtfWriter) -> Vec<SymbolId> {
+        if self.maps.is_empty() {
+            return Vec::new();
+        }
+        let section = obj.add_section(
+            obj.segment_name(StandardSegment::Data).to_vec(),
+            b".maps".to_vec(),
+            SectionKind::Data,
+        );
+        let int = btf.add_type(&BtfType::int("int", 4, true));
+        let mut vars = Vec::with_capacity(self.maps.len());
+        let mut symbols = Vec::with_capacity(self.maps.len());
+        let mut offset = 0u32;
+        for map in &self.maps {
+            // `int (*name)[N]`: how clang's __uint(name, N) carries a number.
+            let number = |btf: &mut btf::BtfWriter, n: u32| {
+                let array = btf.array(int, n);
+                btf.ptr(array)
+            };
+            let mut members = vec![("type", number(btf, map.kind.bpf_map_type()))];
+            if let (Some(key), Some(value)) = (&map.key, &map.value) {
+                if map.kind.btf_key_value() {
+                    let key = btf.add_type(key);
+                    let value = btf.add_type(value);
+                    members.push(("key", btf.ptr(key)));
+                    members.push(("value", btf.ptr(value)));
+                } else {
+                    members.push(("key_size", number(btf, key.size())));
+                    members.push(("value_size", number(btf, value.size())));
+                }
+            }
+            members.push(("max_entries", number(btf, map.max_entries)));
+            if map.flags != 0 {
+                members.push(("map_flags", number(btf, map.flags)));
+            }
+            let def = btf.pointer_struct(&members);
+            let size = members.len() as u32 * 8;
+            let var = btf.var_global(&map.name, def);
+            vars.push(btf::SecVar { var, offset, size });
+            symbols.push(obj.add_symbol(global_symbol(
+                &map.name,
+                SymbolKind::Data,
+                section,
+                u64::from(offset),
+                u64::from(size),
+            )));
+            offset += size;
+        }
+        obj.set_section_data(section, vec![0u8; offset as usize], 8);
+        btf.datasec(".maps", offset, &vars);
+        symbols
+    }
+
+    fn write_programs(
+        &self,
+        obj: &mut Object<'_>,
+        btf: &mut btf::BtfWriter,
+        map_symbols: &[SymbolId],
+    ) -> Result<(), ObjError> {
+        let int = btf.add_type(&BtfType::int("int", 4, true));
+        for kind in [ProgramSection::Xdp, ProgramSection::Classifier] {
+            let programs: Vec<&ProgramDef> =
+                self.programs.iter().filter(|p| p.section == kind).collect();
+            if programs.is_empty() {
+                continue;
+            }
+            let section = obj.add_section(
+                obj.segment_name(StandardSegment::Text).to_vec(),
+                kind.section_name().as_bytes().to_vec(),
+                SectionKind::Text,
+            );
+            let context = btf.fwd_struct(kind.context_struct());
+            let context_ptr = btf.ptr(context);
+            let proto = btf.func_proto(int, &[("ctx", context_ptr)]);
+            for program in programs {
+                let start = obj.append_section_data(section, &program.insns, SLOT_SIZE as u64);
+                obj.add_symbol(global_symbol(
+                    &program.name,
+                    SymbolKind::Text,
+                    section,
+                    start,
+                    program.insns.len() as u64,
+                ));
+                btf.func_global(&program.name, proto);
+                for (slot, map_name) in &program.map_relocs {
+                    // validate() checked that every relocation names a map.
+                    let Some(index) = self.maps.iter().position(|m| &m.name == map_name) else {
+                        continue;
+                    };
+                    obj.add_relocation(
+                        section,
+                        Relocation {
+                            offset: start + (slot * SLOT_SIZE) as u64,
+                            symbol: map_symbols[index],
+                            addend: 0,
+                            flags: RelocationFlags::Elf {
+                                r_type: elf::R_BPF_64_64,
+                            },
+                        },
+                    )
+                    .map_err(|e| ObjError::Write(e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A global symbol with default visibility, as clang emits for programs,
+/// maps and `_license`.
+fn global_symbol(
+    name: &str,
+    kind: SymbolKind,
+    section: object::write::SectionId,
+    value: u64,
+    size: u64,
+) -> Symbol {
+    Symbol {
+        name: name.as_bytes().to_vec(),
+        value,
+        size,
+        kind,
+        scope: SymbolScope::Dynamic,
+        weak: false,
+        section: SymbolSection::Section(section),
+        flags: SymbolFlags::None,
+    }
+}
