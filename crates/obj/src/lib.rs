@@ -198,7 +198,7 @@ impl MapDef {
             if self.key.is_some() || self.value.is_some() {
                 return Err(invalid("a ring buffer has no key or value"));
             }
-            if !self.max_entries.is_power_of_two() || self.max_entries % 4096 != 0 {
+            if !self.max_entries.is_power_of_two() || !self.max_entries.is_multiple_of(4096) {
                 return Err(invalid(
                     "a ring buffer's size must be a power of two and a multiple of 4096",
                 ));
@@ -268,7 +268,7 @@ impl ProgramDef {
             program: self.name.clone(),
             reason,
         };
-        if self.insns.is_empty() || self.insns.len() % SLOT_SIZE != 0 {
+        if self.insns.is_empty() || !self.insns.len().is_multiple_of(SLOT_SIZE) {
             return Err(invalid(format!(
                 "{} instruction bytes: must be a non-zero multiple of 8",
                 self.insns.len()
