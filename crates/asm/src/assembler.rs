@@ -33,6 +33,13 @@ impl fmt::Display for MapRef {
 }
 
 /// What the loader must patch into a map-referencing `ld_imm64`.
+///
+/// The emitted bytes follow the kernel's convention (what `BPF_PROG_LOAD` takes once the fd is
+/// filled in). An ELF object follows clang's instead, which aya-obj 0.3 (`relocate_maps`)
+/// expects: it sets `src` itself, writes the fd into the first slot's `imm`, and for a `Value`
+/// load sets the second slot's `imm` to the first slot's `imm` plus the symbol's address. So an
+/// object writer keeps `Fd` loads as they are, and moves a `Value` load's offset from the second
+/// slot's `imm` to the first's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MapRelocKind {
     /// `src = PSEUDO_MAP_FD`; the first slot's `imm` (emitted as 0) becomes the map's fd.
