@@ -28,6 +28,9 @@
 //! cargo run -p flowstate-capture --example gen-captures
 //! ```
 //!
+//! `cargo run --release -p flowstate-capture --example measure [N]` times
+//! the generator, the pcap round trip and the parser on N mixed frames.
+//!
 //! `pcap-file` 2.0 is used for the container formats. It reports pcapng
 //! timestamps as raw units (ignoring `if_tsresol`) and rejects pcap records
 //! whose original length exceeds the snaplen, so this crate converts pcapng

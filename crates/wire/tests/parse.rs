@@ -390,3 +390,57 @@ fn builder_truncates_and_fills_arp() {
     assert_eq!(parse(&arp, 1).get(Field::EthType), Some(0x0806));
     assert_eq!(&arp[14 + 24..], &B.octets());
 }
+
+// ---- literal frames --------------------------------------------------------
+//
+// Builder and parser share the offsets, so a wrong offset would fool both.
+// These frames are written out byte by byte from the RFC layouts instead.
+
+#[test]
+fn a_hand_written_tagged_ipv4_tcp_frame_parses_per_the_rfcs() {
+    #[rustfmt::skip]
+    let frame: [u8; 62] = [
+        // Ethernet: dst, src, TPID 802.1Q
+        0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,  0x11, 0x22, 0x33, 0x44, 0x55, 0x66,  0x81, 0x00,
+        // Tag: PCP 3, VID 0x123; inner ethertype IPv4
+        0x61, 0x23,  0x08, 0x00,
+        // IPv4: version 4 IHL 6, TOS 0xb8 (DSCP 46), total length 44, id, flags/offset (DF),
+        // TTL 33, proto TCP, checksum (unchecked), src 1.2.3.4, dst 5.6.7.8, 4 option bytes
+        0x46, 0xb8, 0x00, 0x2c,  0x00, 0x01, 0x40, 0x00,  0x21, 0x06, 0x00, 0x00,
+        0x01, 0x02, 0x03, 0x04,  0x05, 0x06, 0x07, 0x08,  0x01, 0x01, 0x01, 0x00,
+        // TCP: sport 443, dport 51000, seq, ack, data offset 5, flags PSH|ACK, window, csum, urg
+        0x01, 0xbb, 0xc7, 0x38,  0, 0, 0, 1,  0, 0, 0, 0,  0x50, 0x18, 0xff, 0xff,  0, 0, 0, 0,
+    ];
+    let h = parse(&frame, 4);
+    assert_eq!(h.get(Field::EthDst), Some(0xaabb_ccdd_eeff));
+    assert_eq!(h.get(Field::EthSrc), Some(0x1122_3344_5566));
+    assert_eq!(h.get(Field::VlanId), Some(0x123));
+    assert_eq!(h.get(Field::EthType), Some(0x0800));
+    assert_eq!(h.get(Field::IpDscp), Some(46));
+    assert_eq!(h.get(Field::IpTtl), Some(33));
+    assert_eq!(h.get(Field::IpProto), Some(6));
+    assert_eq!(h.get(Field::IpSrc), Some(0x0102_0304));
+    assert_eq!(h.get(Field::IpDst), Some(0x0506_0708));
+    assert_eq!(h.get(Field::TcpSport), Some(443));
+    assert_eq!(h.get(Field::TcpDport), Some(51000));
+    assert_eq!(h.get(Field::TcpFlags), Some(0x18));
+    assert_eq!(h.get(Field::PktLen), Some(62));
+    assert_eq!(h.get(Field::PktIfindex), Some(4));
+}
+
+#[test]
+fn a_hand_written_ipv6_udp_frame_parses_per_the_rfcs() {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x86, 0xdd];
+    // Version 6, traffic class, flow label; payload length 8; next UDP; hop limit.
+    frame.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
+    frame.extend_from_slice(&A6.octets());
+    frame.extend_from_slice(&B6.octets());
+    // UDP: sport 5353, dport 53, length 8, checksum.
+    frame.extend_from_slice(&[0x14, 0xe9, 0x00, 0x35, 0, 8, 0, 0]);
+    let h = parse(&frame, 1);
+    assert_eq!(h.get(Field::Ip6Src), Some(u128::from(A6)));
+    assert_eq!(h.get(Field::Ip6Dst), Some(u128::from(B6)));
+    assert_eq!(h.get(Field::Ip6Next), Some(17));
+    assert_eq!(h.get(Field::UdpSport), Some(5353));
+    assert_eq!(h.get(Field::UdpDport), Some(53));
+}
