@@ -465,3 +465,21 @@ fn tangled() -> Program {
     program.rows = rows;
     program
 }
+
+/// The hand-built IR is what the compiler makes of the examples' text, so
+/// the pictures above are the pictures of the real programs.
+#[test]
+fn hand_built_examples_match_the_compiled_ones() {
+    for (source, built) in [
+        (include_str!("../../../examples/portknock.fsm"), portknock()),
+        (
+            include_str!("../../../examples/tokenbucket.fsm"),
+            tokenbucket(),
+        ),
+    ] {
+        let compiled = flowstate_lang::compile(source)
+            .unwrap_or_else(|d| panic!("{d:?}"))
+            .program;
+        assert_eq!(compiled, built);
+    }
+}
