@@ -42,9 +42,8 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use pcap_file::pcap::{PcapHeader, PcapReader, PcapWriter, RawPcapPacket};
+use pcap_file::pcap::{PcapHeader, PcapReader, RawPcapPacket};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
@@ -377,7 +376,7 @@ pub const SNAPLEN: u32 = 262_144;
 /// Writes frames to a nanosecond pcap file.
 pub struct CaptureWriter<W: Write = BufWriter<File>> {
     path: PathBuf,
-    writer: PcapWriter<W>,
+    writer: W,
     count: u64,
 }
 
@@ -404,7 +403,8 @@ impl<W: Write> CaptureWriter<W> {
             endianness: Endianness::Little,
             ..PcapHeader::default()
         };
-        let writer = PcapWriter::with_header(writer, header).map_err(|e| CaptureError {
+        let mut writer = writer;
+        header.write_to(&mut writer).map_err(|e| CaptureError {
             path: path.clone(),
             frame: None,
             kind: CaptureErrorKind::from_pcap(e),
@@ -443,23 +443,38 @@ impl<W: Write> CaptureWriter<W> {
                     frame.data.len()
                 )))
             })?;
-        let packet = pcap_file::pcap::PcapPacket::new(Duration::from_nanos(time), len, &frame.data);
+        // The record header, in the byte order of the file header. Written
+        // here rather than through pcap-file's PcapWriter, which offers no
+        // way to flush the writer it owns.
+        let mut record = [0u8; 16];
+        let fields = [
+            (time / 1_000_000_000) as u32,
+            (time % 1_000_000_000) as u32,
+            len,
+            len,
+        ];
+        for (chunk, value) in record.chunks_exact_mut(4).zip(fields) {
+            chunk.copy_from_slice(&value.to_le_bytes());
+        }
         self.writer
-            .write_packet(&packet)
-            .map_err(|e| fail(CaptureErrorKind::from_pcap(e)))?;
-        Ok(())
+            .write_all(&record)
+            .and_then(|()| self.writer.write_all(&frame.data))
+            .map_err(|e| fail(e.into()))
+    }
+
+    /// Push buffered frames to the file.
+    pub fn flush(&mut self) -> Result<(), CaptureError> {
+        self.writer.flush().map_err(|e| CaptureError {
+            path: self.path.clone(),
+            frame: None,
+            kind: e.into(),
+        })
     }
 
     /// Flush and return the underlying writer.
-    pub fn finish(self) -> Result<W, CaptureError> {
-        let path = self.path;
-        let mut inner = self.writer.into_writer();
-        inner.flush().map_err(|e| CaptureError {
-            path,
-            frame: None,
-            kind: e.into(),
-        })?;
-        Ok(inner)
+    pub fn finish(mut self) -> Result<W, CaptureError> {
+        self.flush()?;
+        Ok(self.writer)
     }
 }
 

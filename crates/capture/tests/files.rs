@@ -310,3 +310,17 @@ fn the_writer_refuses_what_pcap_cannot_hold() {
     let err = w.write(&frame(0, 300_000, 1)).unwrap_err();
     assert!(matches!(err.kind, CaptureErrorKind::Malformed(_)));
 }
+
+#[test]
+fn flushed_frames_are_readable_while_the_writer_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.pcap");
+    let mut writer = CaptureWriter::create(&path).unwrap();
+    writer.write(&frame(1, 30, 1)).unwrap();
+    writer.write(&frame(2, 30, 1)).unwrap();
+    writer.flush().unwrap();
+    assert_eq!(read_capture(&path).unwrap().len(), 2);
+    writer.write(&frame(3, 30, 1)).unwrap();
+    writer.finish().unwrap();
+    assert_eq!(read_capture(&path).unwrap().len(), 3);
+}
