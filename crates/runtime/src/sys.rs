@@ -1,0 +1,98 @@
+//! The raw `bpf(2)` calls aya 0.14 has no byte-level API for: map element
+//! lookup, update, delete and key iteration on a map fd. Every such call
+//! goes through [`bpf`], the one place with `unsafe` syscalls.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+// `enum bpf_cmd` in include/uapi/linux/bpf.h.
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+/// The `bpf_attr` member used by the map element commands.
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    /// `value`, or `next_key` for `BPF_MAP_GET_NEXT_KEY`.
+    value: u64,
+    flags: u64,
+}
+
+/// The single syscall entry point. `attr` must be the `bpf_attr` layout
+/// for `cmd`, with any pointers in it valid for the call.
+fn bpf(cmd: libc::c_long, attr: &mut MapElemAttr) -> io::Result<()> {
+    // SAFETY: attr is a live, correctly laid out bpf_attr prefix; the
+    // kernel reads at most size_of::<MapElemAttr>() bytes of it, and the
+    // buffers it points to are checked by the callers below to be as long
+    // as the map's key and value.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut MapElemAttr,
+            std::mem::size_of::<MapElemAttr>(),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn attr(fd: BorrowedFd<'_>, key: *const u8, value: *const u8, flags: u64) -> MapElemAttr {
+    MapElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: key as u64,
+        value: value as u64,
+        flags,
+        ..MapElemAttr::default()
+    }
+}
+
+/// `value` must be the map's full value size (times CPUs for per-CPU maps).
+/// Returns `Ok(false)` when the key is absent.
+pub(crate) fn lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    let mut a = attr(fd, key.as_ptr(), value.as_mut_ptr(), 0);
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) fn update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+    let mut a = attr(fd, key.as_ptr(), value.as_ptr(), flags);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut a)
+}
+
+/// Returns `Ok(false)` when the key was absent.
+pub(crate) fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+    let mut a = attr(fd, key.as_ptr(), std::ptr::null(), 0);
+    match bpf(BPF_MAP_DELETE_ELEM, &mut a) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The key after `key` (the first key when `key` is `None`); `Ok(false)`
+/// at the end.
+pub(crate) fn next_key(
+    fd: BorrowedFd<'_>,
+    key: Option<&[u8]>,
+    next: &mut [u8],
+) -> io::Result<bool> {
+    let key = key.map_or(std::ptr::null(), <[u8]>::as_ptr);
+    let mut a = attr(fd, key, next.as_mut_ptr(), 0);
+    match bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
