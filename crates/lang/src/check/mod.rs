@@ -16,7 +16,6 @@ use flowstate_wire::{Field, Layer};
 use crate::diag::{line_col, Diagnostic};
 use crate::ir::{self, BinOp, Expr, RegTarget, StateId};
 use crate::syntax::ast::{self, DeclKind, ExprKind, ItemKind, MatchOp, PatternAst};
-use crate::syntax::lexer::LitKind;
 use crate::syntax::parser::{is_prefix_length, suggest_help};
 use crate::syntax::Span;
 
@@ -59,7 +58,21 @@ pub fn check(file: &ast::File, source: &str) -> (Option<ir::Program>, Vec<Diagno
         states: HashMap::new(),
         state_names: Vec::new(),
         value_names: HashMap::new(),
+        all_value_names: HashMap::new(),
     };
+    for decl in &file.decls {
+        let (kind, bindings) = match &decl.kind {
+            DeclKind::Const(b) => ("const", std::slice::from_ref(b)),
+            DeclKind::Registers(b) => ("register", b.as_slice()),
+            DeclKind::Globals(b) => ("global", b.as_slice()),
+            _ => continue,
+        };
+        for b in bindings {
+            cx.all_value_names
+                .entry(b.name.name.clone())
+                .or_insert(kind);
+        }
+    }
     let program = cx.program(file);
     let has_errors = cx.diags.iter().any(Diagnostic::is_error);
     let program = if has_errors { None } else { program };
@@ -79,6 +92,9 @@ struct Checker<'a> {
     state_names: Vec<String>,
     /// Where each const/register/global name was declared.
     value_names: HashMap<String, Span>,
+    /// Every const/register/global name in the file and what it is, known
+    /// before any is declared, to explain why a name is not visible yet.
+    all_value_names: HashMap<String, &'static str>,
 }
 
 /// What an expression may read.
@@ -652,7 +668,7 @@ impl Checker<'_> {
     /// Lower and fold an expression. `None` means an error was reported.
     fn lower_expr(&mut self, e: &ast::Expr, ctx: Ctx) -> Option<Expr> {
         match &e.kind {
-            ExprKind::Lit(kind, v) => {
+            ExprKind::Lit(_, v) => {
                 if *v > u128::from(u64::MAX) {
                     self.err(
                         Diagnostic::error(
@@ -667,7 +683,6 @@ impl Checker<'_> {
                     );
                     return None;
                 }
-                let _ = kind;
                 // Values above i64::MAX keep their bit pattern.
                 Some(Expr::Const(*v as u64 as i64))
             }
@@ -802,10 +817,29 @@ impl Checker<'_> {
             choices.extend(self.global_names.iter().map(String::as_str));
         }
         let mut help = suggest_help(n, choices, "names in scope");
-        if self.states.contains_key(n) {
-            help = format!("`{n}` is a state; states appear only in state patterns and `next`");
-        } else if self.value_names.contains_key(n) {
-            help = format!("`{n}` is declared later; a const may only use earlier consts");
+        match self.all_value_names.get(n).copied() {
+            Some(kind @ ("register" | "global")) if ctx == Ctx::Const => {
+                self.err(not_constant(e, &format!("{kind} `{n}`")));
+                return None;
+            }
+            Some("global") if ctx == Ctx::RegisterInit => {
+                self.err(
+                    Diagnostic::error(
+                        "register initial value reads a global",
+                        e.span.clone(),
+                        "a global",
+                    )
+                    .with_help("initial values may use constants, `now` and packet fields"),
+                );
+                return None;
+            }
+            Some(_) => {
+                help = format!("`{n}` is declared later; a const may only use earlier consts")
+            }
+            None if self.states.contains_key(n) => {
+                help = format!("`{n}` is a state; states appear only in state patterns and `next`")
+            }
+            None => {}
         }
         self.err(
             Diagnostic::error(
@@ -847,10 +881,7 @@ impl Checker<'_> {
                 None => ok = false,
             }
         }
-        let (action, updates, next) = match self.actions(row) {
-            Some(a) => a,
-            None => return None,
-        };
+        let (action, updates, next) = self.actions(row)?;
         ok.then_some(ir::Row {
             pos: ir::SourcePos { line, column },
             state,
@@ -888,10 +919,10 @@ impl Checker<'_> {
                         ok = false;
                         continue;
                     }
-                    match self.verdict(v) {
-                        Some(action) => verdict = Some((action, span.clone())),
-                        None => ok = false,
-                    }
+                    // An invalid verdict still counts as the row's verdict.
+                    let action = self.verdict(v);
+                    ok &= action.is_some();
+                    verdict = Some((action.unwrap_or(ir::Action::Pass), span.clone()));
                 }
                 ast::ActionItem::Next(state, span) => {
                     if let Some((_, first)) = &next {
@@ -1122,17 +1153,6 @@ impl Checker<'_> {
             );
             return None;
         };
-        if op == MatchOp::In {
-            self.err(
-                Diagnostic::error(
-                    "pattern value must be a constant",
-                    v.span.clone(),
-                    "not a constant",
-                )
-                .with_help("for a comparison with a register, write `FIELD == EXPR`"),
-            );
-            return None;
-        }
         if !f.fits_register() {
             self.err(wide_field(f, field_id.span.clone()));
             return None;
@@ -1252,7 +1272,7 @@ impl Checker<'_> {
     // ---- warnings ------------------------------------------------------
 
     fn absent_key_warnings(&mut self, singles: &Singles<'_>) {
-        for (ids, span) in [&singles.flow, &singles.update].into_iter().flatten() {
+        for (ids, _) in [&singles.flow, &singles.update].into_iter().flatten() {
             let absent: Vec<&ast::Ident> = ids
                 .iter()
                 .filter(|id| Field::from_name(&id.name).is_some_and(|f| f.layer() != Layer::Meta))
@@ -1261,7 +1281,6 @@ impl Checker<'_> {
                 continue;
             };
             let names: Vec<String> = absent.iter().map(|id| format!("`{}`", id.name)).collect();
-            let _ = span;
             self.diags.push(
                 Diagnostic::warning(
                     format!(
@@ -1324,15 +1343,4 @@ fn wide_field(f: Field, span: Span) -> Diagnostic {
     .with_help(format!(
         "match it with a pattern instead, e.g. `{f} == 2001:db8::1` or `{f} in 2001:db8::/32`"
     ))
-}
-
-#[allow(dead_code)]
-fn lit_kind_name(k: LitKind) -> &'static str {
-    match k {
-        LitKind::Decimal | LitKind::Hex => "number",
-        LitKind::Duration => "duration",
-        LitKind::Rate => "rate",
-        LitKind::Ipv4 | LitKind::Ipv6 => "address",
-        LitKind::Mac => "MAC address",
-    }
 }

@@ -402,8 +402,14 @@ impl Parser {
         let start = self.span().start;
         let state = self.state_pattern()?;
         let mut items = Vec::new();
-        if self.peek() == &Tok::Star && self.tok_at(1) == &Tok::Arrow {
+        if self.peek() == &Tok::Star {
+            // `*`: no constraint; it stands alone before `=>`.
             self.bump();
+            if self.peek() != &Tok::Arrow {
+                return Err(self
+                    .expected("`=>`")
+                    .with_help("`*` matches every packet and stands alone before `=>`"));
+            }
         } else if self.peek() != &Tok::Arrow {
             items.push(self.item(0)?);
             while self.eat(&Tok::Comma) {
@@ -645,7 +651,7 @@ impl Parser {
     }
 
     fn binary(&mut self, min_prec: u8, no_slash: bool, depth: u32) -> PResult<Deep> {
-        let (mut lhs, mut lhs_depth) = self.unary(no_slash, depth)?;
+        let (mut lhs, mut lhs_depth) = self.unary(depth)?;
         loop {
             let (op, prec) = match self.peek() {
                 Tok::Pipe => (BinOp::Or, 1),
@@ -679,13 +685,13 @@ impl Parser {
         Ok((lhs, lhs_depth))
     }
 
-    fn unary(&mut self, no_slash: bool, depth: u32) -> PResult<Deep> {
+    fn unary(&mut self, depth: u32) -> PResult<Deep> {
         let start = self.span();
         if depth > MAX_NESTING {
             return Err(too_deep(start));
         }
         if self.eat(&Tok::Minus) {
-            let (inner, d) = self.unary(no_slash, depth + 1)?;
+            let (inner, d) = self.unary(depth + 1)?;
             let span = start.start..inner.span.end;
             return Ok((
                 Expr {
