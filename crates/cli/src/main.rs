@@ -1,1 +1,78 @@
-fn main() {}
+//! `flowstate`: the command line. Glue only: every command parses its
+//! arguments, calls the library crates and prints.
+
+mod cmd;
+mod load;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Stateful network functions, written as extended finite state machines
+/// (the OpenState / Open Packet Processor model) and run in the Linux
+/// kernel as eBPF.
+///
+/// A program names the flow key, its states and registers, and an ordered
+/// table of rows `STATE MATCHES => ACTION, UPDATES, next STATE`; the first
+/// matching row wins. See docs/language.md for the language.
+#[derive(Parser)]
+#[command(name = "flowstate", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a program and summarise it (states, rows, key, registers, warnings).
+    ///
+    /// Errors and warnings show file, line and column with a caret under the
+    /// offending text. Exit status 1 when the program has errors.
+    Check {
+        /// The program (`.fsm`).
+        program: PathBuf,
+        /// Print the summary and diagnostics as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a pcap or pcapng capture through the reference interpreter.
+    ///
+    /// Time comes from the capture's timestamps. One line per packet: index,
+    /// time, flow key, state before -> after, the row that matched (its
+    /// source line) or `default`, and the action; then a summary of packets
+    /// and bytes by action, hits by row and flows by final state.
+    Replay(cmd::replay::Args),
+    /// Draw the state machine: states as nodes, table rows as edges.
+    ///
+    /// `--format svg` renders without Graphviz; `--format dot` prints
+    /// Graphviz source (`flowstate graph p.fsm | dot -Tpng > p.png`).
+    Graph {
+        program: PathBuf,
+        #[arg(long, value_enum, default_value = "svg")]
+        format: cmd::graph::Format,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { program, json } => cmd::check::run(&program, json),
+        Command::Replay(args) => cmd::replay::run(&args),
+        Command::Graph {
+            program,
+            format,
+            output,
+        } => cmd::graph::run(&program, format, output.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("flowstate: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,373 @@
-//! flowstate-interp
+//! The reference interpreter: the executable meaning of a checked program.
+//!
+//! Every other execution (the compiled eBPF program above all) is checked
+//! against this one, so it follows DESIGN.md section 1 step by step and
+//! stays plain: a packet is parsed, its key packed, its entry read (missing
+//! and expired entries read as fresh ones), the rows tried in order, and the
+//! first match written back under the update key. The clock is the caller's.
+//!
+//! Rules the language leaves to the executions, fixed here:
+//! - A row that reads a field the packet lacks (in a pattern, a condition or
+//!   an update) does not match. A register initial value that reads an
+//!   absent field reads 0.
+//! - An entry expires when `now - last_seen > idle` or `now - created >
+//!   hard` (signed, wrapping); it then reads as its rollback state with
+//!   registers at their initial values, and `created` restarts at the next
+//!   write.
+//! - A row's updates are evaluated in parallel from the values before it.
+//! - Under `flows N refuse`, a new flow that finds the table full gets the
+//!   default action and nothing (not even a global) is written.
+
+pub mod key;
+pub mod table;
+
+use flowstate_lang::ir::{Action, Condition, Expr, Program, RegTarget, Row, StateId, StatePattern};
+use flowstate_wire::{Field, Headers};
+
+pub use key::Key;
+pub use table::{Entry, StateTable};
+
+/// Packets and bytes that took a row (or the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    fn add(&mut self, bytes: u64) {
+        self.packets += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// Why a packet got the default action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultReason {
+    /// A lookup or update key field is absent: the packet never entered the
+    /// machine.
+    NoKey,
+    /// No table row matched.
+    NoRowMatched,
+    /// A row matched, but its new flow found the table full (`refuse`).
+    TableFull,
+}
+
+/// What happened to one packet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step<'p> {
+    pub action: &'p Action,
+    /// Index into `Program::rows` of the row that fired; `None` = default.
+    pub row: Option<usize>,
+    pub default_reason: Option<DefaultReason>,
+    /// The lookup key, when the packet has one.
+    pub key: Option<Key>,
+    /// The state the flow read as (after timeouts), when it has a key.
+    pub state_before: Option<StateId>,
+    /// The state written (or kept) for the flow.
+    pub state_after: Option<StateId>,
+    /// A flow evicted to make room for this one.
+    pub evicted: Option<Key>,
+}
+
+/// A program's run-time state, stepped one packet at a time.
+#[derive(Debug, Clone)]
+pub struct Machine<'p> {
+    program: &'p Program,
+    table: StateTable,
+    globals: Vec<i64>,
+    row_hits: Vec<Counter>,
+    default_hits: Counter,
+    same_keys: bool,
+}
+
+/// What a matching row writes: the flow's new registers and the globals it
+/// assigns.
+struct RowEffects {
+    registers: Vec<i64>,
+    globals: Vec<(usize, i64)>,
+}
+
+/// A flow's entry as the table read it for this packet.
+struct FlowView {
+    state: StateId,
+    registers: Vec<i64>,
+}
+
+impl<'p> Machine<'p> {
+    pub fn new(program: &'p Program) -> Machine<'p> {
+        Machine {
+            program,
+            table: StateTable::new(program.capacity, program.full_policy),
+            globals: program.globals.iter().map(|g| g.init).collect(),
+            row_hits: vec![Counter::default(); program.rows.len()],
+            default_hits: Counter::default(),
+            same_keys: program.lookup_key == program.update_key,
+        }
+    }
+
+    pub fn program(&self) -> &'p Program {
+        self.program
+    }
+
+    pub fn table(&self) -> &StateTable {
+        &self.table
+    }
+
+    pub fn table_mut(&mut self) -> &mut StateTable {
+        &mut self.table
+    }
+
+    pub fn globals(&self) -> &[i64] {
+        &self.globals
+    }
+
+    pub fn row_hits(&self) -> &[Counter] {
+        &self.row_hits
+    }
+
+    pub fn default_hits(&self) -> Counter {
+        self.default_hits
+    }
+
+    /// Parse `frame` and run it through the machine at time `now`.
+    pub fn process(&mut self, frame: &[u8], ifindex: u32, now: i64) -> Step<'p> {
+        let headers = flowstate_wire::parse(frame, ifindex);
+        self.process_headers(&headers, now)
+    }
+
+    /// Run already parsed headers through the machine at time `now`.
+    pub fn process_headers(&mut self, headers: &Headers, now: i64) -> Step<'p> {
+        let bytes = headers.get(Field::PktLen).unwrap_or(0) as u64;
+        let (Some(lookup), Some(update)) = (
+            Key::pack(&self.program.lookup_key, headers),
+            Key::pack(&self.program.update_key, headers),
+        ) else {
+            return self.default_step(bytes, DefaultReason::NoKey, None, None);
+        };
+
+        let flow = self.read(&lookup, headers, now);
+        let Some((index, row, effects)) = self.first_match(&flow, headers, now) else {
+            return self.default_step(
+                bytes,
+                DefaultReason::NoRowMatched,
+                Some(lookup),
+                Some(flow.state),
+            );
+        };
+        let next = row.next.unwrap_or(flow.state);
+
+        let mut evicted = None;
+        if self.is_elided(next, &effects.registers, headers, now) {
+            self.table.remove(&update);
+        } else {
+            let created = match self.table.get(&update) {
+                Some(e) if !self.expired(e, now) => e.created,
+                _ => now,
+            };
+            let entry = Entry {
+                state: next,
+                registers: effects.registers,
+                created,
+                last_seen: now,
+            };
+            match self.table.insert(update, entry) {
+                Ok(victim) => evicted = victim,
+                Err(table::TableFull) => {
+                    return self.default_step(
+                        bytes,
+                        DefaultReason::TableFull,
+                        Some(lookup),
+                        Some(flow.state),
+                    );
+                }
+            }
+        }
+        for (target, value) in effects.globals {
+            self.globals[target] = value;
+        }
+        self.row_hits[index].add(bytes);
+        Step {
+            action: &row.action,
+            row: Some(index),
+            default_reason: None,
+            key: Some(lookup),
+            state_before: Some(flow.state),
+            state_after: Some(next),
+            evicted,
+        }
+    }
+
+    fn default_step(
+        &mut self,
+        bytes: u64,
+        reason: DefaultReason,
+        key: Option<Key>,
+        state: Option<StateId>,
+    ) -> Step<'p> {
+        self.default_hits.add(bytes);
+        Step {
+            action: &self.program.default_action,
+            row: None,
+            default_reason: Some(reason),
+            key,
+            state_before: state,
+            state_after: state,
+            evicted: None,
+        }
+    }
+
+    /// Whether `entry` has outlived a timeout of its state at `now`.
+    pub fn expired(&self, entry: &Entry, now: i64) -> bool {
+        let Some(timeout) = self.program.states[entry.state.0 as usize].timeout else {
+            return false;
+        };
+        let idle = timeout
+            .idle_ns
+            .is_some_and(|d| now.wrapping_sub(entry.last_seen) > d);
+        let hard = timeout
+            .hard_ns
+            .is_some_and(|d| now.wrapping_sub(entry.created) > d);
+        idle || hard
+    }
+
+    /// The entry under `key` as this packet sees it: missing entries read as
+    /// the initial state, expired ones as their rollback state, both with
+    /// fresh registers.
+    fn read(&self, key: &Key, headers: &Headers, now: i64) -> FlowView {
+        match self.table.get(key) {
+            Some(entry) if !self.expired(entry, now) => FlowView {
+                state: entry.state,
+                registers: entry.registers.clone(),
+            },
+            Some(entry) => {
+                let rollback = self.program.states[entry.state.0 as usize]
+                    .timeout
+                    .map_or(StateId(0), |t| t.rollback);
+                FlowView {
+                    state: rollback,
+                    registers: self.initial_registers(headers, now),
+                }
+            }
+            None => FlowView {
+                state: StateId(0),
+                registers: self.initial_registers(headers, now),
+            },
+        }
+    }
+
+    fn initial_registers(&self, headers: &Headers, now: i64) -> Vec<i64> {
+        let no_registers = Vec::new();
+        self.program
+            .registers
+            .iter()
+            .map(|r| {
+                let env = Env {
+                    headers,
+                    registers: &no_registers,
+                    globals: &self.globals,
+                    now,
+                    absent_reads_zero: true,
+                };
+                env.eval(&r.init).unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// An entry in the initial state with its initial registers reads like a
+    /// missing one; it is not stored when the program allows (DESIGN.md 1.8).
+    fn is_elided(&self, next: StateId, registers: &[i64], headers: &Headers, now: i64) -> bool {
+        next == StateId(0)
+            && self.program.elides_initial_entries()
+            && registers == self.initial_registers(headers, now).as_slice()
+    }
+
+    /// The first row that matches, with what it writes.
+    fn first_match(
+        &self,
+        flow: &FlowView,
+        headers: &Headers,
+        now: i64,
+    ) -> Option<(usize, &'p Row, RowEffects)> {
+        let env = Env {
+            headers,
+            registers: &flow.registers,
+            globals: &self.globals,
+            now,
+            absent_reads_zero: false,
+        };
+        let program: &'p Program = self.program;
+        program
+            .rows
+            .iter()
+            .enumerate()
+            .find_map(|(index, row)| Some((index, row, env.try_row(row, flow.state)?)))
+    }
+
+    /// Whether the lookup key and update key are the same fields.
+    pub fn keys_are_same(&self) -> bool {
+        self.same_keys
+    }
+}
+
+/// What expressions read: the packet, the flow's registers, the globals and
+/// the clock.
+struct Env<'a> {
+    headers: &'a Headers,
+    registers: &'a [i64],
+    globals: &'a [i64],
+    now: i64,
+    absent_reads_zero: bool,
+}
+
+impl Env<'_> {
+    fn eval(&self, expr: &Expr) -> Option<i64> {
+        Some(match expr {
+            Expr::Const(c) => *c,
+            Expr::Field(f) => match self.headers.get(*f) {
+                Some(v) => v as i64,
+                None if self.absent_reads_zero => 0,
+                None => return None,
+            },
+            Expr::Reg(r) => self.registers[r.0 as usize],
+            Expr::Global(g) => self.globals[g.0 as usize],
+            Expr::Now => self.now,
+            Expr::Binary(op, a, b) => op.eval(self.eval(a)?, self.eval(b)?),
+        })
+    }
+
+    fn holds(&self, cond: &Condition) -> Option<bool> {
+        Some(cond.op.eval(self.eval(&cond.lhs)?, self.eval(&cond.rhs)?))
+    }
+
+    /// What `row` writes, if it matches in `state`.
+    fn try_row(&self, row: &Row, state: StateId) -> Option<RowEffects> {
+        let state_ok = match &row.state {
+            StatePattern::Any => true,
+            StatePattern::Set(states) => states.contains(&state),
+        };
+        if !state_ok {
+            return None;
+        }
+        for m in &row.fields {
+            if !m.pattern.matches(self.headers.get(m.field)?) {
+                return None;
+            }
+        }
+        for c in &row.conditions {
+            if self.holds(&c.cond)? == c.negated {
+                return None;
+            }
+        }
+        let mut registers = self.registers.to_vec();
+        let mut globals = Vec::new();
+        for update in &row.updates {
+            let value = self.eval(&update.value)?;
+            match update.target {
+                RegTarget::Flow(r) => registers[r.0 as usize] = value,
+                RegTarget::Global(g) => globals.push((g.0 as usize, value)),
+            }
+        }
+        Some(RowEffects { registers, globals })
+    }
+}

@@ -1,0 +1,160 @@
+//! The state table: per-flow entries, a capacity, and the full-table policy.
+
+use std::collections::BTreeMap;
+
+use flowstate_lang::ir::{FullPolicy, StateId};
+use rustc_hash::FxHashMap;
+
+use crate::key::Key;
+
+/// One flow's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub state: StateId,
+    pub registers: Vec<i64>,
+    /// `now` when the entry was created (or last reset by a timeout).
+    pub created: i64,
+    /// `now` of the last packet that wrote the entry.
+    pub last_seen: i64,
+}
+
+/// Why an entry could not be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableFull;
+
+/// Entries by key, plus (under `EvictLeastRecent`) an index by recency so
+/// that eviction is `O(log n)`. Recency is the order of writes: ties in
+/// `last_seen` are broken by which write came first.
+#[derive(Debug, Clone)]
+pub struct StateTable {
+    entries: FxHashMap<Key, (Entry, u64)>,
+    by_recency: BTreeMap<u64, Key>,
+    next_write: u64,
+    capacity: usize,
+    policy: FullPolicy,
+}
+
+impl StateTable {
+    pub fn new(capacity: u32, policy: FullPolicy) -> StateTable {
+        StateTable {
+            entries: FxHashMap::default(),
+            by_recency: BTreeMap::new(),
+            next_write: 0,
+            capacity: capacity as usize,
+            policy,
+        }
+    }
+
+    pub fn get(&self, key: &Key) -> Option<&Entry> {
+        self.entries.get(key).map(|(e, _)| e)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Write `entry` under `key`, making room by the table's policy. Returns
+    /// the evicted key, if any.
+    pub fn insert(&mut self, key: Key, entry: Entry) -> Result<Option<Key>, TableFull> {
+        let write = self.next_write;
+        self.next_write += 1;
+        if let Some((old, order)) = self.entries.get_mut(&key) {
+            *old = entry;
+            self.by_recency.remove(order);
+            *order = write;
+            self.by_recency.insert(write, key);
+            return Ok(None);
+        }
+        let mut evicted = None;
+        if self.entries.len() >= self.capacity {
+            match self.policy {
+                FullPolicy::RefuseNew => return Err(TableFull),
+                FullPolicy::EvictLeastRecent => {
+                    let Some((_, victim)) = self.by_recency.pop_first() else {
+                        return Err(TableFull);
+                    };
+                    self.entries.remove(&victim);
+                    evicted = Some(victim);
+                }
+            }
+        }
+        self.entries.insert(key, (entry, write));
+        self.by_recency.insert(write, key);
+        Ok(evicted)
+    }
+
+    pub fn remove(&mut self, key: &Key) -> Option<Entry> {
+        let (entry, order) = self.entries.remove(key)?;
+        self.by_recency.remove(&order);
+        Some(entry)
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.by_recency.clear();
+    }
+
+    /// All entries, sorted by key (a stable order for printing and for
+    /// comparing with the kernel's table).
+    pub fn sorted(&self) -> Vec<(Key, &Entry)> {
+        let mut all: Vec<(Key, &Entry)> = self.entries.iter().map(|(k, (e, _))| (*k, e)).collect();
+        all.sort_by_key(|(key, _)| *key);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> Key {
+        Key::from_bytes(&[n]).unwrap()
+    }
+
+    fn entry(t: i64) -> Entry {
+        Entry {
+            state: StateId(1),
+            registers: vec![],
+            created: t,
+            last_seen: t,
+        }
+    }
+
+    #[test]
+    fn evicts_least_recently_written() {
+        let mut t = StateTable::new(2, FullPolicy::EvictLeastRecent);
+        t.insert(key(1), entry(1)).unwrap();
+        t.insert(key(2), entry(2)).unwrap();
+        t.insert(key(1), entry(3)).unwrap(); // key 1 is now the most recent
+        assert_eq!(t.insert(key(3), entry(4)), Ok(Some(key(2))));
+        assert!(t.get(&key(1)).is_some() && t.get(&key(3)).is_some());
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn refuses_new_keys_when_full_but_updates_existing() {
+        let mut t = StateTable::new(1, FullPolicy::RefuseNew);
+        t.insert(key(1), entry(1)).unwrap();
+        assert_eq!(t.insert(key(2), entry(2)), Err(TableFull));
+        assert_eq!(t.insert(key(1), entry(3)), Ok(None));
+        assert_eq!(t.get(&key(1)).unwrap().last_seen, 3);
+    }
+
+    #[test]
+    fn remove_keeps_index_consistent() {
+        let mut t = StateTable::new(2, FullPolicy::EvictLeastRecent);
+        t.insert(key(1), entry(1)).unwrap();
+        t.insert(key(2), entry(2)).unwrap();
+        t.remove(&key(1));
+        assert_eq!(t.insert(key(3), entry(3)), Ok(None));
+        assert_eq!(t.insert(key(4), entry(4)), Ok(Some(key(2))));
+    }
+}
