@@ -27,8 +27,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Mounts bpffs at `path` unless one is already mounted there.
 pub fn ensure_bpffs(path: impl AsRef<Path>) -> Result<(), RuntimeError> {
     let path = path.as_ref();
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| RuntimeError::syscall("statfs", io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| {
+        RuntimeError::syscall("statfs", io::Error::new(io::ErrorKind::InvalidInput, e))
+    })?;
     // SAFETY: statfs writes into a zeroed struct of the right type; c_path
     // is a valid NUL-terminated string.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
@@ -48,7 +49,10 @@ pub fn ensure_bpffs(path: impl AsRef<Path>) -> Result<(), RuntimeError> {
         )
     };
     if ret != 0 {
-        return Err(RuntimeError::syscall("mount bpffs", io::Error::last_os_error()));
+        return Err(RuntimeError::syscall(
+            "mount bpffs",
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -93,15 +97,20 @@ impl ProgramLink {
             LinkInner::Xdp(link) => link.try_into().map_err(link_error)?,
             LinkInner::Tc(link) => link.try_into().map_err(link_error)?,
         };
-        let pinned = fd_link.pin(path.as_ref()).map_err(|source| RuntimeError::Pin {
-            path: path.as_ref().display().to_string(),
-            source,
-        })?;
+        let pinned = fd_link
+            .pin(path.as_ref())
+            .map_err(|source| RuntimeError::Pin {
+                path: path.as_ref().display().to_string(),
+                source,
+            })?;
         ProgramLink::from_fd_link(FdLink::from(pinned), kind)
     }
 
     /// Reopens a link pinned with [`ProgramLink::pin`].
-    pub fn from_pin(path: impl AsRef<Path>, kind: ProgramKind) -> Result<ProgramLink, RuntimeError> {
+    pub fn from_pin(
+        path: impl AsRef<Path>,
+        kind: ProgramKind,
+    ) -> Result<ProgramLink, RuntimeError> {
         let pinned = PinnedLink::from_pin(path.as_ref()).map_err(link_error)?;
         ProgramLink::from_fd_link(FdLink::from(pinned), kind)
     }
@@ -170,12 +179,8 @@ impl Loaded {
         let Program::SchedClassifier(tc) = self.program_mut(program)? else {
             return Err(wrong_kind(program, ProgramKind::Tc));
         };
-        let attach_type = match direction {
-            TcDirection::Ingress => TcAttachType::Ingress,
-            TcDirection::Egress => TcAttachType::Egress,
-        };
         let id = tc
-            .attach(interface, attach_type)
+            .attach(interface, tc_attach_type(direction))
             .map_err(|e| RuntimeError::program(program, e))?;
         let link = tc
             .take_link(id)
@@ -191,7 +196,11 @@ impl Loaded {
     /// it is pinned (the usual case for replacement). Check
     /// [`Loaded::program_kind`] against [`ProgramLink::kind`] first to rule
     /// out the one error a caller can foresee.
-    pub fn replace(&mut self, link: ProgramLink, program: &str) -> Result<ProgramLink, RuntimeError> {
+    pub fn replace(
+        &mut self,
+        link: ProgramLink,
+        program: &str,
+    ) -> Result<ProgramLink, RuntimeError> {
         if self.program_kind(program)? != link.kind() {
             return Err(wrong_kind(program, link.kind()));
         }
@@ -200,18 +209,45 @@ impl Loaded {
                 let id = xdp
                     .attach_to_link(old)
                     .map_err(|e| RuntimeError::program(program, e))?;
-                LinkInner::Xdp(xdp.take_link(id).map_err(|e| RuntimeError::program(program, e))?)
+                LinkInner::Xdp(
+                    xdp.take_link(id)
+                        .map_err(|e| RuntimeError::program(program, e))?,
+                )
             }
             (Program::SchedClassifier(tc), LinkInner::Tc(old)) => {
                 let id = tc
                     .attach_to_link(old)
                     .map_err(|e| RuntimeError::program(program, e))?;
-                LinkInner::Tc(tc.take_link(id).map_err(|e| RuntimeError::program(program, e))?)
+                LinkInner::Tc(
+                    tc.take_link(id)
+                        .map_err(|e| RuntimeError::program(program, e))?,
+                )
             }
             (_, LinkInner::Xdp(_)) => return Err(wrong_kind(program, ProgramKind::Xdp)),
             (_, LinkInner::Tc(_)) => return Err(wrong_kind(program, ProgramKind::Tc)),
         };
         Ok(ProgramLink { inner })
+    }
+}
+
+/// Names of the programs attached through TCX to `interface` in
+/// `direction`, in run order (kernel >= 6.6). A dropped link's program
+/// leaves this list shortly after the drop: the kernel detaches it when it
+/// releases the link, which may come a moment later.
+pub fn tcx_programs(interface: &str, direction: TcDirection) -> Result<Vec<String>, RuntimeError> {
+    let (_revision, programs) =
+        aya::programs::SchedClassifier::query_tcx(interface, tc_attach_type(direction))
+            .map_err(|e| RuntimeError::program(interface, e))?;
+    Ok(programs
+        .iter()
+        .map(|p| p.name_as_str().unwrap_or_default().to_string())
+        .collect())
+}
+
+fn tc_attach_type(direction: TcDirection) -> TcAttachType {
+    match direction {
+        TcDirection::Ingress => TcAttachType::Ingress,
+        TcDirection::Egress => TcAttachType::Egress,
     }
 }
 

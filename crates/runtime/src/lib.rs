@@ -20,10 +20,10 @@ use std::path::Path;
 use aya::programs::{Program, ProgramError, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
-pub use attach::{ensure_bpffs, ProgramLink, TcDirection, BPFFS_ROOT};
+pub use attach::{ensure_bpffs, tcx_programs, ProgramLink, TcDirection, BPFFS_ROOT};
 pub use aya::programs::XdpMode;
 pub use aya::VerifierLogLevel;
-pub use map::{RawMap, UpdateMode};
+pub use map::{Entry, RawMap, UpdateMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -88,7 +88,10 @@ impl RuntimeError {
 
     fn program(program: &str, source: ProgramError) -> RuntimeError {
         match source {
-            ProgramError::LoadError { io_error, verifier_log } => RuntimeError::Verifier {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => RuntimeError::Verifier {
                 program: program.to_string(),
                 io: io_error,
                 log: verifier_log.to_string(),
@@ -302,10 +305,12 @@ impl Loaded {
             .ebpf
             .program_mut(name)
             .ok_or_else(|| RuntimeError::NoSuchProgram(name.to_string()))?;
-        program.pin(path.as_ref()).map_err(|source| RuntimeError::Pin {
-            path: path.as_ref().display().to_string(),
-            source,
-        })
+        program
+            .pin(path.as_ref())
+            .map_err(|source| RuntimeError::Pin {
+                path: path.as_ref().display().to_string(),
+                source,
+            })
     }
 
     fn program_mut(&mut self, name: &str) -> Result<&mut Program, RuntimeError> {

@@ -18,6 +18,9 @@ const PER_CPU_MAP_TYPES: [u32; 4] = [
     21, // PERCPU_CGROUP_STORAGE
 ];
 
+/// A `(key, value)` pair as raw bytes.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// `BPF_ANY`, `BPF_NOEXIST`, `BPF_EXIST` for [`RawMap::update`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpdateMode {
@@ -216,7 +219,7 @@ impl RawMap {
 
     /// Every `(key, value)`; a key deleted between listing and reading is
     /// skipped.
-    pub fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RuntimeError> {
+    pub fn entries(&self) -> Result<Vec<Entry>, RuntimeError> {
         let mut entries = Vec::new();
         for key in self.keys()? {
             if let Some(value) = self.lookup(&key)? {

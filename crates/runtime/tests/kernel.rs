@@ -5,7 +5,9 @@ mod common;
 
 use common::insn::*;
 use common::*;
-use flowstate_obj::{BtfType, MapDef, MapKind, ObjectBuilder, ProgramDef, ProgramSection, StructType};
+use flowstate_obj::{
+    BtfType, MapDef, MapKind, ObjectBuilder, ProgramDef, ProgramSection, StructType,
+};
 use flowstate_runtime::{load, LoadOptions, ProgramKind, RuntimeError, UpdateMode};
 
 fn flow_entry(state: u32, packets: u64) -> Vec<u8> {
@@ -25,14 +27,21 @@ fn count_and_verdict(program: &str, verdicts: [u32; 2]) {
     let verdict = loaded.map("verdict").unwrap();
     assert_eq!((flows.key_size(), flows.value_size()), (4, 16));
     flows
-        .update(&FLOW_KEY.to_le_bytes(), &flow_entry(3, 0), UpdateMode::NoExist)
+        .update(
+            &FLOW_KEY.to_le_bytes(),
+            &flow_entry(3, 0),
+            UpdateMode::NoExist,
+        )
         .unwrap();
     let packet = udp_packet();
 
     verdict.array_set(0, &verdicts[0].to_le_bytes()).unwrap();
     let first = loaded.test_run(program, &packet, 1).unwrap();
     assert_eq!(first.retval, verdicts[0]);
-    assert_eq!(first.data_out, packet, "the program does not touch the packet");
+    assert_eq!(
+        first.data_out, packet,
+        "the program does not touch the packet"
+    );
     let value = flows.lookup(&FLOW_KEY.to_le_bytes()).unwrap().unwrap();
     assert_eq!(packets_of(&value), 1);
     assert_eq!(&value[0..4], &3u32.to_le_bytes(), "state untouched");
@@ -94,7 +103,10 @@ fn loaded_lists_programs_maps_and_stats() {
         loaded.stats("nope"),
         Err(RuntimeError::NoSuchProgram(_))
     ));
-    assert!(matches!(loaded.map("nope"), Err(RuntimeError::NoSuchMap(_))));
+    assert!(matches!(
+        loaded.map("nope"),
+        Err(RuntimeError::NoSuchMap(_))
+    ));
 }
 
 #[test]
@@ -106,7 +118,11 @@ fn hash_iteration_and_update_modes() {
     let flows = loaded.map("flows").unwrap();
     for key in 1..=5u32 {
         flows
-            .update(&key.to_le_bytes(), &flow_entry(key, u64::from(key) * 10), UpdateMode::Any)
+            .update(
+                &key.to_le_bytes(),
+                &flow_entry(key, u64::from(key) * 10),
+                UpdateMode::Any,
+            )
             .unwrap();
     }
     let mut entries = flows.entries().unwrap();
@@ -171,7 +187,11 @@ fn cmpxchg_on_map_value_is_accepted() {
     if skip("cmpxchg_on_map_value_is_accepted") {
         return;
     }
-    let mut parts = vec![st_w(R10, -4, FLOW_KEY as i32), mov_reg(R2, R10), add_imm(R2, -4)];
+    let mut parts = vec![
+        st_w(R10, -4, FLOW_KEY as i32),
+        mov_reg(R2, R10),
+        add_imm(R2, -4),
+    ];
     let reloc = slot_of(&parts);
     parts.extend([
         ld_map(R1),
@@ -185,7 +205,13 @@ fn cmpxchg_on_map_value_is_accepted() {
     ]);
     let mut builder = ObjectBuilder::new();
     builder
-        .add_map(MapDef::new("flows", MapKind::LruHash, BtfType::u32(), flow_value(), 16))
+        .add_map(MapDef::new(
+            "flows",
+            MapKind::LruHash,
+            BtfType::u32(),
+            flow_value(),
+            16,
+        ))
         .add_program(ProgramDef {
             name: "cas".into(),
             section: ProgramSection::Xdp,
@@ -219,7 +245,11 @@ fn spin_lock_in_hash_value() {
         .field("state", BtfType::u32())
         .field("packets", BtfType::u64())
         .into();
-    let mut parts = vec![st_w(R10, -4, FLOW_KEY as i32), mov_reg(R2, R10), add_imm(R2, -4)];
+    let mut parts = vec![
+        st_w(R10, -4, FLOW_KEY as i32),
+        mov_reg(R2, R10),
+        add_imm(R2, -4),
+    ];
     let reloc = slot_of(&parts);
     parts.extend([
         ld_map(R1),
@@ -238,7 +268,13 @@ fn spin_lock_in_hash_value() {
     ]);
     let mut builder = ObjectBuilder::new();
     builder
-        .add_map(MapDef::new("locked", MapKind::Hash, BtfType::u32(), value, 16))
+        .add_map(MapDef::new(
+            "locked",
+            MapKind::Hash,
+            BtfType::u32(),
+            value,
+            16,
+        ))
         .add_program(ProgramDef {
             name: "lock".into(),
             section: ProgramSection::Xdp,
@@ -249,7 +285,10 @@ fn spin_lock_in_hash_value() {
     let map = loaded.map("locked").unwrap();
     map.update(&FLOW_KEY.to_le_bytes(), &[0; 16], UpdateMode::Any)
         .unwrap();
-    assert_eq!(loaded.test_run("lock", &udp_packet(), 1).unwrap().retval, XDP_PASS);
+    assert_eq!(
+        loaded.test_run("lock", &udp_packet(), 1).unwrap().retval,
+        XDP_PASS
+    );
     let stored = map.lookup(&FLOW_KEY.to_le_bytes()).unwrap().unwrap();
     assert_eq!(&stored[4..8], &9u32.to_le_bytes());
 }
@@ -266,10 +305,32 @@ fn ring_buffer_lru_per_cpu_and_devmap_maps_load() {
     let mut builder = ObjectBuilder::new();
     builder
         .add_map(MapDef::ring_buf("events", 1 << 16))
-        .add_map(MapDef::new("lru", MapKind::LruHash, BtfType::u32(), flow_value(), 64))
-        .add_map(MapDef::new("counters", MapKind::PerCpuArray, BtfType::u32(), counters, 4))
-        .add_map(MapDef::new("ports", MapKind::DevMap, BtfType::u32(), BtfType::u32(), 4))
-        .add_program(constant_program("pass", ProgramSection::Xdp, XDP_PASS as i32));
+        .add_map(MapDef::new(
+            "lru",
+            MapKind::LruHash,
+            BtfType::u32(),
+            flow_value(),
+            64,
+        ))
+        .add_map(MapDef::new(
+            "counters",
+            MapKind::PerCpuArray,
+            BtfType::u32(),
+            counters,
+            4,
+        ))
+        .add_map(MapDef::new(
+            "ports",
+            MapKind::DevMap,
+            BtfType::u32(),
+            BtfType::u32(),
+            4,
+        ))
+        .add_program(constant_program(
+            "pass",
+            ProgramSection::Xdp,
+            XDP_PASS as i32,
+        ));
     let loaded = load(&builder.build().unwrap(), &LoadOptions::default()).unwrap();
     let events = loaded.map("events").unwrap();
     assert_eq!((events.map_type(), events.max_entries()), (27, 1 << 16));
@@ -288,12 +349,27 @@ fn ring_buffer_lru_per_cpu_and_devmap_maps_load() {
     slot.extend_from_slice(&3u64.to_le_bytes());
     slot.extend_from_slice(&100u64.to_le_bytes());
     counters.array_set(2, &slot).unwrap();
-    let cpus = counters.lookup_per_cpu(&2u32.to_le_bytes()).unwrap().unwrap();
+    let cpus = counters
+        .lookup_per_cpu(&2u32.to_le_bytes())
+        .unwrap()
+        .unwrap();
     assert!(!cpus.is_empty());
     assert!(cpus.iter().all(|v| *v == slot));
     let n = cpus.len() as u64;
-    assert_eq!(counters.sum_u64_per_cpu(&2u32.to_le_bytes()).unwrap().unwrap(), [3 * n, 100 * n]);
-    assert_eq!(counters.sum_u64_per_cpu(&0u32.to_le_bytes()).unwrap().unwrap(), [0, 0]);
+    assert_eq!(
+        counters
+            .sum_u64_per_cpu(&2u32.to_le_bytes())
+            .unwrap()
+            .unwrap(),
+        [3 * n, 100 * n]
+    );
+    assert_eq!(
+        counters
+            .sum_u64_per_cpu(&0u32.to_le_bytes())
+            .unwrap()
+            .unwrap(),
+        [0, 0]
+    );
 }
 
 /// Two threads on two CPUs run the counting program on one map at once:
@@ -308,7 +384,11 @@ fn concurrent_test_runs_on_two_cpus() {
     flows
         .update(&FLOW_KEY.to_le_bytes(), &flow_entry(0, 0), UpdateMode::Any)
         .unwrap();
-    loaded.map("verdict").unwrap().array_set(0, &XDP_PASS.to_le_bytes()).unwrap();
+    loaded
+        .map("verdict")
+        .unwrap()
+        .array_set(0, &XDP_PASS.to_le_bytes())
+        .unwrap();
     let online = aya::util::online_cpus().map_err(|(_, e)| e).unwrap();
     const REPEAT: u32 = 200_000;
     const CALLS: u32 = 5;
@@ -337,7 +417,12 @@ fn pin_to_cpu(cpu: u32) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
         let ret = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(ret, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            ret,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -384,7 +469,11 @@ fn measure_bare_xdp_pass() {
         return;
     }
     let mut builder = ObjectBuilder::new();
-    builder.add_program(constant_program("pass", ProgramSection::Xdp, XDP_PASS as i32));
+    builder.add_program(constant_program(
+        "pass",
+        ProgramSection::Xdp,
+        XDP_PASS as i32,
+    ));
     let loaded = load(&builder.build().unwrap(), &LoadOptions::default()).unwrap();
     let packet = udp_packet();
     let result = loaded.test_run("pass", &packet, 1_000_000).unwrap();

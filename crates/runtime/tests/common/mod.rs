@@ -6,7 +6,9 @@
 
 use std::process::Command;
 
-use flowstate_obj::{BtfType, MapDef, MapKind, ObjectBuilder, ProgramDef, ProgramSection, StructType};
+use flowstate_obj::{
+    BtfType, MapDef, MapKind, ObjectBuilder, ProgramDef, ProgramSection, StructType,
+};
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
@@ -158,7 +160,10 @@ pub fn counting_program(name: &str, section: ProgramSection) -> ProgramDef {
         name: name.into(),
         section,
         insns: parts.concat(),
-        map_relocs: vec![(flows_slot, "flows".into()), (verdict_slot, "verdict".into())],
+        map_relocs: vec![
+            (flows_slot, "flows".into()),
+            (verdict_slot, "verdict".into()),
+        ],
     }
 }
 
@@ -245,10 +250,19 @@ impl Netns {
         run("ip", &["netns", "add", &name]).expect("ip netns add");
         let netns = Netns { name };
         netns
-            .exec("ip", &["link", "add", "veth0", "type", "veth", "peer", "name", "veth1"])
+            .exec(
+                "ip",
+                &[
+                    "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+                ],
+            )
             .expect("veth pair");
-        netns.exec("ip", &["link", "set", "veth0", "up"]).expect("veth0 up");
-        netns.exec("ip", &["link", "set", "veth1", "up"]).expect("veth1 up");
+        netns
+            .exec("ip", &["link", "set", "veth0", "up"])
+            .expect("veth0 up");
+        netns
+            .exec("ip", &["link", "set", "veth1", "up"])
+            .expect("veth1 up");
         netns
     }
 
