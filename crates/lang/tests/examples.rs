@@ -176,3 +176,22 @@ fn printed_examples_compile_back_to_the_same_program() {
         assert_eq!(strip(&original), strip(&again), "{text}");
     }
 }
+
+/// Every complete program shown in docs/language.md compiles.
+#[test]
+fn programs_in_the_language_reference_compile() {
+    let path = format!("{}/../../docs/language.md", env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(&path).expect("docs/language.md");
+    let mut programs = 0;
+    for block in doc.split("```").skip(1).step_by(2) {
+        let block = block.trim_start_matches(|c: char| c != '\n');
+        if !block.lines().any(|l| l.starts_with("program ")) {
+            continue;
+        }
+        if let Err(d) = compile(block) {
+            panic!("{}", flowstate_lang::diag::render(&d, "doc", block, false));
+        }
+        programs += 1;
+    }
+    assert!(programs >= 2, "found {programs} programs");
+}

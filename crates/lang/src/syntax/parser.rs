@@ -441,6 +441,7 @@ impl Parser {
         if self.eat(&Tok::LBrace) {
             names.push(self.ident("a state name")?);
             while self.eat(&Tok::Comma) {
+                self.skip_newlines();
                 names.push(self.ident("a state name")?);
             }
             self.expect(&Tok::RBrace, "`,` or `}`")?;
