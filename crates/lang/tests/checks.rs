@@ -656,3 +656,26 @@ fn json_form_serializes() {
     );
     assert_eq!(json["label"], "too wide for the field");
 }
+
+#[test]
+fn not_equal_on_a_narrow_field_is_a_condition() {
+    let src = program("", "  A tcp.dport != 22 => drop\n  * * => pass\n");
+    let p = compile(&src).unwrap().program;
+    assert!(p.rows[0].fields.is_empty());
+    assert_eq!(
+        p.rows[0].conditions,
+        vec![CondMatch {
+            cond: Condition {
+                op: CmpOp::Ne,
+                lhs: Expr::Field(Field::TcpDport),
+                rhs: Expr::Const(22)
+            },
+            negated: false
+        }]
+    );
+    // `!(FIELD == V)` keeps the comparison and negates it.
+    let src = program("", "  A !(tcp.dport == 22) => drop\n  * * => pass\n");
+    let p = compile(&src).unwrap().program;
+    assert!(p.rows[0].conditions[0].negated);
+    assert_eq!(p.rows[0].conditions[0].cond.op, CmpOp::Eq);
+}

@@ -807,3 +807,152 @@ pub(crate) fn suggest_help<'a>(
 pub(crate) fn is_prefix_length(e: &Expr) -> bool {
     matches!(e.kind, ExprKind::Lit(LitKind::Decimal, _))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syntax::parse;
+
+    fn rows(src: &str) -> Vec<Row> {
+        let text = format!("table\n{src}\nend\n");
+        let (file, diags) = parse(&text);
+        assert!(diags.is_empty(), "{diags:?}");
+        file.table.map(|t| t.rows).unwrap_or_default()
+    }
+
+    fn compare(item: &Item) -> (&Expr, CmpOp, &Expr) {
+        match &item.kind {
+            ItemKind::Compare { lhs, op, rhs } => (lhs, *op, rhs),
+            other => panic!("not a comparison: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn precedence_is_c_like() {
+        let r = rows("* 1 + 2 * 3 << 1 & 7 ^ 1 | 8 > 0 => pass");
+        let (lhs, op, _) = compare(&r[0].items[0]);
+        assert_eq!(op, CmpOp::Gt);
+        // The outermost operator binds loosest: `|`.
+        let ExprKind::Binary(BinOp::Or, left, _) = &lhs.kind else {
+            panic!("{lhs:?}")
+        };
+        let ExprKind::Binary(BinOp::Xor, left, _) = &left.kind else {
+            panic!("{left:?}")
+        };
+        let ExprKind::Binary(BinOp::And, left, _) = &left.kind else {
+            panic!("{left:?}")
+        };
+        let ExprKind::Binary(BinOp::Shl, left, _) = &left.kind else {
+            panic!("{left:?}")
+        };
+        let ExprKind::Binary(BinOp::Add, _, right) = &left.kind else {
+            panic!("{left:?}")
+        };
+        assert!(matches!(right.kind, ExprKind::Binary(BinOp::Mul, _, _)));
+    }
+
+    #[test]
+    fn subtraction_is_left_associative() {
+        let r = rows("* now - 1 - 2 > 0 => pass");
+        let (lhs, _, _) = compare(&r[0].items[0]);
+        let ExprKind::Binary(BinOp::Sub, left, right) = &lhs.kind else {
+            panic!("{lhs:?}")
+        };
+        assert!(matches!(left.kind, ExprKind::Binary(BinOp::Sub, _, _)));
+        assert_eq!(right.kind, ExprKind::Lit(LitKind::Decimal, 2));
+    }
+
+    #[test]
+    fn patterns_and_spans() {
+        let r =
+            rows("  {A, B} ip.src in 10.0.0.0/8, tcp.dport == 1..2, udp.dport in {1, 2} => pass");
+        let row = &r[0];
+        // Spans are byte offsets in the whole text ("table\n" is 6 bytes).
+        assert_eq!(row.span.start, 8);
+        let StatePat::Names(names) = &row.state else {
+            panic!()
+        };
+        assert_eq!(names[1].name, "B");
+        assert_eq!(names[1].span, 12..13);
+        let ItemKind::Match { field, op, pattern } = &row.items[0].kind else {
+            panic!()
+        };
+        assert_eq!((field.name.as_str(), *op), ("ip.src", MatchOp::In));
+        assert!(matches!(pattern, PatternAst::Slash { rhs, .. } if is_prefix_length(rhs)));
+        assert!(matches!(
+            &row.items[1].kind,
+            ItemKind::Match {
+                pattern: PatternAst::Range { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            &row.items[2].kind,
+            ItemKind::Match { pattern: PatternAst::Set { values, .. }, .. } if values.len() == 2
+        ));
+    }
+
+    #[test]
+    fn negations_and_state_alternatives() {
+        let r = rows("A|B !(now < r), not not now > 1, ! ( not r == 1 ) => drop");
+        let StatePat::Names(names) = &r[0].state else {
+            panic!()
+        };
+        assert_eq!(names.len(), 2);
+        let negated: Vec<bool> = r[0].items.iter().map(|i| i.negated).collect();
+        assert_eq!(negated, vec![true, false, false]);
+    }
+
+    #[test]
+    fn actions_in_any_order_after_the_arrow() {
+        let r = rows("* * => next B, r = 1, controller then drop, redirect \"veth-a\"");
+        let a = &r[0].actions;
+        assert!(matches!(&a[0], ActionItem::Next(id, _) if id.name == "B"));
+        assert!(matches!(&a[1], ActionItem::Assign { target, .. } if target.name == "r"));
+        assert!(matches!(
+            &a[2],
+            ActionItem::Verdict(Verdict::Controller(Some(ControllerThen::Drop)), _)
+        ));
+        assert!(
+            matches!(&a[3], ActionItem::Verdict(Verdict::Redirect(id), _) if id.name == "veth-a")
+        );
+    }
+
+    #[test]
+    fn slash_is_division_inside_parentheses_of_a_pattern() {
+        let r = rows("* tcp.dport == (8 / 2) => pass");
+        let ItemKind::Match {
+            pattern: PatternAst::Value(v),
+            ..
+        } = &r[0].items[0].kind
+        else {
+            panic!()
+        };
+        assert!(matches!(v.kind, ExprKind::Binary(BinOp::Div, _, _)));
+    }
+
+    #[test]
+    fn declarations_parse() {
+        let src = "program p\nhook tc egress\ntimeout S idle 1s hard 2s rollback T\nflows 10 refuse\ndefault controller\n";
+        let (file, diags) = parse(src);
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(file.decls.len(), 5);
+        assert_eq!(file.decls[1].kind, DeclKind::Hook(HookKind::TcEgress));
+        assert!(matches!(
+            &file.decls[2].kind,
+            DeclKind::Timeout { idle: Some(_), hard: Some(_), rollback: Some(r), .. } if r.name == "T"
+        ));
+        assert!(matches!(
+            &file.decls[3].kind,
+            DeclKind::Flows {
+                policy: Some(PolicyKind::Refuse),
+                ..
+            }
+        ));
+        assert_eq!(
+            file.decls[4].kind,
+            DeclKind::Default(Verdict::Controller(None))
+        );
+        assert_eq!(file.decls[2].span, 25..61);
+    }
+}
