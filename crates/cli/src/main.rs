@@ -55,6 +55,24 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Write a synthetic pcap capture: the examples' stories, or a large
+    /// mixed load for benchmarking `replay`.
+    Synth {
+        #[arg(value_enum)]
+        kind: cmd::synth::Kind,
+        /// Output pcap file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Packets (for `mixed`).
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: usize,
+        /// Distinct sources (for `mixed`).
+        #[arg(long, default_value_t = 10_000)]
+        flows: u32,
+        /// Random seed (for `mixed`).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +85,13 @@ fn main() -> ExitCode {
             format,
             output,
         } => cmd::graph::run(&program, format, output.as_deref()),
+        Command::Synth {
+            kind,
+            output,
+            packets,
+            flows,
+            seed,
+        } => cmd::synth::run(kind, packets, flows, seed, &output),
     };
     match result {
         Ok(code) => code,

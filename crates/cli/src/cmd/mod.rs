@@ -1,3 +1,4 @@
 pub mod check;
 pub mod graph;
 pub mod replay;
+pub mod synth;
