@@ -79,6 +79,9 @@ pub struct Machine<'p> {
     row_hits: Vec<Counter>,
     default_hits: Counter,
     same_keys: bool,
+    /// The initial registers when initial entries are elided (DESIGN.md 1.8):
+    /// then they are constants, known once.
+    elided_initial: Option<Vec<i64>>,
 }
 
 /// What a matching row writes: the flow's new registers and the globals it
@@ -103,6 +106,16 @@ impl<'p> Machine<'p> {
             row_hits: vec![Counter::default(); program.rows.len()],
             default_hits: Counter::default(),
             same_keys: program.lookup_key == program.update_key,
+            elided_initial: program.elides_initial_entries().then(|| {
+                program
+                    .registers
+                    .iter()
+                    .map(|r| match r.init {
+                        Expr::Const(c) => c,
+                        _ => 0,
+                    })
+                    .collect()
+            }),
         }
     }
 
@@ -158,7 +171,7 @@ impl<'p> Machine<'p> {
         let next = row.next.unwrap_or(flow.state);
 
         let mut evicted = None;
-        if self.is_elided(next, &effects.registers, headers, now) {
+        if self.is_elided(next, &effects.registers) {
             self.table.remove(&update);
         } else {
             let created = match self.table.get(&update) {
@@ -276,10 +289,12 @@ impl<'p> Machine<'p> {
 
     /// An entry in the initial state with its initial registers reads like a
     /// missing one; it is not stored when the program allows (DESIGN.md 1.8).
-    fn is_elided(&self, next: StateId, registers: &[i64], headers: &Headers, now: i64) -> bool {
+    fn is_elided(&self, next: StateId, registers: &[i64]) -> bool {
         next == StateId(0)
-            && self.program.elides_initial_entries()
-            && registers == self.initial_registers(headers, now).as_slice()
+            && self
+                .elided_initial
+                .as_ref()
+                .is_some_and(|initial| initial.iter().eq(registers))
     }
 
     /// The first row that matches, with what it writes.

@@ -1,6 +1,6 @@
 //! The state table: per-flow entries, a capacity, and the full-table policy.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use flowstate_lang::ir::{FullPolicy, StateId};
 use rustc_hash::FxHashMap;
@@ -22,13 +22,16 @@ pub struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableFull;
 
-/// Entries by key, plus (under `EvictLeastRecent`) an index by recency so
-/// that eviction is `O(log n)`. Recency is the order of writes: ties in
-/// `last_seen` are broken by which write came first.
+/// Entries by key, plus (under `EvictLeastRecent`) a queue of writes in
+/// order so that eviction is amortised `O(1)`. Recency is the order of
+/// writes. The queue is lazy: a write appends `(write number, key)` and
+/// leaves the key's older records in place; eviction skips records whose
+/// number is no longer the key's latest. It is compacted when it grows past
+/// twice the live entries, so memory stays proportional to the table.
 #[derive(Debug, Clone)]
 pub struct StateTable {
     entries: FxHashMap<Key, (Entry, u64)>,
-    by_recency: BTreeMap<u64, Key>,
+    writes: VecDeque<(u64, Key)>,
     next_write: u64,
     capacity: usize,
     policy: FullPolicy,
@@ -38,7 +41,7 @@ impl StateTable {
     pub fn new(capacity: u32, policy: FullPolicy) -> StateTable {
         StateTable {
             entries: FxHashMap::default(),
-            by_recency: BTreeMap::new(),
+            writes: VecDeque::new(),
             next_write: 0,
             capacity: capacity as usize,
             policy,
@@ -68,9 +71,8 @@ impl StateTable {
         self.next_write += 1;
         if let Some((old, order)) = self.entries.get_mut(&key) {
             *old = entry;
-            self.by_recency.remove(order);
             *order = write;
-            self.by_recency.insert(write, key);
+            self.record_write(write, key);
             return Ok(None);
         }
         let mut evicted = None;
@@ -78,28 +80,50 @@ impl StateTable {
             match self.policy {
                 FullPolicy::RefuseNew => return Err(TableFull),
                 FullPolicy::EvictLeastRecent => {
-                    let Some((_, victim)) = self.by_recency.pop_first() else {
-                        return Err(TableFull);
-                    };
+                    let victim = self.least_recent().ok_or(TableFull)?;
                     self.entries.remove(&victim);
                     evicted = Some(victim);
                 }
             }
         }
         self.entries.insert(key, (entry, write));
-        self.by_recency.insert(write, key);
+        self.record_write(write, key);
         Ok(evicted)
     }
 
+    fn record_write(&mut self, write: u64, key: Key) {
+        if self.policy != FullPolicy::EvictLeastRecent {
+            return;
+        }
+        self.writes.push_back((write, key));
+        if self.writes.len() > 2 * self.entries.len().max(4096) {
+            let entries = &self.entries;
+            self.writes
+                .retain(|(w, k)| entries.get(k).is_some_and(|(_, latest)| latest == w));
+        }
+    }
+
+    /// Pop write records until one is the latest write of a live entry.
+    fn least_recent(&mut self) -> Option<Key> {
+        while let Some((write, key)) = self.writes.pop_front() {
+            if self
+                .entries
+                .get(&key)
+                .is_some_and(|(_, latest)| *latest == write)
+            {
+                return Some(key);
+            }
+        }
+        None
+    }
+
     pub fn remove(&mut self, key: &Key) -> Option<Entry> {
-        let (entry, order) = self.entries.remove(key)?;
-        self.by_recency.remove(&order);
-        Some(entry)
+        self.entries.remove(key).map(|(entry, _)| entry)
     }
 
     pub fn clear(&mut self) {
         self.entries.clear();
-        self.by_recency.clear();
+        self.writes.clear();
     }
 
     /// All entries, sorted by key (a stable order for printing and for

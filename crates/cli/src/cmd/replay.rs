@@ -34,6 +34,20 @@ pub struct Args {
     write_drop: Option<PathBuf>,
 }
 
+/// Verdict names, in the order of [`verdict_index`].
+const VERDICTS: [&str; 5] = ["pass", "drop", "tx", "redirect", "controller"];
+
+/// Counting by index keeps string comparisons out of the per-packet loop.
+fn verdict_index(action: &Action) -> usize {
+    match action {
+        Action::Pass => 0,
+        Action::Drop => 1,
+        Action::Tx => 2,
+        Action::Redirect { .. } => 3,
+        Action::Controller { .. } => 4,
+    }
+}
+
 /// Whether a packet with this action continues into the stack.
 fn passes(action: &Action) -> Option<bool> {
     match action {
@@ -70,7 +84,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut machine = Machine::new(program);
-    let mut by_action: BTreeMap<&'static str, Counter> = BTreeMap::new();
+    let mut by_verdict = [Counter::default(); VERDICTS.len()];
     let mut packets = 0u64;
     let started = Instant::now();
 
@@ -78,7 +92,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let frame: Frame = frame?;
         let step = machine.process(&frame.data, frame.ifindex, frame.time_ns);
         packets += 1;
-        let counter = by_action.entry(step.action.verdict_name()).or_default();
+        let counter = &mut by_verdict[verdict_index(step.action)];
         counter.packets += 1;
         counter.bytes += frame.data.len() as u64;
         if !args.quiet {
@@ -99,6 +113,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     let elapsed = started.elapsed();
+    let by_action: BTreeMap<&str, Counter> = VERDICTS
+        .iter()
+        .zip(by_verdict)
+        .filter(|(_, c)| c.packets > 0)
+        .map(|(v, c)| (*v, c))
+        .collect();
     if let Some(w) = pass_out.as_mut() {
         w.flush()?;
     }

@@ -17,7 +17,13 @@ pub enum Kind {
     Mixed,
 }
 
-pub fn run(kind: Kind, packets: usize, flows: u32, seed: u64, out: &Path) -> anyhow::Result<ExitCode> {
+pub fn run(
+    kind: Kind,
+    packets: usize,
+    flows: u32,
+    seed: u64,
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
     let frames = match kind {
         Kind::Portknock => synth::portknock_demo(),
         Kind::Tokenbucket => synth::tokenbucket_demo(),
