@@ -141,9 +141,15 @@ pub struct FieldMatch {
 pub enum Pattern {
     Exact(u128),
     /// `value & mask == value` (prefixes are masks with leading ones).
-    Masked { value: u128, mask: u128 },
+    Masked {
+        value: u128,
+        mask: u128,
+    },
     /// Inclusive on both ends.
-    Range { lo: u128, hi: u128 },
+    Range {
+        lo: u128,
+        hi: u128,
+    },
     /// Any of these exact values (sorted, deduplicated).
     Set(Vec<u128>),
 }
@@ -312,9 +318,13 @@ pub enum Action {
     /// Bounce out of the receiving port.
     Tx,
     /// Send out of another interface, named as in the program.
-    Redirect { ifname: String },
+    Redirect {
+        ifname: String,
+    },
     /// Send an event with the packet head to user space, then `then`.
-    Controller { then: ControllerThen },
+    Controller {
+        then: ControllerThen,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

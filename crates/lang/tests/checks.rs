@@ -679,3 +679,19 @@ fn not_equal_on_a_narrow_field_is_a_condition() {
     assert!(p.rows[0].conditions[0].negated);
     assert_eq!(p.rows[0].conditions[0].cond.op, CmpOp::Eq);
 }
+
+#[test]
+fn update_key_must_have_the_lookup_key_layout() {
+    let src =
+        "program p\nhook xdp\nflow ip.src\nupdate tcp.dport\nstates A\ntable\n  * * => pass\nend\n";
+    let diags = flowstate_lang::compile(src).err().expect("rejected");
+    let d = diags
+        .iter()
+        .find(|d| {
+            d.message
+                .contains("update key does not have the lookup key's layout")
+        })
+        .expect("layout error reported");
+    assert_eq!(d.line_col(src), (4, 1));
+    assert!(d.help.as_deref().unwrap().contains("ip.src (4 bytes)"));
+}

@@ -173,7 +173,13 @@ impl Checker<'_> {
         });
         let lookup_key = singles.flow.as_ref().map(|(f, _)| self.key(f));
         let update_key = match &singles.update {
-            Some((f, _)) => Some(self.key(f)),
+            Some((f, span)) => {
+                let update = self.key(f);
+                if let Some(lookup) = &lookup_key {
+                    self.same_key_layout(lookup, &update, span.clone());
+                }
+                Some(update)
+            }
             None => lookup_key.clone(),
         };
         let states = self.timeouts(file, states);
@@ -527,6 +533,34 @@ impl Checker<'_> {
             fields.push(f);
         }
         fields
+    }
+
+    /// The update key indexes the same table as the lookup key, so it must
+    /// pack to the same bytes: as many fields, each as wide as its partner
+    /// (`flow eth.dst` / `update eth.src`).
+    fn same_key_layout(&mut self, lookup: &[Field], update: &[Field], span: Span) {
+        let widths = |k: &[Field]| k.iter().map(|f| f.key_bytes()).collect::<Vec<_>>();
+        if widths(lookup) != widths(update) {
+            let show = |k: &[Field]| {
+                k.iter()
+                    .map(|f| format!("{f} ({} bytes)", f.key_bytes()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            self.err(
+                Diagnostic::error(
+                    "the update key does not have the lookup key's layout",
+                    span,
+                    "fields differ in number or width from `flow`",
+                )
+                .with_help(format!(
+                    "both keys index one table: pair each `flow` field with an `update` field of the \
+                     same width; flow is {}, update is {}",
+                    show(lookup),
+                    show(update)
+                )),
+            );
+        }
     }
 
     // ---- declarations --------------------------------------------------
