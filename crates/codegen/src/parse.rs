@@ -38,7 +38,7 @@
 //! flowstate always is; it is the length of the linear part, which is the
 //! whole frame unless the program is loaded for multi-buffer XDP.
 
-use flowstate_asm::{Assembler, Insn, JmpOp, Label, Reg, Size};
+use flowstate_asm::{Assembler, Helper, Insn, JmpOp, Label, Reg, Size};
 use flowstate_lang::ir::Hook;
 use flowstate_wire::offsets as off;
 use flowstate_wire::{Field, Layer};
@@ -58,6 +58,9 @@ pub mod xdp_md {
 /// `struct __sk_buff` (include/uapi/linux/bpf.h): u32 fields.
 pub mod sk_buff {
     pub const LEN: i16 = 0;
+    /// Non-zero when the outer VLAN tag is held in metadata, not in data.
+    pub const VLAN_PRESENT: i16 = 20;
+    pub const VLAN_TCI: i16 = 24;
     pub const IFINDEX: i16 = 40;
     pub const DATA: i16 = 76;
     pub const DATA_END: i16 = 80;
@@ -101,6 +104,16 @@ pub fn emit_parse(asm: &mut Assembler, req: &ParseRequest) {
 
 // Offsets from R7, which points 14 bytes before the layer-3 header.
 const L3: usize = off::ETH_HEADER_LEN;
+
+/// The deepest header stack the parser reads: Ethernet, two tags, IPv4
+/// with 40 bytes of options, TCP.
+pub const MAX_HEADERS_LEN: usize = off::ETH_HEADER_LEN
+    + off::MAX_VLAN_TAGS * off::VLAN_TAG_LEN
+    + off::IPV4_MAX_LEN
+    + off::TCP_MIN_LEN;
+
+/// `long bpf_skb_pull_data(struct __sk_buff *skb, u32 len)`.
+const SKB_PULL_DATA: Helper = Helper(39);
 
 /// `usize` header offsets are small constants; this keeps the casts in one
 /// place (and at compile time).
@@ -243,38 +256,78 @@ impl Emitter<'_, '_> {
         }
     }
 
+    fn is_tc(&self) -> bool {
+        matches!(self.req.hook, Hook::TcIngress | Hook::TcEgress)
+    }
+
     fn metadata(&mut self) {
         let plan = self.plan;
         let needs_packet =
             plan.ethernet() || (self.req.hook == Hook::Xdp && plan.has(Field::PktLen));
-        let (data, data_end) = match self.req.hook {
-            Hook::Xdp => (xdp_md::DATA, xdp_md::DATA_END),
-            Hook::TcIngress | Hook::TcEgress => (sk_buff::DATA, sk_buff::DATA_END),
-        };
         if needs_packet {
-            self.asm.emit(Insn::ldx(Size::W, R7, CTX, data));
-            self.asm.emit(Insn::ldx(Size::W, R8, CTX, data_end));
+            self.load_packet_pointers();
         }
         if plan.has(Field::PktLen) {
-            match self.req.hook {
-                Hook::Xdp => {
-                    self.asm.emit(Insn::mov64(R3, R8));
-                    self.asm.emit(Insn::sub64(R3, R7));
-                }
-                Hook::TcIngress | Hook::TcEgress => {
-                    self.asm.emit(Insn::ldx(Size::W, R3, CTX, sk_buff::LEN))
-                }
+            if self.is_tc() {
+                self.asm.emit(Insn::ldx(Size::W, R3, CTX, sk_buff::LEN));
+                // An outer tag held in metadata is part of the frame on
+                // the wire (and in a capture), not of skb->len.
+                self.asm
+                    .emit(Insn::ldx(Size::W, R0, CTX, sk_buff::VLAN_PRESENT));
+                self.asm.emit(Insn::jeq(R0, 0, 1));
+                self.asm.emit(Insn::add64(R3, off::VLAN_TAG_LEN as i32));
+            } else {
+                self.asm.emit(Insn::mov64(R3, R8));
+                self.asm.emit(Insn::sub64(R3, R7));
             }
             self.store(Field::PktLen, R3);
         }
         if plan.has(Field::PktIfindex) {
-            let ifindex = match self.req.hook {
-                Hook::Xdp => xdp_md::INGRESS_IFINDEX,
-                Hook::TcIngress | Hook::TcEgress => sk_buff::IFINDEX,
+            let ifindex = if self.is_tc() {
+                sk_buff::IFINDEX
+            } else {
+                xdp_md::INGRESS_IFINDEX
             };
             self.asm.emit(Insn::ldx(Size::W, R3, CTX, ifindex));
             self.store(Field::PktIfindex, R3);
         }
+    }
+
+    /// R7 = data, R8 = data_end. For TC, first makes sure the headers are
+    /// in the linear part of the skb, which is all direct access sees: a
+    /// packet whose linear part is shorter than both the packet and
+    /// [`MAX_HEADERS_LEN`] gets `bpf_skb_pull_data` (rare: drivers and GRO
+    /// keep the headers linear). If the pull fails, whatever is linear is
+    /// parsed and the rest is absent.
+    fn load_packet_pointers(&mut self) {
+        if !self.is_tc() {
+            self.asm.emit(Insn::ldx(Size::W, R7, CTX, xdp_md::DATA));
+            self.asm.emit(Insn::ldx(Size::W, R8, CTX, xdp_md::DATA_END));
+            return;
+        }
+        let linear = self.asm.new_label();
+        let max = MAX_HEADERS_LEN as i32;
+        self.emit_tc_pointers();
+        self.asm.emit(Insn::mov64(R2, R8));
+        self.asm.emit(Insn::sub64(R2, R7));
+        self.asm.jmp(JmpOp::Ge, R2, max, linear);
+        self.asm.emit(Insn::ldx(Size::W, R3, CTX, sk_buff::LEN));
+        self.asm.jmp(JmpOp::Ge, R2, R3, linear);
+        // Pull min(len, MAX_HEADERS_LEN): pulling more than the packet fails.
+        self.asm.emit(Insn::mov64(R2, R3));
+        self.asm.emit(Insn::jle(R2, max, 1));
+        self.asm.emit(Insn::mov64(R2, max));
+        self.asm.emit(Insn::mov64(R1, CTX));
+        self.asm.emit(Insn::call(SKB_PULL_DATA));
+        // The helper invalidates every packet pointer.
+        self.emit_tc_pointers();
+        self.asm.bind(linear);
+    }
+
+    fn emit_tc_pointers(&mut self) {
+        self.asm.emit(Insn::ldx(Size::W, R7, CTX, sk_buff::DATA));
+        self.asm
+            .emit(Insn::ldx(Size::W, R8, CTX, sk_buff::DATA_END));
     }
 
     fn ethernet(&mut self) {
@@ -294,16 +347,52 @@ impl Emitter<'_, '_> {
     }
 
     /// Walks up to two tags, moving R7 4 bytes per tag; leaves the raw
-    /// ethertype in R2.
+    /// ethertype in R2. At TC the outer tag may have been moved out of the
+    /// data into skb metadata (the stack does so on receive before TC
+    /// ingress; on transmit with VLAN offload it stays there until the
+    /// device inserts it): it then counts as the first tag, and one more
+    /// may follow in the data.
     fn vlan_tags(&mut self) {
-        let type_at = imm(off::ETH_TYPE);
         let tagged = self.asm.new_label();
         let untagged = self.asm.new_label();
         self.asm.annotate("vlan tags");
+        if self.is_tc() {
+            let in_band = self.asm.new_label();
+            self.asm
+                .emit(Insn::ldx(Size::W, R3, CTX, sk_buff::VLAN_PRESENT));
+            self.asm.jmp(JmpOp::Eq, R3, 0, in_band);
+            if self.plan.has(Field::VlanId) {
+                self.asm
+                    .emit(Insn::ldx(Size::W, R3, CTX, sk_buff::VLAN_TCI));
+                self.asm.emit(Insn::and64(R3, i32::from(off::VLAN_ID_MASK)));
+                self.store(Field::VlanId, R3);
+            }
+            self.data_tags(1, tagged, tagged);
+            self.asm.ja(tagged);
+            self.asm.bind(in_band);
+        }
+        self.data_tags(0, tagged, untagged);
+        // After the last tag whatever follows is the ethertype, tag or not.
+        self.asm.bind(tagged);
+        self.mark_present(&[Field::VlanId]);
+        self.asm.bind(untagged);
+        if self.plan.has(Field::EthType) {
+            self.asm.emit(Insn::mov64(R3, R2));
+            self.asm.emit(Insn::be16(R3));
+            self.store(Field::EthType, R3);
+            self.mark_present(&[Field::EthType]);
+        }
+    }
+
+    /// The tags in the data, from tag number `first` (0 or 1) on; ends with
+    /// the ethertype after the last tag in R2. Goes to `untagged` when the
+    /// first is not a tag, to `tagged` when a later one is not.
+    fn data_tags(&mut self, first: usize, tagged: Label, untagged: Label) {
+        let type_at = imm(off::ETH_TYPE);
         self.asm.emit(Insn::ldx(Size::H, R2, R7, type_at));
-        for tag in 0..off::MAX_VLAN_TAGS {
+        for tag in first..off::MAX_VLAN_TAGS {
             let is_tag = self.asm.new_label();
-            let not_tag = if tag == 0 { untagged } else { tagged };
+            let not_tag = if tag == first { untagged } else { tagged };
             self.asm
                 .jmp(JmpOp::Eq, R2, raw16(off::ETHERTYPE_VLAN), is_tag);
             self.asm
@@ -318,16 +407,6 @@ impl Emitter<'_, '_> {
             }
             self.asm.emit(Insn::add64(R7, off::VLAN_TAG_LEN as i32));
             self.asm.emit(Insn::ldx(Size::H, R2, R7, type_at));
-        }
-        // After the last tag whatever follows is the ethertype, tag or not.
-        self.asm.bind(tagged);
-        self.mark_present(&[Field::VlanId]);
-        self.asm.bind(untagged);
-        if self.plan.has(Field::EthType) {
-            self.asm.emit(Insn::mov64(R3, R2));
-            self.asm.emit(Insn::be16(R3));
-            self.store(Field::EthType, R3);
-            self.mark_present(&[Field::EthType]);
         }
     }
 
@@ -609,8 +688,9 @@ mod tests {
         assert!(!loads_at(&program, CTX, sk_buff::DATA));
         assert!(loads_at(&program, CTX, sk_buff::LEN));
         assert!(loads_at(&program, CTX, sk_buff::IFINDEX));
-        // mov r6; mov r9; two loads and two stores; exit.
-        assert_eq!(program.insns.len(), 7);
+        // mov r6; mov r9; len, vlan_present, jeq, add, store; ifindex,
+        // store; exit.
+        assert_eq!(program.insns.len(), 10, "{}", program.listing());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use flowstate_asm::{Assembler, Helper, Insn, JmpOp, MapRef, Reg::*, Size};
 use flowstate_codegen::parse::{emit_parse, presence_bit, ParseRequest};
 use flowstate_lang::ir::Hook;
 use flowstate_obj::{BtfType, MapDef, MapKind, ObjectBuilder, ProgramDef, ProgramSection};
-use flowstate_runtime::{load, LoadOptions, Loaded};
+use flowstate_runtime::{load, LoadOptions, Loaded, TcDirection};
 use flowstate_wire::build::PacketBuilder;
 use flowstate_wire::offsets as off;
 use flowstate_wire::{parse, Field};
@@ -133,6 +133,14 @@ fn rig() -> Rig {
             programs.push((format!("p_{name}_{suffix}"), hook, fields, key));
         }
     }
+    // The egress flavour differs only where it attaches (see the veth test).
+    let key = programs.len() as u32;
+    programs.push((
+        "p_all_tcegress".to_string(),
+        Hook::TcEgress,
+        Field::ALL.to_vec(),
+        key,
+    ));
     let mut builder = ObjectBuilder::new();
     builder.add_map(MapDef::new(
         MAP,
@@ -549,5 +557,222 @@ fn speed_and_size_figures() {
                 run.duration_ns, stats.verified_insns, stats.jited_bytes
             );
         }
+    }
+}
+
+/// A network namespace with a veth pair (veth0, veth1), jumbo MTU and no
+/// IPv6 (so no stray traffic), deleted on drop.
+struct Netns {
+    name: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+impl Netns {
+    fn new() -> Result<Netns, String> {
+        let name = format!("fs-cgparse-{}", std::process::id());
+        let _ = ip(&["netns", "del", &name]);
+        ip(&["netns", "add", &name])?;
+        let netns = Netns { name };
+        for sysctl in ["all", "default"] {
+            netns.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{sysctl}.disable_ipv6=1"),
+            ])?;
+        }
+        netns.exec(&[
+            "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+        ])?;
+        for dev in ["veth0", "veth1"] {
+            netns.exec(&["ip", "link", "set", dev, "mtu", "9000", "up"])?;
+        }
+        Ok(netns)
+    }
+
+    fn exec(&self, command: &[&str]) -> Result<(), String> {
+        let mut args = vec!["netns", "exec", &self.name];
+        args.extend_from_slice(command);
+        ip(&args)
+    }
+
+    /// Runs `f` on a thread that has entered the namespace.
+    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    use std::os::fd::AsRawFd;
+                    let file = std::fs::File::open(&path).expect("netns file");
+                    // SAFETY: setns on a valid namespace fd; affects this thread only.
+                    let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(ret, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("namespace thread panicked")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+fn ifindex(name: &str) -> u32 {
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(index, 0, "no interface {name:?}");
+    index
+}
+
+/// Sends `frame` out of interface `index` through an AF_PACKET socket.
+fn send_frame(index: u32, frame: &[u8]) {
+    // SAFETY: plain socket calls on a fresh fd, closed below; the address
+    // and the buffer outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = index as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(sent, frame.len() as isize, "sendto: {error}");
+    }
+}
+
+/// Frames whose outer tag the receive path moves into skb metadata before
+/// TC ingress, and jumbo frames an AF_PACKET socket sends with only the
+/// Ethernet header in the linear part of the skb.
+fn veth_frames() -> Vec<Vec<u8>> {
+    let ipv4 = || PacketBuilder::eth(MAC_A, MAC_B).ipv4([10, 1, 2, 3], [10, 9, 8, 7]);
+    let ipv6 = || PacketBuilder::eth(MAC_A, MAC_B).ipv6(v6(1), v6(2));
+    vec![
+        ipv4().tcp(1234, 80, off::TCP_SYN).build(),
+        ipv4().vlan(42).tcp(1234, 80, off::TCP_SYN).build(),
+        ipv4().qinq(7).vlan(8).udp(53, 5353).payload(10).build(),
+        ipv6().tag(off::ETHERTYPE_VLAN, 0xa00b).udp(1, 2).build(),
+        ipv6().vlan(1).vlan(2).vlan(3).build(),
+        PacketBuilder::eth(MAC_A, MAC_B)
+            .vlan(99)
+            .arp_request([1, 1, 1, 1], [2, 2, 2, 2])
+            .build(),
+        ipv4()
+            .options(&[1; 40])
+            .tcp(5, 6, 0x18)
+            .payload(6000)
+            .build(),
+        ipv4().vlan(300).udp(7, 8).payload(5000).build(),
+        ipv6()
+            .qinq(1)
+            .vlan(2)
+            .tcp(9, 10, 0x10)
+            .payload(7000)
+            .build(),
+    ]
+}
+
+#[test]
+fn tc_on_veth_sees_frames_as_wire_parses_them() {
+    if skip("tc_on_veth_sees_frames_as_wire_parses_them") {
+        return;
+    }
+    let netns = Netns::new().expect("network namespace with a veth pair");
+    netns.enter(|| {
+        let mut rig = rig();
+        let ingress = &rig
+            .programs
+            .iter()
+            .find(|p| p.0 == "p_all_tc")
+            .unwrap()
+            .clone();
+        let egress = &rig
+            .programs
+            .iter()
+            .find(|p| p.0 == "p_all_tcegress")
+            .unwrap()
+            .clone();
+        let _ingress_link = rig
+            .loaded
+            .attach_tc(&ingress.0, "veth0", TcDirection::Ingress)
+            .expect("attach at veth0 ingress");
+        let _egress_link = rig
+            .loaded
+            .attach_tc(&egress.0, "veth1", TcDirection::Egress)
+            .expect("attach at veth1 egress");
+        let map = rig.loaded.map(MAP).unwrap();
+        let (veth0, veth1) = (ifindex("veth0"), ifindex("veth1"));
+        for frame in veth_frames() {
+            for key in [ingress.3, egress.3] {
+                map.array_set(key, &[0; VALUE_SIZE]).unwrap();
+            }
+            send_frame(veth1, &frame);
+            // veth delivers through the backlog: wait for both programs.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let read = |key: u32| map.array_get(key).unwrap();
+            while [ingress.3, egress.3]
+                .iter()
+                .any(|&k| read(k)[..8] == [0; 8])
+            {
+                assert!(std::time::Instant::now() < deadline, "frame not seen");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            for ((program, _, _, key), index) in [(ingress, veth0), (egress, veth1)] {
+                let value = read(*key);
+                compare(program, &frame, index, &value);
+            }
+        }
+    });
+}
+
+/// Asserts that `value` (mask and slots of an all-fields program) is what
+/// `flowstate_wire::parse` makes of `frame` on `ifindex`.
+fn compare(program: &str, frame: &[u8], ifindex: u32, value: &[u8]) {
+    let want = parse(frame, ifindex);
+    let mask = u64::from_le_bytes(value[..8].try_into().unwrap());
+    for field in Field::ALL {
+        let at = value_offset(field);
+        let word = |at: usize| u64::from_le_bytes(value[at..at + 8].try_into().unwrap());
+        let got = (mask & u64::from(presence_bit(field)) != 0).then(|| {
+            if width(field) == 16 {
+                (u128::from(word(at)) << 64) | u128::from(word(at + 8))
+            } else {
+                u128::from(word(at))
+            }
+        });
+        assert_eq!(
+            got,
+            want.get(field),
+            "{program}: {field} of a {}-byte frame; wire: {want}",
+            frame.len()
+        );
     }
 }
