@@ -1,1 +1,222 @@
-//! flowstate-codegen
+//! flowstate-codegen: a checked program, compiled straight to eBPF.
+//!
+//! ```text
+//!  ir::Program ──layout──▶ Layout + Frame ──lower──▶ Lowered ──emit──▶ asm::Program ──object──▶ ELF
+//!   (checked)      maps, value struct,     state switch,     instructions      maps + BTF,
+//!                  stack plan, BTF types   row runs, commits  (parse.rs inside)  relocations
+//! ```
+//!
+//! - [`layout`]: map names and the byte layout of keys, flow entries,
+//!   counters and events ([`Layout`], public for user space), and the plan
+//!   of the 512-byte stack ([`layout::Frame`]). Holds after it: every slot
+//!   the code uses has an aligned offset, and the frame fits (or
+//!   [`check_limits`] says why not).
+//! - [`lower`]: the table as a decision structure: one branch per state,
+//!   rows in priority order, runs of exact tests on one field as binary
+//!   searches, one commit block per (row, next state). Holds after it: the
+//!   next state of every commit is a constant.
+//! - [`emit`]: instructions through flowstate-asm; the header parser is
+//!   [`parse`]. Holds after it: labels resolve, and a program the verifier
+//!   rejects is a bug here (an internal error), never the user's.
+//! - [`object`]: the ELF object through flowstate-obj.
+//!
+//! Per packet, the program follows DESIGN.md section 1 and the reference
+//! interpreter (`flowstate-interp`) exactly; see [`emit`] for the register
+//! conventions and the control flow.
+//!
+//! Concurrency: each flow entry carries a lock word taken with a bounded
+//! cmpxchg spin (a packet that cannot take it gets the default action and
+//! is counted as contention), because `bpf_spin_lock` is refused in LRU
+//! maps. Known limit: an entry deleted (elision) or evicted (LRU) while
+//! another CPU waits for its lock can be reused by a new flow before that
+//! CPU gives up; that CPU may then write into the new flow's entry.
+//!
+//! Panic rule: [`compile`] and [`check_limits`] never panic on a program
+//! produced by `flowstate_lang::compile`.
+
+pub mod emit;
+pub mod layout;
+pub mod lower;
+pub mod object;
+pub mod parse;
+
+use flowstate_lang::ir::{Hook, Program};
+
+pub use layout::{EntryView, Event, Layout};
+
+/// Longest program accepted, in instruction slots.
+pub const MAX_INSNS: usize = 50_000;
+
+/// Resolves an interface name to its ifindex.
+pub type IfindexResolver = Box<dyn Fn(&str) -> Option<u32>>;
+
+/// How to compile.
+pub struct Options {
+    /// Read `now` from the `clock` map instead of the kernel clock (tests
+    /// write it before each packet).
+    pub test_clock: bool,
+    /// Per-flow locking. `false` only for the test that proves the
+    /// concurrency test can fail.
+    pub atomic: bool,
+    /// Attach somewhere else than the program's `hook`.
+    pub hook: Option<Hook>,
+    /// Resolves `redirect IFNAME` to an ifindex.
+    pub ifindex_of: IfindexResolver,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            test_clock: false,
+            atomic: true,
+            hook: None,
+            ifindex_of: Box::new(ifindex_from_sysfs),
+        }
+    }
+}
+
+/// The ifindex of a local interface, from `/sys/class/net`.
+pub fn ifindex_from_sysfs(name: &str) -> Option<u32> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return None;
+    }
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A compiled program.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The ELF object.
+    pub object: Vec<u8>,
+    /// The program's symbol in the object.
+    pub program_name: String,
+    /// Its section: `xdp` or `classifier`.
+    pub section: String,
+    pub hook: Hook,
+    /// Disassembly annotated with source lines.
+    pub listing: String,
+    /// Instruction slots.
+    pub insn_count: usize,
+    pub layout: Layout,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodegenError {
+    /// The program is valid but does not fit the kernel's limits.
+    #[error("{}", .0.join("\n"))]
+    Limits(Vec<String>),
+    /// `redirect` names an interface this machine does not have.
+    #[error("{0}")]
+    Interface(String),
+    /// A bug in the code generator: emitted code does not assemble.
+    #[error("internal error (a code generator bug): {0}")]
+    Assembly(#[from] flowstate_asm::AsmError),
+    /// A bug in the code generator: the object writer refused its input.
+    #[error("internal error (a code generator bug): {0}")]
+    Object(#[from] flowstate_obj::ObjError),
+}
+
+/// Compiles `program` to an ELF object that aya, `ip` and `tc` load.
+pub fn compile(program: &Program, options: &Options) -> Result<Output, CodegenError> {
+    let problems = static_limits(program);
+    if !problems.is_empty() {
+        return Err(CodegenError::Limits(problems));
+    }
+    let hook = options.hook.unwrap_or(program.hook);
+    let layout = Layout::new(program, options.test_clock);
+    let frame = layout::Frame::plan(program);
+    let lowered = lower::lower(program);
+    let target = emit::Target {
+        hook,
+        clock: emit::clock_for(program, options.test_clock),
+        atomic: options.atomic,
+        ifindex: &*options.ifindex_of,
+    };
+    let code = match emit::Emitter::new(program, &target, &layout, &frame, &lowered).run() {
+        Ok(code) => code,
+        Err(Ok(message)) => return Err(CodegenError::Interface(message)),
+        Err(Err(asm)) => return Err(CodegenError::Assembly(asm)),
+    };
+    if code.insns.len() > MAX_INSNS {
+        return Err(CodegenError::Limits(vec![too_many_insns(code.insns.len())]));
+    }
+    let name = layout::c_name(&program.name);
+    let object = object::build(program, &layout, hook, &name, &code)?;
+    let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
+    Ok(Output {
+        object,
+        program_name: name,
+        section: object::section_of(hook).section_name().to_string(),
+        hook,
+        listing,
+        insn_count: code.insns.len(),
+        layout,
+    })
+}
+
+/// The limits check `flowstate check` runs without writing an object:
+/// stack budget, key sizes, instruction budget.
+pub fn check_limits(program: &Program) -> Result<(), Vec<String>> {
+    let mut problems = static_limits(program);
+    if problems.is_empty() {
+        let options = Options {
+            // Interfaces are resolved at load time; any index will do here.
+            ifindex_of: Box::new(|_| Some(1)),
+            ..Options::default()
+        };
+        match compile(program, &options) {
+            Ok(_) => {}
+            Err(CodegenError::Limits(more)) => problems.extend(more),
+            Err(other) => problems.push(other.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+fn too_many_insns(count: usize) -> String {
+    format!(
+        "compiles to {count} eBPF instructions (limit {MAX_INSNS}): split the table or use \
+         fewer states with wildcard rows"
+    )
+}
+
+/// Limits known before emitting code.
+fn static_limits(program: &Program) -> Vec<String> {
+    let mut problems = Vec::new();
+    let lookup = Program::key_size(&program.lookup_key);
+    let update = Program::key_size(&program.update_key);
+    if lookup != update {
+        problems.push(format!(
+            "the update key takes {update} bytes and the lookup key {lookup}: both index one \
+             table, so they must be the same size"
+        ));
+    }
+    if program.states.is_empty() {
+        problems.push("the program declares no state".to_string());
+    }
+    let frame = layout::Frame::plan(program);
+    if frame.size > layout::STACK_LIMIT {
+        problems.push(format!(
+            "needs {} bytes of eBPF stack (limit {}): {} registers take {} bytes (entry copy \
+             and new values), {} globals {} bytes, keys {} bytes, expression temporaries {} \
+             bytes; use fewer registers or simpler expressions",
+            frame.size,
+            layout::STACK_LIMIT,
+            program.registers.len(),
+            16 * program.registers.len(),
+            program.globals.len(),
+            16 * program.globals.len(),
+            frame.key_area * if frame.update_key.is_some() { 2 } else { 1 },
+            8 * frame.spill_count,
+        ));
+    }
+    problems
+}

@@ -1,0 +1,1420 @@
+//! Stage 3: the lowered program as eBPF instructions.
+//!
+//! Register conventions, fixed for the whole program:
+//!
+//! | register | holds |
+//! | --- | --- |
+//! | R6 | the context (`xdp_md` / `__sk_buff`), set by the parser |
+//! | R7 | the flow entry being worked on (or 0); in the action tails, the counter index |
+//! | R8 | `now` |
+//! | R9 | the parser's presence bitmask; in the event code, the ring buffer record |
+//! | R0-R5 | scratch: helper arguments and the expression evaluator |
+//!
+//! Everything else lives in the stack frame planned by [`Frame`].
+//!
+//! Control flow: entry (parse, clock, keys) -> `again` (lookup, lock,
+//! view, expiry) -> state switch -> row tests -> commit blocks -> action
+//! tails (counters, event, verdict). Every way out that gives the default
+//! action goes through a small block that sets the counter index first.
+
+use flowstate_asm::{
+    AsmError, Assembler, AtomicOp, Helper, Insn, JmpOp, Label, MapRef, Program as AsmProgram, Reg,
+    Size,
+};
+use flowstate_lang::ir::{
+    Action, BinOp, CmpOp, ControllerThen, Expr, GlobalId, Hook, Pattern, Program, RegTarget, Row,
+    StateId,
+};
+use flowstate_lang::print;
+use flowstate_wire::Field;
+
+use crate::layout::{
+    self, Frame, Layout, EVAL_REGISTERS, EVENT_HEAD_BYTES, EVENT_ROW_DEFAULT, LOCK_OFFSET,
+    REGISTERS_OFFSET, STATE_OFFSET,
+};
+use crate::lower::{row_presence, Decision, Lowered, RowTest};
+use crate::parse::{emit_parse, ParseRequest};
+
+use Reg::*;
+
+const CTX: Reg = R6;
+const ENTRY: Reg = R7;
+const NOW: Reg = R8;
+const PRESENCE: Reg = R9;
+
+/// The evaluator's registers, by depth. R0 comes last so that shallow
+/// expressions never touch it.
+const POOL: [Reg; EVAL_REGISTERS] = [R1, R2, R3, R4, R5, R0];
+
+/// Attempts at a flow's lock before the packet gives up (and gets the
+/// default action, counted as contention).
+pub(crate) const LOCK_TRIES: i32 = 256;
+/// Attempts at a global's compare-and-swap before giving up.
+const GLOBAL_CAS_TRIES: i32 = 16;
+
+const BPF_NOEXIST: i32 = 1;
+const EEXIST: i32 = 17;
+
+const XDP_DROP: i32 = 1;
+const XDP_PASS: i32 = 2;
+const XDP_TX: i32 = 3;
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+/// `struct __sk_buff::ifindex`.
+const SKB_IFINDEX: i16 = 40;
+
+/// Map ids used in `ld_map_fd`; their names come from the [`Layout`].
+pub(crate) struct Maps {
+    pub flows: MapRef,
+    pub globals: MapRef,
+    pub counters: MapRef,
+    pub events: MapRef,
+    pub clock: MapRef,
+}
+
+pub(crate) const MAPS: Maps = Maps {
+    flows: MapRef(0),
+    globals: MapRef(1),
+    counters: MapRef(2),
+    events: MapRef(3),
+    clock: MapRef(4),
+};
+
+/// How `now` is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Clock {
+    /// The program never reads the clock.
+    None,
+    /// `bpf_ktime_get_coarse_ns`: enough for timeouts.
+    Coarse,
+    /// `bpf_ktime_get_ns`: `now` appears in an expression.
+    Precise,
+    /// Read from the `clock` map (tests).
+    TestMap,
+}
+
+pub(crate) fn clock_for(program: &Program, test_clock: bool) -> Clock {
+    if test_clock {
+        Clock::TestMap
+    } else if layout::reads_now(program) {
+        Clock::Precise
+    } else if program.states.iter().any(|s| s.timeout.is_some()) {
+        Clock::Coarse
+    } else {
+        Clock::None
+    }
+}
+
+/// What the emitter needs besides the program.
+pub(crate) struct Target<'a> {
+    pub hook: Hook,
+    pub clock: Clock,
+    pub atomic: bool,
+    /// The ifindex of each `redirect` action's interface, by name.
+    pub ifindex: &'a dyn Fn(&str) -> Option<u32>,
+}
+
+/// Where an expression's operands come from.
+#[derive(Clone, Copy)]
+struct EvalEnv {
+    /// Register initial values: an absent field reads 0.
+    absent_reads_zero: bool,
+    /// A global read from a stack slot instead of the globals map (its
+    /// value as the compare-and-swap expects it).
+    global_override: Option<(GlobalId, i16)>,
+}
+
+const ROW_ENV: EvalEnv = EvalEnv {
+    absent_reads_zero: false,
+    global_override: None,
+};
+
+pub(crate) struct Emitter<'a> {
+    asm: Assembler,
+    program: &'a Program,
+    target: &'a Target<'a>,
+    layout: &'a Layout,
+    frame: &'a Frame,
+    lowered: &'a Lowered,
+    same_keys: bool,
+    controller: bool,
+    again: Label,
+    no_key: Label,
+    no_match: Label,
+    contention: Label,
+    table_full: Label,
+    tails: Vec<(Action, Label)>,
+    commit_labels: Vec<Label>,
+    /// The first problem found that is the user's (an unknown interface).
+    error: Option<String>,
+}
+
+impl<'a> Emitter<'a> {
+    pub fn new(
+        program: &'a Program,
+        target: &'a Target<'a>,
+        layout: &'a Layout,
+        frame: &'a Frame,
+        lowered: &'a Lowered,
+    ) -> Emitter<'a> {
+        let mut asm = Assembler::new();
+        let commit_labels = lowered.commits.iter().map(|_| asm.new_label()).collect();
+        Emitter {
+            again: asm.new_label(),
+            no_key: asm.new_label(),
+            no_match: asm.new_label(),
+            contention: asm.new_label(),
+            table_full: asm.new_label(),
+            asm,
+            program,
+            target,
+            layout,
+            frame,
+            lowered,
+            same_keys: program.lookup_key == program.update_key,
+            controller: layout.events_map.is_some(),
+            tails: Vec::new(),
+            commit_labels,
+            error: None,
+        }
+    }
+
+    /// Emits the whole program. `Err(Ok(message))` is a user error (an
+    /// interface that does not exist), `Err(Err(..))` an internal one.
+    pub fn run(mut self) -> Result<AsmProgram, Result<String, AsmError>> {
+        self.entry();
+        self.lookup_and_view();
+        self.state_switch();
+        for index in 0..self.lowered.commits.len() {
+            self.commit(index);
+        }
+        self.default_blocks();
+        self.action_tails();
+        if let Some(message) = self.error {
+            return Err(Ok(message));
+        }
+        self.asm.finish().map(prune_unreachable).map_err(Err)
+    }
+
+    // ---- small helpers ----
+
+    fn emit(&mut self, insn: Insn) {
+        self.asm.emit(insn);
+    }
+
+    fn label(&mut self) -> Label {
+        self.asm.new_label()
+    }
+
+    /// `reg = value` for any 64-bit constant.
+    fn mov_const(&mut self, reg: Reg, value: i64) {
+        match i32::try_from(value) {
+            Ok(imm) => self.emit(Insn::mov64(reg, imm)),
+            Err(_) => self.asm.ld_imm64(reg, value as u64),
+        }
+    }
+
+    /// `if reg op value goto target`, `value` as a 64-bit pattern;
+    /// `scratch` holds constants that do not fit an immediate.
+    fn jmp_const(&mut self, op: JmpOp, reg: Reg, value: u64, target: Label, scratch: Reg) {
+        // Immediates are sign-extended: a value fits if it reads back the same.
+        match i32::try_from(value as i64) {
+            Ok(imm) => self.asm.jmp(op, reg, imm, target),
+            Err(_) => {
+                self.asm.ld_imm64(scratch, value);
+                self.asm.jmp(op, reg, scratch, target);
+            }
+        }
+    }
+
+    /// `reg &= value`, any 64-bit mask.
+    fn and_const(&mut self, reg: Reg, value: u64, scratch: Reg) {
+        match i32::try_from(value as i64) {
+            Ok(imm) => self.emit(Insn::and64(reg, imm)),
+            Err(_) => {
+                self.asm.ld_imm64(scratch, value);
+                self.emit(Insn::and64(reg, scratch));
+            }
+        }
+    }
+
+    fn load_stack(&mut self, reg: Reg, offset: i16) {
+        self.emit(Insn::ldx(Size::DW, reg, R10, offset));
+    }
+
+    fn store_stack(&mut self, offset: i16, reg: Reg) {
+        self.emit(Insn::stx(Size::DW, R10, reg, offset));
+    }
+
+    /// `reg = r10 + offset`: a pointer to a stack area for a helper.
+    fn stack_ptr(&mut self, reg: Reg, offset: i16) {
+        self.emit(Insn::mov64(reg, R10));
+        self.emit(Insn::add64(reg, i32::from(offset)));
+    }
+
+    fn call(&mut self, helper: Helper) {
+        self.emit(Insn::call(helper));
+    }
+
+    /// `R0 = map_lookup_elem(map, r10 + key)`.
+    fn lookup(&mut self, map: MapRef, key: i16) {
+        self.asm.ld_map_fd(R1, map);
+        self.stack_ptr(R2, key);
+        self.call(Helper::MAP_LOOKUP_ELEM);
+    }
+
+    /// `R0 = map_lookup_elem(map, &index)` for an array.
+    fn lookup_index(&mut self, map: MapRef, index: i32) {
+        self.emit(Insn::st(Size::W, R10, self.frame.scratch_key, index));
+        self.lookup(map, self.frame.scratch_key);
+    }
+
+    /// `R7 = counter index; goto tail of action`.
+    fn goto_tail(&mut self, counter: u32, action: &Action) {
+        self.emit(Insn::mov64(ENTRY, counter as i32));
+        let tail = self.tail(action);
+        self.asm.ja(tail);
+    }
+
+    fn tail(&mut self, action: &Action) -> Label {
+        if let Some((_, label)) = self.tails.iter().find(|(a, _)| a == action) {
+            return *label;
+        }
+        let label = self.label();
+        self.tails.push((action.clone(), label));
+        label
+    }
+
+    fn unlock_entry_if_any(&mut self) {
+        if self.target.atomic {
+            self.emit(Insn::jeq(ENTRY, 0, 1));
+            self.emit(Insn::st(Size::W, ENTRY, LOCK_OFFSET as i16, 0));
+        }
+    }
+
+    /// Spin on the entry's lock word; `on_fail` after [`LOCK_TRIES`].
+    fn lock_entry(&mut self, on_fail: Label) {
+        if !self.target.atomic {
+            return;
+        }
+        let spin = self.label();
+        let locked = self.label();
+        self.asm
+            .annotate("lock the entry (bounded spin on cmpxchg)");
+        self.emit(Insn::mov64(R2, LOCK_TRIES));
+        self.asm.bind(spin);
+        self.emit(Insn::mov64(R0, 0));
+        self.emit(Insn::mov64(R1, 1));
+        self.emit(Insn::atomic32(
+            AtomicOp::CmpXchg,
+            ENTRY,
+            R1,
+            LOCK_OFFSET as i16,
+        ));
+        self.asm.jmp(JmpOp::Eq, R0, 0, locked);
+        self.emit(Insn::sub64(R2, 1));
+        self.asm.jmp(JmpOp::Ne, R2, 0, spin);
+        self.asm.ja(on_fail);
+        self.asm.bind(locked);
+    }
+
+    fn unlock_entry(&mut self) {
+        if self.target.atomic {
+            // A plain store: x86 is TSO, so it is a release.
+            self.emit(Insn::st(Size::W, ENTRY, LOCK_OFFSET as i16, 0));
+        }
+    }
+
+    fn row_text(&self, row: &Row) -> String {
+        format!(
+            "{} {} => {}",
+            print::state_pattern(self.program, &row.state),
+            print::row_items(self.program, row),
+            print::row_effects(self.program, row)
+        )
+    }
+
+    // ---- entry: parse, clock, globals, keys ----
+
+    fn entry(&mut self) {
+        let frame = self.frame;
+        self.asm
+            .annotate("zero the field slots (absent fields read 0 in initial values)");
+        for &field in &frame.fields {
+            let slot = frame.field(field);
+            self.emit(Insn::st(Size::DW, R10, slot, 0));
+            if field.bits() > 64 {
+                self.emit(Insn::st(Size::DW, R10, slot + 8, 0));
+            }
+        }
+        self.emit(Insn::st(Size::DW, R10, frame.retried, 0));
+        if self.controller {
+            for i in (0..frame.key_area).step_by(8) {
+                self.emit(Insn::st(Size::DW, R10, frame.lookup_key + i as i16, 0));
+            }
+            self.emit(Insn::st(Size::DW, R10, frame.event_state, 0));
+        }
+
+        self.asm.annotate("parse the headers");
+        let slot = |f: Field| frame.field(f);
+        emit_parse(
+            &mut self.asm,
+            &ParseRequest {
+                hook: self.target.hook,
+                fields: &frame.fields,
+                slot: &slot,
+            },
+        );
+
+        match self.target.clock {
+            Clock::None => {
+                self.asm.annotate("now: unused");
+                self.emit(Insn::mov64(NOW, 0));
+            }
+            Clock::Coarse => {
+                self.asm.annotate("now: coarse clock (timeouts only)");
+                self.call(Helper::KTIME_GET_COARSE_NS);
+                self.emit(Insn::mov64(NOW, R0));
+            }
+            Clock::Precise => {
+                self.asm.annotate("now");
+                self.call(Helper::KTIME_GET_NS);
+                self.emit(Insn::mov64(NOW, R0));
+            }
+            Clock::TestMap => {
+                self.asm.annotate("now: from the clock map (test clock)");
+                self.lookup_index(MAPS.clock, 0);
+                self.emit(Insn::mov64(NOW, 0));
+                self.emit(Insn::jeq(R0, 0, 1));
+                self.emit(Insn::ldx(Size::DW, NOW, R0, 0));
+            }
+        }
+
+        if self.layout.globals_map.is_some() {
+            self.asm.annotate("the globals");
+            self.lookup_index(MAPS.globals, 0);
+            let no_key = self.no_key;
+            self.asm.jmp(JmpOp::Eq, R0, 0, no_key);
+            self.store_stack(frame.globals_ptr, R0);
+        }
+
+        let mut key_mask = 0u32;
+        for &f in self
+            .program
+            .lookup_key
+            .iter()
+            .chain(&self.program.update_key)
+        {
+            if !matches!(f, Field::PktLen | Field::PktIfindex) {
+                key_mask |= 1 << (f as u32);
+            }
+        }
+        if key_mask != 0 {
+            self.asm.annotate("a key field absent: default");
+            self.emit(Insn::mov64(R1, PRESENCE));
+            self.emit(Insn::and64(R1, key_mask as i32));
+            let no_key = self.no_key;
+            self.asm.jmp(JmpOp::Ne, R1, key_mask as i32, no_key);
+        }
+        self.asm
+            .annotate("pack the lookup key (big-endian, no padding)");
+        self.pack_key(&self.program.lookup_key, frame.lookup_key);
+        if let Some(area) = frame.update_key {
+            self.asm.annotate("pack the update key");
+            self.pack_key(&self.program.update_key, area);
+        }
+    }
+
+    fn pack_key(&mut self, fields: &[Field], area: i16) {
+        let mut at = area;
+        for &field in fields {
+            let slot = self.frame.field(field);
+            if field.bits() > 64 {
+                self.pack_part(slot, 8, at);
+                self.pack_part(slot + 8, 8, at + 8);
+            } else {
+                self.pack_part(slot, field.key_bytes(), at);
+            }
+            at += field.key_bytes() as i16;
+        }
+    }
+
+    /// Stores the low `n` bytes of the u64 at `slot` big-endian at `dest`,
+    /// in the widest aligned stores that fit.
+    fn pack_part(&mut self, slot: i16, n: usize, dest: i16) {
+        let mut i = 0usize;
+        while i < n {
+            let pos = dest + i as i16;
+            let size = [8usize, 4, 2, 1]
+                .into_iter()
+                .find(|&s| s <= n - i && i32::from(pos).rem_euclid(s as i32) == 0)
+                .unwrap_or(1);
+            self.load_stack(R1, slot);
+            let shift = 8 * (n - i - size);
+            if shift > 0 {
+                self.emit(Insn::rsh64(R1, shift as i32));
+            }
+            let store = match size {
+                8 => {
+                    self.emit(Insn::be64(R1));
+                    Size::DW
+                }
+                4 => {
+                    self.emit(Insn::be32(R1));
+                    Size::W
+                }
+                2 => {
+                    self.emit(Insn::be16(R1));
+                    Size::H
+                }
+                _ => Size::B,
+            };
+            self.emit(Insn::stx(store, R10, R1, pos));
+            i += size;
+        }
+    }
+
+    // ---- lookup, lock, view, expiry ----
+
+    fn lookup_and_view(&mut self) {
+        let frame = self.frame;
+        let missing = self.label();
+        let decide = self.label();
+        let reset = self.label();
+        let again = self.again;
+        self.asm.bind(again);
+        self.asm.annotate("look the flow up");
+        self.lookup(MAPS.flows, frame.lookup_key);
+        self.emit(Insn::mov64(ENTRY, R0));
+        self.asm.jmp(JmpOp::Eq, ENTRY, 0, missing);
+        let contention = self.contention;
+        self.lock_entry(contention);
+        self.asm.annotate("copy the entry to the stack view");
+        for at in (0..self.layout.value_size).step_by(8) {
+            self.emit(Insn::ldx(Size::DW, R1, ENTRY, at as i16));
+            self.store_stack(frame.view_at(at), R1);
+        }
+        // Expired entries read as their rollback state, registers reset.
+        let mut expired = Vec::new();
+        self.expiry_check(R10, frame.view, &mut |e: &mut Emitter, s| {
+            let label = e.label();
+            expired.push((s, label));
+            label
+        });
+        self.asm.ja(decide);
+        for (state, label) in expired {
+            self.asm.bind(label);
+            let rollback = self.program.states[state.0 as usize]
+                .timeout
+                .map_or(StateId(0), |t| t.rollback);
+            self.asm.annotate(format!(
+                "expired: reads as {}",
+                self.program.state_name(rollback)
+            ));
+            self.emit(Insn::st(
+                Size::W,
+                R10,
+                frame.view_at(STATE_OFFSET),
+                i32::from(rollback.0),
+            ));
+            self.asm.ja(reset);
+        }
+
+        self.asm.bind(missing);
+        self.asm.annotate("no entry: the initial state");
+        self.emit(Insn::st(Size::W, R10, frame.view_at(LOCK_OFFSET), 0));
+        self.emit(Insn::st(Size::W, R10, frame.view_at(STATE_OFFSET), 0));
+        self.store_stack(frame.view_at(layout::LAST_SEEN_OFFSET), NOW);
+        self.asm.bind(reset);
+        self.store_stack(frame.view_at(layout::CREATED_OFFSET), NOW);
+        for (index, register) in self.program.registers.iter().enumerate() {
+            self.asm
+                .annotate(format!("initial value of {}", register.name));
+            let env = EvalEnv {
+                absent_reads_zero: true,
+                global_override: None,
+            };
+            self.eval(&register.init, 0, 0, env);
+            self.store_stack(frame.view_register(index), R1);
+        }
+        self.asm.bind(decide);
+    }
+
+    /// Emits the timeout test of the `struct flow` at `base + offset`:
+    /// jumps to `on_expired(state)` when the entry, in that state, is past
+    /// a timeout at `now`; falls through otherwise. Clobbers R1-R4.
+    fn expiry_check(
+        &mut self,
+        base: Reg,
+        offset: i16,
+        on_expired: &mut dyn FnMut(&mut Emitter<'a>, StateId) -> Label,
+    ) {
+        let timed: Vec<(StateId, flowstate_lang::ir::Timeout)> = self
+            .program
+            .states
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((StateId(i as u16), s.timeout?)))
+            .collect();
+        if timed.is_empty() {
+            return;
+        }
+        let fresh = self.label();
+        self.asm.annotate("timeouts (signed: now - then > limit)");
+        self.emit(Insn::ldx(Size::W, R1, base, offset + STATE_OFFSET as i16));
+        for (state, timeout) in timed {
+            let next = self.label();
+            self.asm.jmp(JmpOp::Ne, R1, i32::from(state.0), next);
+            let expired = on_expired(self, state);
+            for (limit, at) in [
+                (timeout.idle_ns, layout::LAST_SEEN_OFFSET),
+                (timeout.hard_ns, layout::CREATED_OFFSET),
+            ] {
+                let Some(limit) = limit else { continue };
+                self.emit(Insn::ldx(Size::DW, R2, base, offset + at as i16));
+                self.emit(Insn::mov64(R3, NOW));
+                self.emit(Insn::sub64(R3, R2));
+                self.jmp_const(JmpOp::Sgt, R3, limit as u64, expired, R4);
+            }
+            self.asm.ja(fresh);
+            self.asm.bind(next);
+        }
+        self.asm.bind(fresh);
+    }
+
+    // ---- the decision structure ----
+
+    fn state_switch(&mut self) {
+        let frame = self.frame;
+        self.asm.annotate("switch on the flow's state");
+        self.emit(Insn::ldx(Size::W, R1, R10, frame.view_at(STATE_OFFSET)));
+        let labels: Vec<(u64, Label)> = self
+            .lowered
+            .branches
+            .iter()
+            .map(|b| (u64::from(b.state.0), self.asm.new_label()))
+            .collect();
+        let no_match = self.no_match;
+        self.search(R1, &labels, no_match);
+        for (branch, (_, label)) in self.lowered.branches.iter().zip(labels) {
+            self.asm.bind(label);
+            self.asm
+                .annotate(format!("state {}", self.program.state_name(branch.state)));
+            for decision in &branch.decisions {
+                match decision {
+                    Decision::Row(test) => self.row_test(test),
+                    Decision::Search { field, cases } => self.row_search(*field, cases),
+                }
+            }
+            self.asm.ja(no_match);
+        }
+    }
+
+    /// Binary search of `reg` (unsigned) over sorted `cases`; `miss` when
+    /// no case equals it. Clobbers R5 for wide constants.
+    fn search(&mut self, reg: Reg, cases: &[(u64, Label)], miss: Label) {
+        if cases.len() <= 4 {
+            for &(value, label) in cases {
+                self.jmp_const(JmpOp::Eq, reg, value, label, R5);
+            }
+            self.asm.ja(miss);
+            return;
+        }
+        let mid = cases.len() / 2;
+        let upper = self.label();
+        self.jmp_const(JmpOp::Gt, reg, cases[mid - 1].0, upper, R5);
+        self.search(reg, &cases[..mid], miss);
+        self.asm.bind(upper);
+        self.search(reg, &cases[mid..], miss);
+    }
+
+    fn row_search(&mut self, field: Field, cases: &[(u64, Vec<RowTest>)]) {
+        let end = self.label();
+        self.asm.annotate(format!(
+            "binary search over {} exact {} values",
+            cases.len(),
+            field
+        ));
+        self.emit(Insn::mov64(R1, PRESENCE));
+        self.emit(Insn::and64(R1, 1 << (field as u32)));
+        self.asm.jmp(JmpOp::Eq, R1, 0, end);
+        self.load_stack(R1, self.frame.field(field));
+        let labels: Vec<(u64, Label)> = cases
+            .iter()
+            .map(|(v, _)| (*v, self.asm.new_label()))
+            .collect();
+        self.search(R1, &labels, end);
+        for ((_, tests), (_, label)) in cases.iter().zip(labels) {
+            self.asm.bind(label);
+            for test in tests {
+                self.row_test(test);
+            }
+            self.asm.ja(end);
+        }
+        self.asm.bind(end);
+    }
+
+    /// Tests one row; jumps to its commit block if it matches, falls
+    /// through otherwise.
+    fn row_test(&mut self, test: &RowTest) {
+        let row = &self.program.rows[test.row];
+        let fail = self.label();
+        self.asm.source_line(row.pos.line);
+        self.asm
+            .annotate(format!("row {}: {}", test.row, self.row_text(row)));
+        let mask = row_presence(row);
+        if mask != 0 {
+            self.emit(Insn::mov64(R1, PRESENCE));
+            self.emit(Insn::and64(R1, mask as i32));
+            self.asm.jmp(JmpOp::Ne, R1, mask as i32, fail);
+        }
+        for m in &row.fields {
+            if Some(m.field) == test.decided {
+                continue;
+            }
+            self.pattern(m.field, &m.pattern, fail);
+        }
+        for c in &row.conditions {
+            self.eval(&c.cond.lhs, 0, 0, ROW_ENV);
+            let op = cmp_jump(c.cond.op);
+            // Jump to `fail` when the condition's truth equals `negated`.
+            let fail_op = if c.negated {
+                op
+            } else {
+                op.negate().unwrap_or(op)
+            };
+            match &c.cond.rhs {
+                Expr::Const(v) if i32::try_from(*v).is_ok() => {
+                    self.asm.jmp(fail_op, R1, *v as i32, fail)
+                }
+                rhs => {
+                    self.eval(rhs, 1, 0, ROW_ENV);
+                    self.asm.jmp(fail_op, R1, R2, fail);
+                }
+            }
+        }
+        let commit = self.commit_labels[test.commit];
+        self.asm.ja(commit);
+        self.asm.bind(fail);
+    }
+
+    /// Jumps to `fail` unless the (present) field matches. Uses R1-R5.
+    fn pattern(&mut self, field: Field, pattern: &Pattern, fail: Label) {
+        let slot = self.frame.field(field);
+        let wide = field.bits() > 64;
+        self.load_stack(R1, slot);
+        if wide {
+            self.load_stack(R2, slot + 8);
+        }
+        let hi = |v: u128| (v >> 64) as u64;
+        let lo = |v: u128| v as u64;
+        match pattern {
+            Pattern::Exact(v) => {
+                if wide {
+                    self.jmp_const(JmpOp::Ne, R1, hi(*v), fail, R4);
+                    self.jmp_const(JmpOp::Ne, R2, lo(*v), fail, R4);
+                } else {
+                    self.jmp_const(JmpOp::Ne, R1, lo(*v), fail, R4);
+                }
+            }
+            Pattern::Masked { value, mask } => {
+                self.and_const(R1, if wide { hi(*mask) } else { lo(*mask) }, R4);
+                self.jmp_const(
+                    JmpOp::Ne,
+                    R1,
+                    if wide { hi(*value) } else { lo(*value) },
+                    fail,
+                    R4,
+                );
+                if wide {
+                    self.and_const(R2, lo(*mask), R4);
+                    self.jmp_const(JmpOp::Ne, R2, lo(*value), fail, R4);
+                }
+            }
+            Pattern::Range { lo: low, hi: high } => {
+                if wide {
+                    // Lexicographic on (high word, low word).
+                    let above_low = self.label();
+                    let ok = self.label();
+                    self.jmp_const(JmpOp::Lt, R1, hi(*low), fail, R4);
+                    self.jmp_const(JmpOp::Ne, R1, hi(*low), above_low, R4);
+                    self.jmp_const(JmpOp::Lt, R2, lo(*low), fail, R4);
+                    self.asm.bind(above_low);
+                    self.jmp_const(JmpOp::Gt, R1, hi(*high), fail, R4);
+                    self.jmp_const(JmpOp::Ne, R1, hi(*high), ok, R4);
+                    self.jmp_const(JmpOp::Gt, R2, lo(*high), fail, R4);
+                    self.asm.bind(ok);
+                } else {
+                    self.jmp_const(JmpOp::Lt, R1, lo(*low), fail, R4);
+                    self.jmp_const(JmpOp::Gt, R1, lo(*high), fail, R4);
+                }
+            }
+            Pattern::Set(values) => {
+                let ok = self.label();
+                if wide {
+                    for v in values {
+                        let next = self.label();
+                        self.jmp_const(JmpOp::Ne, R1, hi(*v), next, R4);
+                        self.jmp_const(JmpOp::Eq, R2, lo(*v), ok, R4);
+                        self.asm.bind(next);
+                    }
+                    self.asm.ja(fail);
+                } else {
+                    let cases: Vec<(u64, Label)> = values.iter().map(|v| (lo(*v), ok)).collect();
+                    self.search(R1, &cases, fail);
+                }
+                self.asm.bind(ok);
+            }
+        }
+    }
+
+    // ---- expressions ----
+
+    /// Evaluates `expr` into `POOL[depth]`, using only deeper pool
+    /// registers and spill slots from `spill` on. No helper calls.
+    fn eval(&mut self, expr: &Expr, depth: usize, spill: usize, env: EvalEnv) {
+        let dst = POOL[depth];
+        match expr {
+            Expr::Const(v) => self.mov_const(dst, *v),
+            Expr::Field(f) => {
+                let slot = self.frame.field(*f);
+                if env.absent_reads_zero && !matches!(f, Field::PktLen | Field::PktIfindex) {
+                    // Read the slot only when the parser wrote it.
+                    self.emit(Insn::mov64(dst, 0));
+                    self.emit(Insn::jset(PRESENCE, 1 << (*f as u32), 1));
+                    self.emit(Insn::ja(1));
+                    self.load_stack(dst, slot);
+                } else {
+                    self.load_stack(dst, slot);
+                }
+            }
+            Expr::Reg(r) => self.load_stack(dst, self.frame.view_register(r.0 as usize)),
+            Expr::Global(g) => match env.global_override {
+                Some((id, slot)) if id == *g => self.load_stack(dst, slot),
+                _ => {
+                    self.load_stack(dst, self.frame.globals_ptr);
+                    self.emit(Insn::ldx(Size::DW, dst, dst, 8 * g.0 as i16));
+                }
+            },
+            Expr::Now => self.emit(Insn::mov64(dst, NOW)),
+            Expr::Binary(op, a, b) => {
+                self.eval(a, depth, spill, env);
+                if let Some(imm) = layout::immediate(*op, b) {
+                    self.apply_imm(*op, dst, imm);
+                } else if depth + 1 < EVAL_REGISTERS {
+                    self.eval(b, depth + 1, spill, env);
+                    self.apply_reg(*op, dst, POOL[depth + 1]);
+                } else {
+                    // Out of registers: `a` waits in a spill slot while `b`
+                    // takes this register, then POOL[0] is borrowed (and
+                    // restored) to combine them.
+                    let a_slot = self.frame.spill(spill);
+                    let save = self.frame.spill(spill + 1);
+                    self.store_stack(a_slot, dst);
+                    self.eval(b, depth, spill + 1, env);
+                    let borrowed = POOL[0];
+                    self.store_stack(save, borrowed);
+                    self.load_stack(borrowed, a_slot);
+                    self.apply_reg(*op, borrowed, dst);
+                    self.emit(Insn::mov64(dst, borrowed));
+                    self.load_stack(borrowed, save);
+                }
+            }
+        }
+    }
+
+    fn apply_imm(&mut self, op: BinOp, dst: Reg, imm: i32) {
+        match op {
+            BinOp::Add => self.emit(Insn::add64(dst, imm)),
+            BinOp::Sub => self.emit(Insn::sub64(dst, imm)),
+            BinOp::Mul => self.emit(Insn::mul64(dst, imm)),
+            BinOp::And => self.emit(Insn::and64(dst, imm)),
+            BinOp::Or => self.emit(Insn::or64(dst, imm)),
+            BinOp::Xor => self.emit(Insn::xor64(dst, imm)),
+            BinOp::Div => self.emit(signed(Insn::div64(dst, imm))),
+            BinOp::Mod => self.emit(signed(Insn::mod64(dst, imm))),
+            BinOp::Shl => {
+                if imm & 63 != 0 {
+                    self.emit(Insn::lsh64(dst, imm & 63))
+                }
+            }
+            BinOp::Shr => {
+                if imm & 63 != 0 {
+                    self.emit(Insn::arsh64(dst, imm & 63))
+                }
+            }
+            BinOp::Min => {
+                self.emit(Insn::jsle(dst, imm, 1));
+                self.emit(Insn::mov64(dst, imm));
+            }
+            BinOp::Max => {
+                self.emit(Insn::jsge(dst, imm, 1));
+                self.emit(Insn::mov64(dst, imm));
+            }
+        }
+    }
+
+    /// `dst = dst op src`; may clobber `src`, never another register.
+    fn apply_reg(&mut self, op: BinOp, dst: Reg, src: Reg) {
+        match op {
+            BinOp::Add => self.emit(Insn::add64(dst, src)),
+            BinOp::Sub => self.emit(Insn::sub64(dst, src)),
+            BinOp::Mul => self.emit(Insn::mul64(dst, src)),
+            BinOp::And => self.emit(Insn::and64(dst, src)),
+            BinOp::Or => self.emit(Insn::or64(dst, src)),
+            BinOp::Xor => self.emit(Insn::xor64(dst, src)),
+            BinOp::Div => self.emit(signed(Insn::div64(dst, src))),
+            BinOp::Mod => self.emit(signed(Insn::mod64(dst, src))),
+            BinOp::Shl => {
+                self.emit(Insn::and64(src, 63));
+                self.emit(Insn::lsh64(dst, src));
+            }
+            BinOp::Shr => {
+                self.emit(Insn::and64(src, 63));
+                self.emit(Insn::arsh64(dst, src));
+            }
+            BinOp::Min => {
+                self.emit(Insn::jsle(dst, src, 1));
+                self.emit(Insn::mov64(dst, src));
+            }
+            BinOp::Max => {
+                self.emit(Insn::jsge(dst, src, 1));
+                self.emit(Insn::mov64(dst, src));
+            }
+        }
+    }
+
+    // ---- commit blocks ----
+
+    fn commit(&mut self, index: usize) {
+        let commit = self.lowered.commits[index];
+        let row = &self.program.rows[commit.row];
+        let frame = self.frame;
+        let label = self.commit_labels[index];
+        self.asm.bind(label);
+        self.asm.source_line(row.pos.line);
+        self.asm.annotate(format!(
+            "row {} matched, next {}: {}",
+            commit.row,
+            self.program.state_name(commit.next),
+            self.row_text(row)
+        ));
+
+        // 1. Every right-hand side, from the values before the row.
+        let mut updated = vec![false; self.program.registers.len()];
+        let mut global_writes: Vec<(usize, Option<&Expr>)> = Vec::new();
+        for update in &row.updates {
+            match update.target {
+                RegTarget::Flow(r) => {
+                    self.eval(&update.value, 0, 0, ROW_ENV);
+                    self.store_stack(frame.new_register(r.0 as usize), R1);
+                    updated[r.0 as usize] = true;
+                }
+                RegTarget::Global(g) => {
+                    let gi = g.0 as usize;
+                    if let Some(addend) = atomic_addend(&update.value, g) {
+                        self.eval(addend, 0, 0, ROW_ENV);
+                        self.store_stack(frame.new_global(gi), R1);
+                        global_writes.push((gi, None));
+                    } else {
+                        self.load_stack(R1, frame.globals_ptr);
+                        self.emit(Insn::ldx(Size::DW, R1, R1, 8 * gi as i16));
+                        self.store_stack(frame.old_global(gi), R1);
+                        let env = EvalEnv {
+                            absent_reads_zero: false,
+                            global_override: Some((g, frame.old_global(gi))),
+                        };
+                        self.eval(&update.value, 0, 0, env);
+                        self.store_stack(frame.new_global(gi), R1);
+                        global_writes.push((gi, Some(&update.value)));
+                    }
+                }
+            }
+        }
+        let source = |i: usize| {
+            if updated[i] {
+                frame.new_register(i)
+            } else {
+                frame.view_register(i)
+            }
+        };
+
+        // 2. Elision: an entry equal to a missing one is not kept.
+        let after_write = self.label();
+        if let Some(initial) = self.elided_initial(commit.next, row) {
+            let write = self.label();
+            self.asm
+                .annotate("equal to a missing entry? then delete it");
+            for (i, value) in initial.into_iter().enumerate() {
+                self.load_stack(R1, source(i));
+                self.jmp_const(JmpOp::Ne, R1, value as u64, write, R2);
+            }
+            if self.same_keys {
+                self.asm.jmp(JmpOp::Eq, ENTRY, 0, after_write);
+                self.asm.ld_map_fd(R1, MAPS.flows);
+                self.stack_ptr(R2, frame.lookup_key);
+            } else {
+                self.unlock_entry_if_any();
+                self.asm.ld_map_fd(R1, MAPS.flows);
+                self.stack_ptr(R2, frame.update_key.unwrap_or(frame.lookup_key));
+            }
+            self.call(Helper::MAP_DELETE_ELEM);
+            self.asm.ja(after_write);
+            self.asm.bind(write);
+        }
+
+        // 3. The write.
+        let next = i32::from(commit.next.0);
+        let registers = self.program.registers.len();
+        let write_in_place = |e: &mut Emitter| {
+            e.emit(Insn::st(Size::W, ENTRY, STATE_OFFSET as i16, next));
+            for i in 0..registers {
+                e.load_stack(R1, source(i));
+                e.emit(Insn::stx(
+                    Size::DW,
+                    ENTRY,
+                    R1,
+                    (REGISTERS_OFFSET + 8 * i) as i16,
+                ));
+            }
+            e.emit(Insn::stx(
+                Size::DW,
+                ENTRY,
+                NOW,
+                layout::LAST_SEEN_OFFSET as i16,
+            ));
+        };
+        // Builds a new entry in the view (lock, created already set).
+        let build_in_view = |e: &mut Emitter| {
+            e.emit(Insn::st(Size::W, R10, frame.view_at(STATE_OFFSET), next));
+            e.store_stack(frame.view_at(layout::LAST_SEEN_OFFSET), NOW);
+            for (i, _) in updated.iter().enumerate().filter(|(_, u)| **u) {
+                e.load_stack(R1, frame.new_register(i));
+                e.store_stack(frame.view_register(i), R1);
+            }
+        };
+        let insert = |e: &mut Emitter, key: i16, retry: Label| {
+            e.asm.ld_map_fd(R1, MAPS.flows);
+            e.stack_ptr(R2, key);
+            e.stack_ptr(R3, frame.view);
+            e.emit(Insn::mov64(R4, BPF_NOEXIST));
+            e.call(Helper::MAP_UPDATE_ELEM);
+            e.asm.jmp(JmpOp::Eq, R0, 0, after_write);
+            let table_full = e.table_full;
+            e.asm.jmp(JmpOp::Ne, R0, -EEXIST, table_full);
+            // Another CPU inserted this flow meanwhile: start over once.
+            e.load_stack(R1, frame.retried);
+            let contention = e.contention;
+            e.asm.jmp(JmpOp::Ne, R1, 0, contention);
+            e.emit(Insn::st(Size::DW, R10, frame.retried, 1));
+            e.asm.ja(retry);
+        };
+        if self.same_keys {
+            let new_entry = self.label();
+            self.asm.jmp(JmpOp::Eq, ENTRY, 0, new_entry);
+            self.asm.annotate("write in place");
+            write_in_place(self);
+            self.load_stack(R1, frame.view_at(layout::CREATED_OFFSET));
+            self.emit(Insn::stx(
+                Size::DW,
+                ENTRY,
+                R1,
+                layout::CREATED_OFFSET as i16,
+            ));
+            self.unlock_entry();
+            self.asm.ja(after_write);
+            self.asm.bind(new_entry);
+            self.asm.annotate("insert a new entry");
+            build_in_view(self);
+            let again = self.again;
+            insert(self, frame.lookup_key, again);
+        } else {
+            let update_key = frame.update_key.unwrap_or(frame.lookup_key);
+            self.asm.annotate("write under the update key");
+            self.unlock_entry_if_any();
+            let again2 = self.label();
+            let new_entry = self.label();
+            let expired = self.label();
+            let fresh_enough = self.label();
+            self.asm.bind(again2);
+            self.lookup(MAPS.flows, update_key);
+            self.emit(Insn::mov64(ENTRY, R0));
+            self.asm.jmp(JmpOp::Eq, ENTRY, 0, new_entry);
+            let contention = self.contention;
+            self.lock_entry(contention);
+            self.expiry_check(ENTRY, 0, &mut |_, _| expired);
+            self.asm.ja(fresh_enough);
+            self.asm.bind(expired);
+            self.emit(Insn::stx(
+                Size::DW,
+                ENTRY,
+                NOW,
+                layout::CREATED_OFFSET as i16,
+            ));
+            self.asm.bind(fresh_enough);
+            write_in_place(self);
+            self.unlock_entry();
+            self.asm.ja(after_write);
+            self.asm.bind(new_entry);
+            self.asm.annotate("insert a new entry under the update key");
+            self.emit(Insn::st(Size::W, R10, frame.view_at(LOCK_OFFSET), 0));
+            self.store_stack(frame.view_at(layout::CREATED_OFFSET), NOW);
+            build_in_view(self);
+            insert(self, update_key, again2);
+        }
+        self.asm.bind(after_write);
+
+        // 4. Globals, atomically.
+        for (gi, general) in global_writes {
+            self.global_write(gi, general);
+        }
+
+        // 5. Counters, event, verdict.
+        if self.controller {
+            self.emit(Insn::st(Size::W, R10, frame.event_state, next));
+        }
+        self.goto_tail(commit.row as u32, &row.action);
+    }
+
+    /// The initial register constants when a commit to `next` may leave an
+    /// entry equal to a missing one (DESIGN.md 1.8), else `None`.
+    fn elided_initial(&self, next: StateId, row: &Row) -> Option<Vec<i64>> {
+        if next != StateId(0) || !self.program.elides_initial_entries() {
+            return None;
+        }
+        let initial: Vec<i64> = self
+            .program
+            .registers
+            .iter()
+            .map(|r| match r.init {
+                Expr::Const(c) => c,
+                _ => 0,
+            })
+            .collect();
+        // A constant update to another value can never give the initial entry.
+        let impossible = row.updates.iter().any(|u| match (u.target, &u.value) {
+            (RegTarget::Flow(r), Expr::Const(c)) => initial[r.0 as usize] != *c,
+            _ => false,
+        });
+        (!impossible).then_some(initial)
+    }
+
+    /// Applies one global write: an atomic add for `g = g + e`, else a
+    /// bounded compare-and-swap loop that re-evaluates with the fresh value.
+    fn global_write(&mut self, gi: usize, general: Option<&Expr>) {
+        let frame = self.frame;
+        let offset = 8 * gi as i16;
+        let name = self.program.globals[gi].name.clone();
+        let Some(value) = general else {
+            self.asm.annotate(format!("{name} += (atomic add)"));
+            self.load_stack(R1, frame.globals_ptr);
+            self.load_stack(R2, frame.new_global(gi));
+            self.emit(Insn::atomic64(AtomicOp::Add, R1, R2, offset));
+            return;
+        };
+        self.asm
+            .annotate(format!("{name} = ... (compare-and-swap)"));
+        let done = self.label();
+        let retry = self.label();
+        self.emit(Insn::mov64(PRESENCE, GLOBAL_CAS_TRIES));
+        self.asm.bind(retry);
+        self.load_stack(R1, frame.globals_ptr);
+        self.load_stack(R0, frame.old_global(gi));
+        self.load_stack(R2, frame.new_global(gi));
+        self.emit(Insn::atomic64(AtomicOp::CmpXchg, R1, R2, offset));
+        self.load_stack(R1, frame.old_global(gi));
+        self.asm.jmp(JmpOp::Eq, R0, R1, done);
+        self.emit(Insn::sub64(PRESENCE, 1));
+        self.asm.jmp(JmpOp::Eq, PRESENCE, 0, done);
+        // Someone else wrote it: recompute from the value they left.
+        self.store_stack(frame.old_global(gi), R0);
+        let env = EvalEnv {
+            absent_reads_zero: false,
+            global_override: Some((GlobalId(gi as u16), frame.old_global(gi))),
+        };
+        self.eval(value, 0, 0, env);
+        self.store_stack(frame.new_global(gi), R1);
+        self.asm.ja(retry);
+        self.asm.bind(done);
+    }
+
+    // ---- default paths and action tails ----
+
+    fn default_blocks(&mut self) {
+        let rows = self.program.rows.len() as u32;
+        let default = self.program.default_action.clone();
+        let frame = self.frame;
+
+        let no_key = self.no_key;
+        self.asm.bind(no_key);
+        self.asm.annotate("default: no key");
+        self.goto_tail(rows, &default);
+
+        let no_match = self.no_match;
+        self.asm.bind(no_match);
+        self.asm
+            .annotate("default: no row matched (nothing written)");
+        self.unlock_entry_if_any();
+        if self.controller {
+            self.emit(Insn::ldx(Size::W, R1, R10, frame.view_at(STATE_OFFSET)));
+            self.emit(Insn::stx(Size::W, R10, R1, frame.event_state));
+        }
+        self.goto_tail(rows, &default);
+
+        for (label, counter, what) in [
+            (
+                self.contention,
+                self.layout.counter_contention,
+                "lock contention",
+            ),
+            (
+                self.table_full,
+                self.layout.counter_table_full,
+                "table full",
+            ),
+        ] {
+            self.asm.bind(label);
+            self.asm.annotate(format!("default: {what} (counted)"));
+            self.emit(Insn::mov64(ENTRY, counter as i32));
+            self.bump_counter();
+            self.goto_tail(rows, &default);
+        }
+    }
+
+    /// `counters[R7] += (1 packet, pkt.len bytes)`, per CPU.
+    fn bump_counter(&mut self) {
+        let skip = self.label();
+        self.emit(Insn::stx(Size::W, R10, ENTRY, self.frame.scratch_key));
+        self.lookup(MAPS.counters, self.frame.scratch_key);
+        self.asm.jmp(JmpOp::Eq, R0, 0, skip);
+        self.emit(Insn::ldx(Size::DW, R1, R0, 0));
+        self.emit(Insn::add64(R1, 1));
+        self.emit(Insn::stx(Size::DW, R0, R1, 0));
+        self.load_stack(R2, self.frame.field(Field::PktLen));
+        self.emit(Insn::ldx(Size::DW, R1, R0, 8));
+        self.emit(Insn::add64(R1, R2));
+        self.emit(Insn::stx(Size::DW, R0, R1, 8));
+        self.asm.bind(skip);
+    }
+
+    fn action_tails(&mut self) {
+        let mut done = 0;
+        // Tails are created on demand while emitting; none are added here.
+        while done < self.tails.len() {
+            let (action, label) = self.tails[done].clone();
+            done += 1;
+            self.asm.bind(label);
+            self.asm.annotate(format!(
+                "action {}: count, then verdict",
+                print::action(&action)
+            ));
+            self.bump_counter();
+            let verdict = match &action {
+                Action::Controller { then } => {
+                    self.event();
+                    match then {
+                        ControllerThen::Pass => Action::Pass,
+                        ControllerThen::Drop => Action::Drop,
+                    }
+                }
+                other => other.clone(),
+            };
+            self.verdict(&verdict);
+        }
+    }
+
+    fn verdict(&mut self, action: &Action) {
+        let xdp = self.target.hook == Hook::Xdp;
+        let code = match action {
+            Action::Pass => Some(if xdp { XDP_PASS } else { TC_ACT_OK }),
+            Action::Drop => Some(if xdp { XDP_DROP } else { TC_ACT_SHOT }),
+            Action::Tx if xdp => Some(XDP_TX),
+            Action::Tx => {
+                self.emit(Insn::ldx(Size::W, R1, CTX, SKB_IFINDEX));
+                None
+            }
+            Action::Redirect { ifname } => {
+                let ifindex = (self.target.ifindex)(ifname);
+                if ifindex.is_none() && self.error.is_none() {
+                    self.error = Some(format!("redirect {ifname}: no such interface"));
+                }
+                self.emit(Insn::mov32(R1, ifindex.unwrap_or(0) as i32));
+                None
+            }
+            // Controller tails hand their `then` verdict here.
+            Action::Controller { .. } => Some(if xdp { XDP_PASS } else { TC_ACT_OK }),
+        };
+        match code {
+            Some(code) => self.emit(Insn::mov64(R0, code)),
+            None => {
+                self.emit(Insn::mov64(R2, 0));
+                self.call(Helper::REDIRECT);
+            }
+        }
+        self.emit(Insn::exit());
+    }
+
+    /// Sends a `controller` event: reserve, fill, copy the head, submit.
+    fn event(&mut self) {
+        let frame = self.frame;
+        let layout = self.layout;
+        let skip = self.label();
+        let submit = self.label();
+        self.asm.annotate("controller event");
+        self.asm.ld_map_fd(R1, MAPS.events);
+        self.emit(Insn::mov64(R2, layout.event_size as i32));
+        self.emit(Insn::mov64(R3, 0));
+        self.call(Helper::RINGBUF_RESERVE);
+        self.asm.jmp(JmpOp::Eq, R0, 0, skip);
+        self.emit(Insn::mov64(PRESENCE, R0));
+        self.emit(Insn::stx(Size::DW, PRESENCE, NOW, 0));
+        self.emit(Insn::mov64(R1, ENTRY));
+        self.emit(Insn::jne(R1, layout.counter_default as i32, 1));
+        self.emit(Insn::mov32(R1, EVENT_ROW_DEFAULT as i32));
+        self.emit(Insn::stx(Size::W, PRESENCE, R1, 8));
+        self.emit(Insn::ldx(Size::W, R1, R10, frame.event_state));
+        self.emit(Insn::stx(Size::W, PRESENCE, R1, 12));
+        self.load_stack(R4, frame.field(Field::PktLen));
+        self.emit(Insn::stx(Size::W, PRESENCE, R4, 16));
+        self.emit(Insn::jle(R4, EVENT_HEAD_BYTES as i32, 1));
+        self.emit(Insn::mov64(R4, EVENT_HEAD_BYTES as i32));
+        self.emit(Insn::stx(Size::W, PRESENCE, R4, 20));
+        for i in (0..frame.key_area).step_by(8) {
+            self.load_stack(R1, frame.lookup_key + i as i16);
+            self.emit(Insn::stx(
+                Size::DW,
+                PRESENCE,
+                R1,
+                (layout.event_key_offset + i) as i16,
+            ));
+        }
+        self.asm.jmp(JmpOp::Eq, R4, 0, submit);
+        self.emit(Insn::mov64(R1, CTX));
+        self.emit(Insn::mov64(R2, 0));
+        self.emit(Insn::mov64(R3, PRESENCE));
+        self.emit(Insn::add64(R3, layout.event_head_offset as i32));
+        self.call(if self.target.hook == Hook::Xdp {
+            Helper::XDP_LOAD_BYTES
+        } else {
+            Helper::SKB_LOAD_BYTES
+        });
+        self.asm.bind(submit);
+        self.emit(Insn::mov64(R1, PRESENCE));
+        self.emit(Insn::mov64(R2, 0));
+        self.call(Helper::RINGBUF_SUBMIT);
+        self.asm.bind(skip);
+    }
+}
+
+/// The signed form (cpu v4, kernel >= 6.6) of a DIV/MOD instruction:
+/// `off = 1`.
+fn signed(mut insn: Insn) -> Insn {
+    insn.off = 1;
+    insn
+}
+
+fn cmp_jump(op: CmpOp) -> JmpOp {
+    match op {
+        CmpOp::Eq => JmpOp::Eq,
+        CmpOp::Ne => JmpOp::Ne,
+        CmpOp::Lt => JmpOp::Slt,
+        CmpOp::Le => JmpOp::Sle,
+        CmpOp::Gt => JmpOp::Sgt,
+        CmpOp::Ge => JmpOp::Sge,
+    }
+}
+
+/// `e` when `value` is `g + e` or `e + g` and `e` does not read `g`: the
+/// write is then one atomic add.
+fn atomic_addend(value: &Expr, g: GlobalId) -> Option<&Expr> {
+    let Expr::Binary(BinOp::Add, a, b) = value else {
+        return None;
+    };
+    let reads_g = |e: &Expr| layout::reads_global(e, g);
+    match (a.as_ref(), b.as_ref()) {
+        (Expr::Global(x), e) | (e, Expr::Global(x)) if *x == g && !reads_g(e) => Some(e),
+        _ => None,
+    }
+}
+
+/// Removes instructions no path reaches (the kernel refuses programs that
+/// have any), such as the fall-through after a row that always matches.
+/// Jump offsets are recomputed; every kept jump's target is kept, and
+/// offsets only shrink, so they still fit.
+pub(crate) fn prune_unreachable(program: AsmProgram) -> AsmProgram {
+    const LD_IMM64: u8 = 0x18;
+    const JA: u8 = 0x05;
+    const EXIT: u8 = 0x95;
+    let insns = &program.insns;
+    let mut reachable = vec![false; insns.len()];
+    let mut work = vec![0usize];
+    while let Some(slot) = work.pop() {
+        if slot >= insns.len() || reachable[slot] {
+            continue;
+        }
+        reachable[slot] = true;
+        let insn = insns[slot];
+        let target = |off: i16| (slot as i64 + 1 + i64::from(off)) as usize;
+        match insn.code {
+            LD_IMM64 => {
+                if let Some(r) = reachable.get_mut(slot + 1) {
+                    *r = true;
+                }
+                work.push(slot + 2);
+            }
+            EXIT => {}
+            JA => work.push(target(insn.off)),
+            _ if insn.is_jump() => {
+                work.push(slot + 1);
+                work.push(target(insn.off));
+            }
+            _ => work.push(slot + 1),
+        }
+    }
+    // new_index[i]: the slot of the first kept instruction at or after i.
+    let mut new_index = vec![0usize; insns.len() + 1];
+    let mut kept = 0;
+    for i in 0..insns.len() {
+        new_index[i] = kept;
+        if reachable[i] {
+            kept += 1;
+        }
+    }
+    new_index[insns.len()] = kept;
+    let mut out = Vec::with_capacity(kept);
+    for (slot, insn) in insns.iter().enumerate() {
+        if !reachable[slot] {
+            continue;
+        }
+        let mut insn = *insn;
+        // The second half of an ld_imm64 has code 0 and is never a jump.
+        if insn.is_jump() && !(slot > 0 && insns[slot - 1].code == LD_IMM64 && insn.code == 0) {
+            let target = (slot as i64 + 1 + i64::from(insn.off)) as usize;
+            let new_target = new_index[target.min(insns.len())] as i64;
+            insn.off = (new_target - new_index[slot] as i64 - 1) as i16;
+        }
+        out.push(insn);
+    }
+    let relocs = program
+        .relocs
+        .iter()
+        .filter(|r| reachable.get(r.insn_index).copied().unwrap_or(false))
+        .map(|r| flowstate_asm::MapReloc {
+            insn_index: new_index[r.insn_index],
+            ..*r
+        })
+        .collect();
+    let annotations = program
+        .annotations
+        .iter()
+        .map(|a| flowstate_asm::Annotation {
+            slot: new_index[a.slot.min(insns.len())],
+            ..a.clone()
+        })
+        .collect();
+    AsmProgram {
+        insns: out,
+        relocs,
+        annotations,
+    }
+}

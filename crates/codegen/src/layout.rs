@@ -1,0 +1,533 @@
+//! Stage 1: everything with a size or an offset.
+//!
+//! - [`Layout`]: the maps a compiled program uses and the byte layout of
+//!   their keys and values, public so that user space (the control plane,
+//!   the differential tests) reads and writes the kernel's tables the way
+//!   the program does. It derives only from the program's declarations
+//!   (key fields, registers, globals, rows count, actions), never from the
+//!   table's contents, so a program recompiled with new rows keeps
+//!   compatible maps.
+//! - [`Frame`]: the plan of the eBPF stack (512 bytes), one slot per thing
+//!   the generated code keeps there.
+//! - The BTF types of the maps, so `bpftool map dump` shows named members.
+
+use flowstate_lang::ir::{Action, BinOp, Expr, FullPolicy, GlobalId, Program, StateId};
+use flowstate_obj::{BtfType, MapDef, MapKind, StructType};
+use flowstate_wire::Field;
+
+/// Name of the state table (hash or LRU hash).
+pub const FLOWS_MAP: &str = "flows";
+/// Name of the global registers (array, one entry).
+pub const GLOBALS_MAP: &str = "globals";
+/// Name of the per-CPU packet and byte counters (per-CPU array).
+pub const COUNTERS_MAP: &str = "counters";
+/// Name of the ring buffer of `controller` events.
+pub const EVENTS_MAP: &str = "events";
+/// Name of the test clock (array, one u64), present only with
+/// [`crate::Options::test_clock`].
+pub const CLOCK_MAP: &str = "clock";
+
+/// Size of the events ring buffer.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Bytes of packet head an event carries at most.
+pub const EVENT_HEAD_BYTES: usize = 128;
+/// `row` of an event sent by the default action.
+pub const EVENT_ROW_DEFAULT: u32 = u32::MAX;
+
+/// The eBPF stack limit.
+pub const STACK_LIMIT: usize = 512;
+
+/// Offsets in a flow entry (`struct flow`).
+pub const LOCK_OFFSET: usize = 0;
+pub const STATE_OFFSET: usize = 4;
+pub const CREATED_OFFSET: usize = 8;
+pub const LAST_SEEN_OFFSET: usize = 16;
+pub const REGISTERS_OFFSET: usize = 24;
+
+/// A flow entry, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryView {
+    pub state: StateId,
+    pub registers: Vec<i64>,
+    pub created: i64,
+    pub last_seen: i64,
+}
+
+/// One `controller` event as the ring buffer delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// `now` when the packet was processed.
+    pub time: i64,
+    /// Index of the row that fired; `None` for the default action.
+    pub row: Option<u32>,
+    /// The flow's state after the packet (0 when the packet had no key).
+    pub state: u32,
+    /// The packet's length.
+    pub pkt_len: u32,
+    /// The packed lookup key (zeros when the packet had no key).
+    pub key: Vec<u8>,
+    /// The first `min(pkt_len, 128)` bytes of the packet.
+    pub head: Vec<u8>,
+}
+
+/// Map names and value layouts of a compiled program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub flows_map: &'static str,
+    /// `None` when the program has no global registers.
+    pub globals_map: Option<&'static str>,
+    pub counters_map: &'static str,
+    /// `None` when no action is `controller`.
+    pub events_map: Option<&'static str>,
+    /// `None` unless compiled with the test clock.
+    pub clock_map: Option<&'static str>,
+    /// Fields of the state table key, in packing order.
+    pub key_fields: Vec<Field>,
+    /// Bytes of a packed key (`flowstate_interp::Key` packs the same way).
+    pub key_size: usize,
+    /// Bytes of a flow entry.
+    pub value_size: usize,
+    pub lock_offset: usize,
+    pub state_offset: usize,
+    pub created_offset: usize,
+    pub last_seen_offset: usize,
+    /// Offset of each per-flow register (s64), in declaration order.
+    pub register_offsets: Vec<usize>,
+    /// Bytes of the `globals` value: one s64 per global, in order.
+    pub globals_size: usize,
+    /// Counter index of the default action (rows use their own index).
+    pub counter_default: u32,
+    /// Counter index of packets that gave up waiting for a flow's lock.
+    pub counter_contention: u32,
+    /// Counter index of new flows refused by a full table.
+    pub counter_table_full: u32,
+    /// Entries in `counters`.
+    pub counter_count: u32,
+    /// Bytes of one event record.
+    pub event_size: usize,
+    /// Offset of the key in an event record (the head follows the key,
+    /// padded to 8 bytes).
+    pub event_key_offset: usize,
+    pub event_head_offset: usize,
+}
+
+impl Layout {
+    pub fn new(program: &Program, test_clock: bool) -> Layout {
+        let key_size = Program::key_size(&program.lookup_key);
+        let registers = program.registers.len();
+        let rows = program.rows.len() as u32;
+        let event_key_offset = 24;
+        let event_head_offset = event_key_offset + key_size.next_multiple_of(8);
+        Layout {
+            flows_map: FLOWS_MAP,
+            globals_map: (!program.globals.is_empty()).then_some(GLOBALS_MAP),
+            counters_map: COUNTERS_MAP,
+            events_map: uses_controller(program).then_some(EVENTS_MAP),
+            clock_map: test_clock.then_some(CLOCK_MAP),
+            key_fields: program.lookup_key.clone(),
+            key_size,
+            value_size: REGISTERS_OFFSET + 8 * registers,
+            lock_offset: LOCK_OFFSET,
+            state_offset: STATE_OFFSET,
+            created_offset: CREATED_OFFSET,
+            last_seen_offset: LAST_SEEN_OFFSET,
+            register_offsets: (0..registers).map(|i| REGISTERS_OFFSET + 8 * i).collect(),
+            globals_size: 8 * program.globals.len(),
+            counter_default: rows,
+            counter_contention: rows + 1,
+            counter_table_full: rows + 2,
+            counter_count: rows + 3,
+            event_size: event_head_offset + EVENT_HEAD_BYTES,
+            event_key_offset,
+            event_head_offset,
+        }
+    }
+
+    /// Decodes a flow entry; bytes missing from a short value read as 0 (a
+    /// value read from this layout's map always has `value_size` bytes).
+    pub fn decode_entry(&self, value: &[u8]) -> EntryView {
+        let u32_at = |at: usize| {
+            let mut b = [0u8; 4];
+            for (i, byte) in b.iter_mut().enumerate() {
+                *byte = value.get(at + i).copied().unwrap_or(0);
+            }
+            u32::from_le_bytes(b)
+        };
+        let i64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            for (i, byte) in b.iter_mut().enumerate() {
+                *byte = value.get(at + i).copied().unwrap_or(0);
+            }
+            i64::from_le_bytes(b)
+        };
+        EntryView {
+            state: StateId(u16::try_from(u32_at(self.state_offset)).unwrap_or(u16::MAX)),
+            registers: self.register_offsets.iter().map(|&o| i64_at(o)).collect(),
+            created: i64_at(self.created_offset),
+            last_seen: i64_at(self.last_seen_offset),
+        }
+    }
+
+    /// Encodes a flow entry (unlocked); registers beyond the layout's are
+    /// ignored, missing ones are 0.
+    pub fn encode_entry(&self, entry: &EntryView) -> Vec<u8> {
+        let mut value = vec![0u8; self.value_size];
+        let state = u32::from(entry.state.0).to_le_bytes();
+        value[self.state_offset..self.state_offset + 4].copy_from_slice(&state);
+        value[self.created_offset..self.created_offset + 8]
+            .copy_from_slice(&entry.created.to_le_bytes());
+        value[self.last_seen_offset..self.last_seen_offset + 8]
+            .copy_from_slice(&entry.last_seen.to_le_bytes());
+        for (&offset, register) in self.register_offsets.iter().zip(&entry.registers) {
+            value[offset..offset + 8].copy_from_slice(&register.to_le_bytes());
+        }
+        value
+    }
+
+    /// Decodes the `globals` value into one number per global.
+    pub fn decode_globals(&self, value: &[u8]) -> Vec<i64> {
+        value
+            .chunks_exact(8)
+            .take(self.globals_size / 8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect()
+    }
+
+    /// Decodes one ring buffer record; `None` if it is too short.
+    pub fn decode_event(&self, record: &[u8]) -> Option<Event> {
+        if record.len() < self.event_size {
+            return None;
+        }
+        let u32_at =
+            |at: usize| u32::from_le_bytes(record[at..at + 4].try_into().unwrap_or([0; 4]));
+        let pkt_len = u32_at(16);
+        let cap = (u32_at(20) as usize).min(EVENT_HEAD_BYTES);
+        let row = u32_at(8);
+        Some(Event {
+            time: i64::from_le_bytes(record[0..8].try_into().unwrap_or([0; 8])),
+            row: (row != EVENT_ROW_DEFAULT).then_some(row),
+            state: u32_at(12),
+            pkt_len,
+            key: record[self.event_key_offset..self.event_key_offset + self.key_size].to_vec(),
+            head: record[self.event_head_offset..self.event_head_offset + cap].to_vec(),
+        })
+    }
+}
+
+/// Whether any action (a row's or the default) sends events.
+pub fn uses_controller(program: &Program) -> bool {
+    program
+        .rows
+        .iter()
+        .map(|r| &r.action)
+        .chain([&program.default_action])
+        .any(|a| matches!(a, Action::Controller { .. }))
+}
+
+/// A C identifier made from a name (`ip.src` -> `ip_src`).
+pub(crate) fn c_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if out.chars().next().is_none_or(|c| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// The maps of a program, with BTF types naming every member.
+pub(crate) fn map_defs(program: &Program, layout: &Layout) -> Vec<MapDef> {
+    let mut key = StructType::new("flow_key");
+    for &field in &program.lookup_key {
+        key = key.field(
+            c_name(field.name()),
+            BtfType::array(BtfType::u8(), field.key_bytes() as u32),
+        );
+    }
+    let mut value = StructType::new("flow")
+        .field("lock", BtfType::u32())
+        .field("state", BtfType::u32())
+        .field("created", BtfType::i64())
+        .field("last_seen", BtfType::i64());
+    for register in &program.registers {
+        value = value.field(format!("reg_{}", c_name(&register.name)), BtfType::i64());
+    }
+    let kind = match program.full_policy {
+        FullPolicy::EvictLeastRecent => MapKind::LruHash,
+        FullPolicy::RefuseNew => MapKind::Hash,
+    };
+    let mut maps = vec![MapDef::new(
+        layout.flows_map,
+        kind,
+        key.into(),
+        value.into(),
+        program.capacity.max(1),
+    )];
+    if let Some(name) = layout.globals_map {
+        let mut globals = StructType::new("globals");
+        for global in &program.globals {
+            globals = globals.field(c_name(&global.name), BtfType::i64());
+        }
+        maps.push(MapDef::new(
+            name,
+            MapKind::Array,
+            BtfType::u32(),
+            globals.into(),
+            1,
+        ));
+    }
+    let counter = StructType::new("counter")
+        .field("packets", BtfType::u64())
+        .field("bytes", BtfType::u64());
+    maps.push(MapDef::new(
+        layout.counters_map,
+        MapKind::PerCpuArray,
+        BtfType::u32(),
+        counter.into(),
+        layout.counter_count,
+    ));
+    if let Some(name) = layout.events_map {
+        maps.push(MapDef::ring_buf(name, EVENTS_BYTES));
+    }
+    if let Some(name) = layout.clock_map {
+        maps.push(MapDef::new(
+            name,
+            MapKind::Array,
+            BtfType::u32(),
+            BtfType::i64(),
+            1,
+        ));
+    }
+    maps
+}
+
+/// Where the generated code keeps things on the stack. Offsets are from
+/// R10 (negative) and 8-byte aligned: the verifier wants aligned stack
+/// access.
+#[derive(Debug, Clone)]
+pub(crate) struct Frame {
+    /// Slot of each field the parser stores (indexed by `Field as usize`).
+    pub field_slots: Vec<Option<i16>>,
+    /// The fields the parser must produce.
+    pub fields: Vec<Field>,
+    pub lookup_key: i16,
+    /// `None` when the update key is the lookup key.
+    pub update_key: Option<i16>,
+    /// Padded size of a key area.
+    pub key_area: usize,
+    /// A copy of the flow entry (`struct flow`), also the buffer a new
+    /// entry is built in.
+    pub view: i16,
+    /// New value of each per-flow register (parallel assignment).
+    pub new_registers: i16,
+    /// New value of each global.
+    pub new_globals: i16,
+    /// Value of each global before the row (for compare-and-swap).
+    pub old_globals: i16,
+    /// Spill slots of the expression evaluator.
+    pub spills: i16,
+    pub spill_count: usize,
+    /// u32 map key scratch (counter index, array index 0).
+    pub scratch_key: i16,
+    /// Whether the insert after a concurrent insert was retried.
+    pub retried: i16,
+    /// Pointer to the globals value.
+    pub globals_ptr: i16,
+    /// State reported in events.
+    pub event_state: i16,
+    /// Bytes used.
+    pub size: usize,
+}
+
+/// Registers the expression evaluator uses before spilling.
+pub(crate) const EVAL_REGISTERS: usize = 6;
+
+impl Frame {
+    pub fn plan(program: &Program) -> Frame {
+        let mut size = 0usize;
+        let mut take = |bytes: usize| -> i16 {
+            size += bytes.next_multiple_of(8);
+            -(size as i16)
+        };
+        let fields = used_fields(program);
+        let mut field_slots = vec![None; Field::ALL.len()];
+        for &field in &fields {
+            let bytes = if field.bits() > 64 { 16 } else { 8 };
+            field_slots[field as usize] = Some(take(bytes));
+        }
+        let key_area = Program::key_size(&program.lookup_key)
+            .max(1)
+            .next_multiple_of(8);
+        let lookup_key = take(key_area);
+        let update_key = (program.update_key != program.lookup_key).then(|| take(key_area));
+        let view = take(REGISTERS_OFFSET + 8 * program.registers.len());
+        let new_registers = take(8 * program.registers.len());
+        let new_globals = take(8 * program.globals.len());
+        let old_globals = take(8 * program.globals.len());
+        let spill_count = max_spills(program);
+        let spills = take(8 * spill_count);
+        let scratch_key = take(8);
+        let retried = take(8);
+        let globals_ptr = take(8);
+        let event_state = take(8);
+        Frame {
+            field_slots,
+            fields,
+            lookup_key,
+            update_key,
+            key_area,
+            view,
+            new_registers,
+            new_globals,
+            old_globals,
+            spills,
+            spill_count,
+            scratch_key,
+            retried,
+            globals_ptr,
+            event_state,
+            size,
+        }
+    }
+
+    pub fn field(&self, field: Field) -> i16 {
+        // Every field a program reads is planned; 0 would be caught by the
+        // verifier as an out-of-frame access rather than go unnoticed.
+        self.field_slots[field as usize].unwrap_or(0)
+    }
+
+    pub fn view_at(&self, offset: usize) -> i16 {
+        self.view + offset as i16
+    }
+
+    pub fn view_register(&self, index: usize) -> i16 {
+        self.view_at(REGISTERS_OFFSET + 8 * index)
+    }
+
+    pub fn new_register(&self, index: usize) -> i16 {
+        self.new_registers + 8 * index as i16
+    }
+
+    pub fn new_global(&self, index: usize) -> i16 {
+        self.new_globals + 8 * index as i16
+    }
+
+    pub fn old_global(&self, index: usize) -> i16 {
+        self.old_globals + 8 * index as i16
+    }
+
+    pub fn spill(&self, index: usize) -> i16 {
+        self.spills + 8 * index as i16
+    }
+}
+
+/// Every field the program reads (keys, patterns, expressions), plus
+/// `pkt.len` for the byte counters, in catalogue order.
+pub(crate) fn used_fields(program: &Program) -> Vec<Field> {
+    let mut used = [false; Field::ALL.len()];
+    used[Field::PktLen as usize] = true;
+    for &f in program.lookup_key.iter().chain(&program.update_key) {
+        used[f as usize] = true;
+    }
+    let mut exprs: Vec<&Expr> = program.registers.iter().map(|r| &r.init).collect();
+    for row in &program.rows {
+        for m in &row.fields {
+            used[m.field as usize] = true;
+        }
+        for c in &row.conditions {
+            exprs.push(&c.cond.lhs);
+            exprs.push(&c.cond.rhs);
+        }
+        exprs.extend(row.updates.iter().map(|u| &u.value));
+    }
+    for e in exprs {
+        visit_fields(e, &mut |f| used[f as usize] = true);
+    }
+    Field::ALL
+        .iter()
+        .copied()
+        .filter(|&f| used[f as usize])
+        .collect()
+}
+
+pub(crate) fn visit_fields(expr: &Expr, f: &mut impl FnMut(Field)) {
+    match expr {
+        Expr::Field(field) => f(*field),
+        Expr::Binary(_, a, b) => {
+            visit_fields(a, f);
+            visit_fields(b, f);
+        }
+        Expr::Const(_) | Expr::Reg(_) | Expr::Global(_) | Expr::Now => {}
+    }
+}
+
+/// Spill slots an expression needs when evaluated at register `depth`
+/// (see `emit::Evaluator`).
+pub(crate) fn spills_needed(expr: &Expr, depth: usize) -> usize {
+    match expr {
+        Expr::Binary(op, a, b) => {
+            let left = spills_needed(a, depth);
+            if immediate(*op, b).is_some() {
+                left
+            } else if depth + 1 < EVAL_REGISTERS {
+                left.max(spills_needed(b, depth + 1))
+            } else {
+                // `a` waits in a spill slot while `b` takes the last
+                // register; then one more slot saves a borrowed register.
+                left.max(1 + spills_needed(b, depth).max(1))
+            }
+        }
+        _ => 0,
+    }
+}
+
+/// The right operand of `op` as an instruction immediate, when it is a
+/// constant that fits one (shift amounts are taken modulo 64 first).
+pub(crate) fn immediate(op: BinOp, b: &Expr) -> Option<i32> {
+    let Expr::Const(c) = b else { return None };
+    match op {
+        BinOp::Shl | BinOp::Shr => Some((c & 63) as i32),
+        _ => i32::try_from(*c).ok(),
+    }
+}
+
+/// Whether `expr` reads global `g`.
+pub(crate) fn reads_global(expr: &Expr, g: GlobalId) -> bool {
+    match expr {
+        Expr::Global(x) => *x == g,
+        Expr::Binary(_, a, b) => reads_global(a, g) || reads_global(b, g),
+        _ => false,
+    }
+}
+
+fn max_spills(program: &Program) -> usize {
+    let mut exprs: Vec<&Expr> = program.registers.iter().map(|r| &r.init).collect();
+    for row in &program.rows {
+        for c in &row.conditions {
+            exprs.push(&c.cond.lhs);
+            exprs.push(&c.cond.rhs);
+        }
+        exprs.extend(row.updates.iter().map(|u| &u.value));
+    }
+    // Conditions evaluate their right side one register up.
+    exprs.iter().map(|e| spills_needed(e, 1)).max().unwrap_or(0)
+}
+
+/// Whether the program reads `now` in an expression.
+pub(crate) fn reads_now(program: &Program) -> bool {
+    fn has_now(e: &Expr) -> bool {
+        match e {
+            Expr::Now => true,
+            Expr::Binary(_, a, b) => has_now(a) || has_now(b),
+            _ => false,
+        }
+    }
+    program.registers.iter().any(|r| has_now(&r.init))
+        || program.rows.iter().any(|row| {
+            row.conditions
+                .iter()
+                .any(|c| has_now(&c.cond.lhs) || has_now(&c.cond.rhs))
+                || row.updates.iter().any(|u| has_now(&u.value))
+        })
+}

@@ -1,0 +1,238 @@
+//! Stage 2: the XFSM table as a decision structure.
+//!
+//! The table is compiled into code, not looked up: the generated program
+//! first switches on the flow's state, then tries, in priority order, the
+//! rows whose state pattern covers that state. Within one state's rows, a
+//! run of consecutive rows that all test one field for an exact value
+//! becomes a binary search over the sorted constants; rows outside the run
+//! (wildcards, ranges, other fields) stay where they were, so the first
+//! matching row still wins.
+//!
+//! Each (row, next state) pair gets one commit block (updates, table write,
+//! counters, verdict) shared by every state branch that reaches it; the
+//! next state is static in a branch because `next` omitted means "the
+//! branch's state".
+
+use flowstate_lang::ir::{Pattern, Program, Row, StateId, StatePattern};
+use flowstate_wire::Field;
+
+use crate::layout::visit_fields;
+
+/// Consecutive exact tests on one field that become a binary search.
+const SEARCH_MIN_ROWS: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lowered {
+    /// One branch per declared state, in state order.
+    pub branches: Vec<StateBranch>,
+    /// The commit blocks the branches jump to.
+    pub commits: Vec<Commit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StateBranch {
+    pub state: StateId,
+    pub decisions: Vec<Decision>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Test one row; on success go to its commit block.
+    Row(RowTest),
+    /// Rows that all require `field == constant`, grouped by constant
+    /// (sorted ascending); each group keeps its rows in priority order.
+    Search {
+        field: Field,
+        cases: Vec<(u64, Vec<RowTest>)>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RowTest {
+    pub row: usize,
+    /// Index into [`Lowered::commits`].
+    pub commit: usize,
+    /// A field pattern already decided by an enclosing search.
+    pub decided: Option<Field>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Commit {
+    pub row: usize,
+    pub next: StateId,
+}
+
+pub(crate) fn lower(program: &Program) -> Lowered {
+    let mut commits: Vec<Commit> = Vec::new();
+    let mut commit_of = |row: usize, next: StateId| -> usize {
+        let commit = Commit { row, next };
+        match commits.iter().position(|c| *c == commit) {
+            Some(i) => i,
+            None => {
+                commits.push(commit);
+                commits.len() - 1
+            }
+        }
+    };
+    let mut branches = Vec::with_capacity(program.states.len());
+    for s in 0..program.states.len() {
+        let state = StateId(s as u16);
+        let rows: Vec<RowTest> = program
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|(_, row)| covers(&row.state, state))
+            .map(|(index, row)| RowTest {
+                row: index,
+                commit: commit_of(index, row.next.unwrap_or(state)),
+                decided: None,
+            })
+            .collect();
+        branches.push(StateBranch {
+            state,
+            decisions: decide(program, rows),
+        });
+    }
+    Lowered { branches, commits }
+}
+
+fn covers(pattern: &StatePattern, state: StateId) -> bool {
+    match pattern {
+        StatePattern::Any => true,
+        StatePattern::Set(states) => states.contains(&state),
+    }
+}
+
+/// The exact value a row requires of `field`, if it requires one that
+/// fits a register.
+fn exact_on(row: &Row, field: Field) -> Option<u64> {
+    row.fields.iter().find_map(|m| match m.pattern {
+        Pattern::Exact(v) if m.field == field && field.bits() <= 64 => u64::try_from(v).ok(),
+        _ => None,
+    })
+}
+
+/// Groups runs of exact tests on one field into searches.
+fn decide(program: &Program, rows: Vec<RowTest>) -> Vec<Decision> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let best = program.rows[rows[i].row]
+            .fields
+            .iter()
+            .filter_map(|m| {
+                exact_on(&program.rows[rows[i].row], m.field)?;
+                let run = rows[i..]
+                    .iter()
+                    .take_while(|t| exact_on(&program.rows[t.row], m.field).is_some())
+                    .count();
+                Some((run, m.field))
+            })
+            .max_by_key(|(run, _)| *run);
+        match best {
+            Some((run, field)) if run >= SEARCH_MIN_ROWS => {
+                let mut cases: Vec<(u64, Vec<RowTest>)> = Vec::new();
+                for t in &rows[i..i + run] {
+                    let value = exact_on(&program.rows[t.row], field).unwrap_or(0);
+                    let test = RowTest {
+                        decided: Some(field),
+                        ..t.clone()
+                    };
+                    match cases.iter_mut().find(|(v, _)| *v == value) {
+                        Some((_, tests)) => tests.push(test),
+                        None => cases.push((value, vec![test])),
+                    }
+                }
+                cases.sort_by_key(|(v, _)| *v);
+                out.push(Decision::Search { field, cases });
+                i += run;
+            }
+            _ => {
+                out.push(Decision::Row(rows[i].clone()));
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Presence bits of every field a row reads (patterns, conditions,
+/// updates), leaving out fields every packet has.
+pub(crate) fn row_presence(row: &Row) -> u32 {
+    let mut mask = 0u32;
+    let mut add = |f: Field| {
+        if !matches!(f, Field::PktLen | Field::PktIfindex) {
+            mask |= 1 << (f as u32);
+        }
+    };
+    for m in &row.fields {
+        add(m.field);
+    }
+    for c in &row.conditions {
+        visit_fields(&c.cond.lhs, &mut add);
+        visit_fields(&c.cond.rhs, &mut add);
+    }
+    for u in &row.updates {
+        visit_fields(&u.value, &mut add);
+    }
+    mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program(source: &str) -> Program {
+        flowstate_lang::compile(source).unwrap().program
+    }
+
+    #[test]
+    fn wildcard_state_rows_reach_every_branch_with_static_next() {
+        let p = program(include_str!("../../../examples/portknock.fsm"));
+        let lowered = lower(&p);
+        assert_eq!(lowered.branches.len(), 5);
+        // OPEN (4): `OPEN tcp.dport == 22`, `OPEN *`, `* *` in that order.
+        let open: Vec<usize> = lowered.branches[4]
+            .decisions
+            .iter()
+            .map(|d| match d {
+                Decision::Row(t) => t.row,
+                Decision::Search { .. } => usize::MAX,
+            })
+            .collect();
+        assert_eq!(open, vec![4, 5, 6]);
+        // Row 4 keeps OPEN: its commit's next is OPEN, not a runtime value.
+        let Decision::Row(t) = &lowered.branches[4].decisions[0] else {
+            unreachable!()
+        };
+        assert_eq!(lowered.commits[t.commit].next, StateId(4));
+    }
+
+    #[test]
+    fn exact_runs_become_sorted_searches_between_other_rows() {
+        let mut text = String::from(
+            "program many\nhook xdp\nflow ip.src\nstates A, B\ndefault pass\ntable\n  A tcp.dport in 1..5 => drop\n",
+        );
+        for port in [90, 10, 50, 10, 70, 30] {
+            text.push_str(&format!("  A tcp.dport == {port} => pass\n"));
+        }
+        text.push_str("  * * => drop\nend\n");
+        let p = program(&text);
+        let lowered = lower(&p);
+        let d = &lowered.branches[0].decisions;
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(matches!(&d[0], Decision::Row(t) if t.row == 0));
+        let Decision::Search { field, cases } = &d[1] else {
+            panic!("expected a search: {d:?}")
+        };
+        assert_eq!(*field, Field::TcpDport);
+        let values: Vec<u64> = cases.iter().map(|(v, _)| *v).collect();
+        assert_eq!(values, vec![10, 30, 50, 70, 90]);
+        // Two rows test 10: both kept, in priority order.
+        let tens: Vec<usize> = cases[0].1.iter().map(|t| t.row).collect();
+        assert_eq!(tens, vec![2, 4]);
+        assert!(matches!(&d[2], Decision::Row(t) if t.row == 7));
+        // State B sees only the wildcard row.
+        assert_eq!(lowered.branches[1].decisions.len(), 1);
+    }
+}

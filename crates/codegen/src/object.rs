@@ -1,0 +1,55 @@
+//! Stage 4: the ELF object (flowstate-obj): maps with BTF, one program.
+
+use flowstate_asm::{MapRef, Program as AsmProgram};
+use flowstate_lang::ir::{Hook, Program};
+use flowstate_obj::{ObjError, ObjectBuilder, ProgramDef, ProgramSection};
+
+use crate::emit::MAPS;
+use crate::layout::{self, Layout};
+
+/// The map a `MapRef` of the emitted code names.
+pub(crate) fn map_name(layout: &Layout, map: MapRef) -> &'static str {
+    let names = [
+        (MAPS.flows, Some(layout.flows_map)),
+        (MAPS.globals, layout.globals_map),
+        (MAPS.counters, Some(layout.counters_map)),
+        (MAPS.events, layout.events_map),
+        (MAPS.clock, layout.clock_map),
+    ];
+    names
+        .into_iter()
+        .find(|(id, _)| *id == map)
+        .and_then(|(_, name)| name)
+        .unwrap_or("unknown_map")
+}
+
+pub(crate) fn section_of(hook: Hook) -> ProgramSection {
+    match hook {
+        Hook::Xdp => ProgramSection::Xdp,
+        Hook::TcIngress | Hook::TcEgress => ProgramSection::Classifier,
+    }
+}
+
+pub(crate) fn build(
+    program: &Program,
+    layout: &Layout,
+    hook: Hook,
+    name: &str,
+    code: &AsmProgram,
+) -> Result<Vec<u8>, ObjError> {
+    let mut builder = ObjectBuilder::new();
+    for map in layout::map_defs(program, layout) {
+        builder.add_map(map);
+    }
+    builder.add_program(ProgramDef {
+        name: name.to_string(),
+        section: section_of(hook),
+        insns: code.bytes(),
+        map_relocs: code
+            .relocs
+            .iter()
+            .map(|r| (r.insn_index, map_name(layout, r.map).to_string()))
+            .collect(),
+    });
+    builder.build()
+}
