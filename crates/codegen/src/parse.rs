@@ -37,6 +37,24 @@
 //! verifier allows only to privileged loaders (CAP_PERFMON), which
 //! flowstate always is; it is the length of the linear part, which is the
 //! whole frame unless the program is loaded for multi-buffer XDP.
+//!
+//! # TC sees the frame as the wire does
+//!
+//! Two things make an skb differ from the frame on the wire; the TC parser
+//! undoes both, so that it agrees with `flowstate_wire::parse` of that
+//! frame (the veth test in `tests/parse_kernel.rs` checks both):
+//!
+//! - The receive path moves the outer VLAN tag into skb metadata before TC
+//!   ingress (and with VLAN offload a transmitted tag stays there past TC
+//!   egress). When `__sk_buff.vlan_present` is set, that tag is the first
+//!   tag (`vlan.id` from `vlan_tci`), one more may follow in the data, and
+//!   `pkt.len` is `skb->len + 4`.
+//! - Direct packet access sees only the linear part of the skb. When it is
+//!   shorter than both the packet and [`MAX_HEADERS_LEN`], the parser calls
+//!   `bpf_skb_pull_data` for that much (almost never: drivers and GRO keep
+//!   the headers linear; AF_PACKET jumbo frames do not).
+//!
+//! XDP (native or generic) runs before either happens and sees the frame.
 
 use flowstate_asm::{Assembler, Helper, Insn, JmpOp, Label, Reg, Size};
 use flowstate_lang::ir::Hook;
@@ -699,6 +717,29 @@ mod tests {
         assert!(loads_at(&program, CTX, xdp_md::DATA));
         assert!(loads_at(&program, CTX, xdp_md::DATA_END));
         assert!(loads_at(&program, CTX, xdp_md::INGRESS_IFINDEX));
+    }
+
+    fn calls(program: &flowstate_asm::Program, helper: Helper) -> bool {
+        program.insns.iter().any(|&i| i == Insn::call(helper))
+    }
+
+    #[test]
+    fn only_tc_pulls_data_and_reads_the_offloaded_tag() {
+        let tc = assemble(Hook::TcEgress, &[Field::VlanId]);
+        assert!(calls(&tc, SKB_PULL_DATA));
+        assert!(loads_at(&tc, CTX, sk_buff::VLAN_PRESENT));
+        assert!(loads_at(&tc, CTX, sk_buff::VLAN_TCI));
+        let xdp = assemble(Hook::Xdp, &[Field::VlanId]);
+        assert!(!calls(&xdp, SKB_PULL_DATA));
+        // Without header fields there is nothing to pull.
+        let meta = assemble(Hook::TcIngress, &[Field::PktIfindex]);
+        assert!(!calls(&meta, SKB_PULL_DATA));
+    }
+
+    #[test]
+    fn deepest_headers_fit_the_pull() {
+        // Ethernet 14, two tags 8, IPv4 with options 60, TCP 20.
+        assert_eq!(MAX_HEADERS_LEN, 102);
     }
 
     #[test]
