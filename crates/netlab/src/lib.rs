@@ -2,7 +2,7 @@
 //! live-traffic tests, built from network namespaces and veth pairs.
 //!
 //! * [`Netns`] names one namespace: configure it with `ip -n`, run
-//!   commands in it (`ip netns exec`), and run Rust code in it on a thread
+//!   commands in it (keeping bpffs visible), and run Rust code in it on a thread
 //!   that entered it with `setns` ([`Netns::run_in`]). A socket created
 //!   there stays in that namespace wherever it is used afterwards, which is
 //!   how the demo talks from "client" to "server" with real sockets.

@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::JoinHandle;
@@ -59,22 +60,39 @@ impl Netns {
         run("ip", &full)
     }
 
-    /// A [`Command`] that runs `program` inside the namespace (through
-    /// `ip netns exec`), for the caller to add arguments and spawn.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.name])
-            .arg(program.as_ref());
-        command
+    /// A [`Command`] that runs `program` inside the namespace, for the
+    /// caller to add arguments and spawn. The child enters the namespace
+    /// itself (`setns` between fork and exec) and keeps the caller's
+    /// mounts: unlike `ip netns exec`, which remounts `/sys` and so hides
+    /// the bpffs at `/sys/fs/bpf` where flowstate keeps its pins.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Result<Command> {
+        let file = self.open()?;
+        let mut command = Command::new(program);
+        // SAFETY: the hook only makes the setns system call, which is
+        // async-signal-safe; `file` lives in the closure, so the fd stays
+        // open until the command is dropped (O_CLOEXEC closes it in the
+        // child at exec).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(command)
     }
 
-    /// Runs `program ARGS...` inside the namespace, returning its standard
-    /// output; a non-zero exit is an error carrying its standard error.
+    /// Runs `program ARGS...` inside the namespace (as [`Netns::command`]),
+    /// returning its standard output; a non-zero exit is an error carrying
+    /// its standard error.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
-        let mut full = vec!["netns", "exec", self.name.as_str(), program];
-        full.extend_from_slice(args);
-        run("ip", &full)
+        let mut command = self.command(program)?;
+        command.args(args);
+        output_of(
+            command,
+            &format!("{program} {} (in {})", args.join(" "), self.name),
+        )
     }
 
     /// Brings `dev` up.
@@ -247,16 +265,20 @@ pub(crate) fn check_name(what: &'static str, name: &str, max: usize) -> Result<(
 /// Runs a command to completion: its standard output, or an error with
 /// its standard error.
 pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {
-    let command_line = || format!("{program} {}", args.join(" "));
-    let output = Command::new(program)
-        .args(args)
+    let mut command = Command::new(program);
+    command.args(args);
+    output_of(command, &format!("{program} {}", args.join(" ")))
+}
+
+fn output_of(mut command: Command, command_line: &str) -> Result<String> {
+    let output = command
         .output()
-        .map_err(|e| NetlabError::io(format!("running `{}`", command_line()), e))?;
+        .map_err(|e| NetlabError::io(format!("running `{command_line}`"), e))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(NetlabError::Command {
-            command: command_line(),
+            command: command_line.to_string(),
             status: output.status.to_string(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         })

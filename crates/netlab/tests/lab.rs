@@ -135,11 +135,29 @@ fn commands_run_inside_the_namespace() {
     assert_eq!(links.lines().count(), 1, "only lo inside: {links}");
     let output = netns
         .command("cat")
+        .unwrap()
         .arg("/proc/sys/net/ipv6/conf/all/disable_ipv6")
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1");
     assert!(Netns::from_name(netns.name()).unwrap().exists());
+}
+
+#[test]
+fn commands_inside_still_see_the_bpffs() {
+    if skip("commands_inside_still_see_the_bpffs") {
+        return;
+    }
+    let mut topology = Topology::new("lab-bpffs").unwrap();
+    let netns = topology.add_netns("n").unwrap();
+    let outside = Command::new("stat")
+        .args(["-f", "-c", "%T", "/sys/fs/bpf"])
+        .output()
+        .unwrap();
+    let inside = netns
+        .exec("stat", &["-f", "-c", "%T", "/sys/fs/bpf"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&outside.stdout), inside);
 }
 
 /// Child half of the signal tests: builds a topology, prints the
