@@ -227,6 +227,24 @@ impl<'a> Emitter<'a> {
         }
     }
 
+    /// `reg += value`, any 64-bit constant.
+    fn add_const(&mut self, reg: Reg, value: i64, scratch: Reg) {
+        if value == 0 {
+            return;
+        }
+        match i32::try_from(value) {
+            Ok(imm) => self.emit(Insn::add64(reg, imm)),
+            Err(_) => {
+                self.asm.ld_imm64(scratch, value as u64);
+                self.emit(Insn::add64(reg, scratch));
+            }
+        }
+    }
+
+    fn global_init(&self, index: usize) -> i64 {
+        self.program.globals.get(index).map_or(0, |g| g.init)
+    }
+
     /// `reg &= value`, any 64-bit mask.
     fn and_const(&mut self, reg: Reg, value: u64, scratch: Reg) {
         match i32::try_from(value as i64) {
@@ -794,6 +812,16 @@ impl<'a> Emitter<'a> {
                 _ => {
                     self.load_stack(dst, self.frame.globals_ptr);
                     self.emit(Insn::ldx(Size::DW, dst, dst, 8 * g.0 as i16));
+                    let init = self.global_init(g.0 as usize);
+                    match POOL.get(depth + 1) {
+                        Some(&free) => self.add_const(dst, init, free),
+                        None => {
+                            // No free register: borrow POOL[0] for a wide constant.
+                            self.store_stack(self.frame.bias_save, POOL[0]);
+                            self.add_const(dst, init, POOL[0]);
+                            self.load_stack(POOL[0], self.frame.bias_save);
+                        }
+                    }
                 }
             },
             Expr::Now => self.emit(Insn::mov64(dst, NOW)),
@@ -919,6 +947,7 @@ impl<'a> Emitter<'a> {
                     } else {
                         self.load_stack(R1, frame.globals_ptr);
                         self.emit(Insn::ldx(Size::DW, R1, R1, 8 * gi as i16));
+                        self.add_const(R1, self.global_init(gi), R2);
                         self.store_stack(frame.old_global(gi), R1);
                         let env = EvalEnv {
                             absent_reads_zero: false,
@@ -1118,15 +1147,21 @@ impl<'a> Emitter<'a> {
         let retry = self.label();
         self.emit(Insn::mov64(PRESENCE, GLOBAL_CAS_TRIES));
         self.asm.bind(retry);
+        // The map holds `value - init` (see `Layout::decode_globals`).
+        let bias = self.global_init(gi).wrapping_neg();
         self.load_stack(R1, frame.globals_ptr);
         self.load_stack(R0, frame.old_global(gi));
+        self.add_const(R0, bias, R3);
         self.load_stack(R2, frame.new_global(gi));
+        self.add_const(R2, bias, R3);
         self.emit(Insn::atomic64(AtomicOp::CmpXchg, R1, R2, offset));
         self.load_stack(R1, frame.old_global(gi));
+        self.add_const(R1, bias, R3);
         self.asm.jmp(JmpOp::Eq, R0, R1, done);
         self.emit(Insn::sub64(PRESENCE, 1));
         self.asm.jmp(JmpOp::Eq, PRESENCE, 0, done);
         // Someone else wrote it: recompute from the value they left.
+        self.add_const(R0, self.global_init(gi), R3);
         self.store_stack(frame.old_global(gi), R0);
         let env = EvalEnv {
             absent_reads_zero: false,

@@ -93,8 +93,12 @@ pub struct Layout {
     pub last_seen_offset: usize,
     /// Offset of each per-flow register (s64), in declaration order.
     pub register_offsets: Vec<usize>,
-    /// Bytes of the `globals` value: one s64 per global, in order.
+    /// Bytes of the `globals` value: one s64 per global, in order, each
+    /// stored as its difference from its initial value, so that the
+    /// zeroed value of a new map holds the initial values.
     pub globals_size: usize,
+    /// The globals' initial values.
+    pub globals_initial: Vec<i64>,
     /// Counter index of the default action (rows use their own index).
     pub counter_default: u32,
     /// Counter index of packets that gave up waiting for a flow's lock.
@@ -133,6 +137,7 @@ impl Layout {
             last_seen_offset: LAST_SEEN_OFFSET,
             register_offsets: (0..registers).map(|i| REGISTERS_OFFSET + 8 * i).collect(),
             globals_size: 8 * program.globals.len(),
+            globals_initial: program.globals.iter().map(|g| g.init).collect(),
             counter_default: rows,
             counter_contention: rows + 1,
             counter_table_full: rows + 2,
@@ -186,10 +191,28 @@ impl Layout {
 
     /// Decodes the `globals` value into one number per global.
     pub fn decode_globals(&self, value: &[u8]) -> Vec<i64> {
-        value
-            .chunks_exact(8)
-            .take(self.globals_size / 8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        self.globals_initial
+            .iter()
+            .enumerate()
+            .map(|(i, init)| {
+                let stored = value
+                    .get(8 * i..8 * i + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, i64::from_le_bytes);
+                stored.wrapping_add(*init)
+            })
+            .collect()
+    }
+
+    /// Encodes global values as the `globals` map stores them.
+    pub fn encode_globals(&self, values: &[i64]) -> Vec<u8> {
+        self.globals_initial
+            .iter()
+            .enumerate()
+            .flat_map(|(i, init)| {
+                let value = values.get(i).copied().unwrap_or(*init);
+                value.wrapping_sub(*init).to_le_bytes()
+            })
             .collect()
     }
 
@@ -325,6 +348,8 @@ pub(crate) struct Frame {
     pub new_globals: i16,
     /// Value of each global before the row (for compare-and-swap).
     pub old_globals: i16,
+    /// Saves a register borrowed to add a wide constant.
+    pub bias_save: i16,
     /// Spill slots of the expression evaluator.
     pub spills: i16,
     pub spill_count: usize,
@@ -368,6 +393,7 @@ impl Frame {
         let spill_count = max_spills(program);
         let spills = take(8 * spill_count);
         let scratch_key = take(8);
+        let bias_save = take(8);
         let retried = take(8);
         let globals_ptr = take(8);
         let event_state = take(8);
@@ -384,6 +410,7 @@ impl Frame {
             spills,
             spill_count,
             scratch_key,
+            bias_save,
             retried,
             globals_ptr,
             event_state,

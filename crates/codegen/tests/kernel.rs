@@ -298,7 +298,7 @@ fn signed_arithmetic_matches_binop_eval() {
                 loaded
                     .map("globals")
                     .unwrap()
-                    .array_set(0, &x.to_le_bytes())
+                    .array_set(0, &layout.encode_globals(&[x]))
                     .unwrap();
                 let frame = udp([1, 2, 3, 4], 1);
                 for _ in 0..2 {
@@ -317,4 +317,281 @@ fn signed_arithmetic_matches_binop_eval() {
             }
         }
     }
+}
+
+/// A program that only returns `verdict`: the baseline for the figures.
+fn bare(hook: Hook, verdict: i32) -> (Vec<u8>, &'static str) {
+    use flowstate_obj::{ObjectBuilder, ProgramDef, ProgramSection};
+    let insns = [
+        flowstate_asm::Insn::mov64(flowstate_asm::Reg::R0, verdict),
+        flowstate_asm::Insn::exit(),
+    ];
+    let mut builder = ObjectBuilder::new();
+    builder.add_program(ProgramDef {
+        name: "bare".into(),
+        section: if hook == Hook::Xdp {
+            ProgramSection::Xdp
+        } else {
+            ProgramSection::Classifier
+        },
+        insns: flowstate_asm::encode_all(&insns),
+        map_relocs: vec![],
+    });
+    (builder.build().unwrap(), "bare")
+}
+
+/// Mean ns per packet over `repeat` runs of `frame`, best of three.
+fn ns_per_packet(loaded: &Loaded, program: &str, frame: &[u8], repeat: u32) -> u32 {
+    (0..3)
+        .map(|_| loaded.test_run(program, frame, repeat).unwrap().duration_ns)
+        .min()
+        .unwrap_or(u32::MAX)
+}
+
+/// BPF_PROG_TEST_RUN figures (repeat = 1,000,000, 60-byte frames) with
+/// the kernel clock, printed with `--nocapture`.
+#[test]
+fn speed_figures() {
+    if skip("speed_figures") {
+        return;
+    }
+    const REPEAT: u32 = 1_000_000;
+    let a = [10, 0, 0, 1];
+    let mut knock = vec![udp(a, 1111), udp(a, 2222), udp(a, 3333), udp(a, 4444)];
+    let mut ssh = tcp(a, 22);
+    ssh.resize(60, 0);
+    for frame in &mut knock {
+        frame.resize(60, 0);
+    }
+    let mut dns = udp([192, 168, 0, 1], 53);
+    dns.resize(60, 0);
+
+    let mut report = Vec::new();
+    for hook in [Hook::Xdp, Hook::TcIngress] {
+        let (object, name) = bare(hook, if hook == Hook::Xdp { 2 } else { 0 });
+        let loaded = load(&object, &LoadOptions::default()).unwrap();
+        let base = ns_per_packet(&loaded, name, &ssh, REPEAT);
+
+        let p = program(include_str!("../../../examples/portknock.fsm"));
+        let options = Options {
+            hook: Some(hook),
+            ..Options::default()
+        };
+        let output = compile(&p, &options).unwrap();
+        let loaded = load_output(&output);
+        for frame in &knock {
+            loaded.test_run(&output.program_name, frame, 1).unwrap();
+        }
+        let open = loaded.test_run(&output.program_name, &ssh, 1).unwrap();
+        assert_eq!(open.retval, if hook == Hook::Xdp { 2 } else { 0 });
+        let portknock = ns_per_packet(&loaded, &output.program_name, &ssh, REPEAT);
+
+        let p = program(include_str!("../../../examples/tokenbucket.fsm"));
+        let output = compile(&p, &options).unwrap();
+        let loaded = load_output(&output);
+        loaded.test_run(&output.program_name, &dns, 100).unwrap();
+        let dropping = loaded.test_run(&output.program_name, &dns, 1).unwrap();
+        assert_eq!(dropping.retval, if hook == Hook::Xdp { 1 } else { 2 });
+        let tokenbucket = ns_per_packet(&loaded, &output.program_name, &dns, REPEAT);
+
+        let ratio = |x: u32| f64::from(x) / f64::from(base.max(1));
+        report.push(format!(
+            "{hook:?}: bare {base} ns, portknock OPEN tcp/22 {portknock} ns ({:.2}x), \
+             tokenbucket dropping {tokenbucket} ns ({:.2}x)",
+            ratio(portknock),
+            ratio(tokenbucket)
+        ));
+        // DESIGN.md measured the bare program at 22-25 ns; here it is
+        // often 6 ns, less than `bpf_ktime_get_ns` alone (about 30 ns),
+        // so the floor is checked as the design's absolute budget:
+        // 4 x 25 ns.
+        assert!(portknock < 100 && tokenbucket < 100, "{report:?}");
+    }
+    for line in report {
+        eprintln!("{line}");
+    }
+}
+
+/// Runs `frames` (with their clock times) through the kernel and the
+/// interpreter; returns the pair for further checks.
+fn agree<'p>(p: &'p Program, hook: Hook, frames: &[(Vec<u8>, i64)]) -> Pair<'p> {
+    let options = Options {
+        hook: Some(hook),
+        ..test_options()
+    };
+    let mut pair = Pair::new(p, &options);
+    for (frame, now) in frames {
+        pair.step(frame, *now);
+    }
+    pair.check_counters();
+    pair
+}
+
+fn eth_frame(src: u32, dst: u32) -> Vec<u8> {
+    PacketBuilder::eth(mac(src), mac(dst))
+        .ipv4([10, 0, 0, src as u8], [10, 0, 0, dst as u8])
+        .udp(1, 2)
+        .payload(src as usize % 7)
+        .build()
+}
+
+#[test]
+fn update_key_differs_like_a_learning_switch() {
+    if skip("update_key_differs_like_a_learning_switch") {
+        return;
+    }
+    let p = program(
+        "program learn\nhook xdp\nflow eth.dst\nupdate eth.src\nstates UNKNOWN, KNOWN\n\
+         registers seen = 0\ntimeout KNOWN hard 10s\ndefault pass\ntable\n\
+         \x20 UNKNOWN * => pass, seen = pkt.len, next KNOWN\n\
+         \x20 KNOWN * => drop, seen = seen + 1\nend\n",
+    );
+    let mut frames = Vec::new();
+    let mut now = SECOND;
+    for (src, dst, dt) in [
+        (1, 2, 1),
+        (2, 1, 1),
+        (1, 2, 1),
+        (3, 1, 1),
+        (1, 3, 1),
+        (2, 2, 1),
+        (1, 2, 11 * SECOND),
+        (2, 1, 1),
+        (1, 2, 1),
+    ] {
+        now += dt;
+        frames.push((eth_frame(src, dst), now));
+    }
+    agree(&p, Hook::Xdp, &frames);
+    agree(&p, Hook::TcIngress, &frames);
+}
+
+#[test]
+fn globals_add_atomically_and_by_compare_and_swap() {
+    if skip("globals_add_atomically_and_by_compare_and_swap") {
+        return;
+    }
+    let p = program(
+        "program glob\nhook xdp\nflow ip.src\nstates A\nglobals bytes = 0, peak = -5, mix = 3\n\
+         default pass\ntable\n\
+         \x20 A udp.dport == 2 => pass, bytes = bytes + pkt.len, peak = max(peak, pkt.len), mix = mix * 3 - bytes\n\
+         \x20 A * => drop, bytes = pkt.len + bytes, mix = peak\nend\n",
+    );
+    let frames: Vec<(Vec<u8>, i64)> = (0..12)
+        .map(|i| {
+            let frame = if i % 3 == 0 {
+                tcp([10, 0, 0, i], 80)
+            } else {
+                eth_frame(u32::from(i) + 1, 9)
+            };
+            (frame, SECOND * i64::from(i))
+        })
+        .collect();
+    agree(&p, Hook::Xdp, &frames);
+}
+
+#[test]
+fn a_full_refusing_table_gives_the_default_and_counts_it() {
+    if skip("a_full_refusing_table_gives_the_default_and_counts_it") {
+        return;
+    }
+    let p = program(
+        "program full\nhook xdp\nflow ip.src\nflows 2 refuse\nstates A, B\nglobals n = 0\n\
+         default pass\ntable\n\
+         \x20 * * => drop, n = n + 1, next B\nend\n",
+    );
+    let frames: Vec<(Vec<u8>, i64)> = [1u8, 2, 3, 1, 4, 2]
+        .iter()
+        .enumerate()
+        .map(|(i, &src)| (udp([10, 0, 0, src], 7), i as i64))
+        .collect();
+    let pair = agree(&p, Hook::Xdp, &frames);
+    let layout = &pair.output.layout;
+    assert_eq!(pair.counter(layout.counter_table_full).0, 2);
+    assert_eq!(pair.counter(layout.counter_contention).0, 0);
+}
+
+#[test]
+fn entries_back_in_the_initial_state_are_deleted() {
+    if skip("entries_back_in_the_initial_state_are_deleted") {
+        return;
+    }
+    let p = program(
+        "program elide\nhook xdp\nflow ip.src\nstates A, B\nregisters r = 4\ndefault pass\n\
+         table\n\
+         \x20 A udp.dport == 1 => pass, r = 5, next B\n\
+         \x20 B udp.dport == 2 => pass, r = 4, next A\n\
+         \x20 B udp.dport == 3 => pass, next A\n\
+         \x20 B udp.dport == 4 => pass, r = r - 1\n\
+         \x20 A * => drop\nend\n",
+    );
+    let src = [10, 0, 0, 1];
+    let ports = [1, 2, 9, 1, 3, 1, 4, 3, 4];
+    let frames: Vec<(Vec<u8>, i64)> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| (udp(src, port), i as i64 * SECOND))
+        .collect();
+    let pair = agree(&p, Hook::Xdp, &frames);
+    // The last packet left the flow in A with r = 4: no entry.
+    assert!(pair.machine.table().is_empty());
+}
+
+#[test]
+fn patterns_conditions_and_wide_keys_agree() {
+    if skip("patterns_conditions_and_wide_keys_agree") {
+        return;
+    }
+    let ports: String = (0..9)
+        .map(|i| format!("  A tcp.dport == {} => tx, x = x + {i}\n", 100 + 10 * i))
+        .collect();
+    let source = format!(
+        "program pat\nhook xdp\nflow eth.src, ip.src, tcp.sport\nstates A, B, C\n\
+         registers x = pkt.len, y = -1\ntimeout B idle 2s\ntimeout C hard 3s rollback B\ndefault pass\ntable\n\
+         \x20 A ip.src in 10.1.0.0/16, tcp.flags has syn => drop, next B\n\
+         {ports}\
+         \x20 A tcp.dport in {{7, 9, 11, 13, 15, 17, 19}} => pass, y = x % 5, next C\n\
+         \x20 B tcp.dport in 1000..2000, !(pkt.len < 70) => drop, y = (x << 3) >> 2, next C\n\
+         \x20 B ip.ttl > 60 => pass, x = min(x, y) - now / 1000000000\n\
+         \x20 C * => pass, x = x ^ tcp.sport, next A\n\
+         \x20 * * => drop\nend\n"
+    );
+    let p = program(&source);
+    let mut frames = Vec::new();
+    let mut now = 1;
+    let mut seed = 0x9e37_79b9_u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    for _ in 0..300 {
+        let r = next();
+        let src = [10, (r & 1) as u8, 0, (r >> 1 & 3) as u8];
+        let dport = match r >> 3 & 7 {
+            0 => 100 + 10 * (r >> 6 & 15) as u16,
+            1 => 7 + 2 * (r >> 6 & 7) as u16,
+            2 => 990 + (r >> 6 & 31) as u16 * 40,
+            _ => (r >> 6) as u16,
+        };
+        let flags = if r >> 11 & 1 == 1 { 0x02 } else { 0x10 };
+        let frame = PacketBuilder::eth(mac(r >> 12 & 1), mac(9))
+            .ipv4(src, [10, 0, 0, 2])
+            .ttl(50 + (r >> 14 & 31) as u8)
+            .tcp(1 + (r >> 20 & 1) as u16, dport, flags)
+            .payload((r >> 21 & 63) as usize)
+            .build();
+        now += i64::from(r >> 24) * 20_000_000;
+        frames.push((frame, now));
+    }
+    // Some frames without a key (IPv6 has no ip.src).
+    frames.push((
+        PacketBuilder::eth(mac(1), mac(2))
+            .ipv6([0u16; 8], [1u16; 8])
+            .tcp(1, 2, 0)
+            .build(),
+        now + 1,
+    ));
+    agree(&p, Hook::Xdp, &frames);
 }
