@@ -595,3 +595,65 @@ fn patterns_conditions_and_wide_keys_agree() {
     ));
     agree(&p, Hook::Xdp, &frames);
 }
+
+#[test]
+fn controller_events_carry_row_state_key_and_head() {
+    if skip("controller_events_carry_row_state_key_and_head") {
+        return;
+    }
+    let p = program(
+        "program ctl\nhook xdp\nflow ip.src, udp.dport\nstates A, B\ndefault controller then drop\n\
+         table\n\
+         \x20 A udp.dport == 53 => controller then pass, next B\n\
+         \x20 B udp.dport == 53 => pass\nend\n",
+    );
+    for hook in [Hook::Xdp, Hook::TcIngress] {
+        let options = Options {
+            hook: Some(hook),
+            ..test_options()
+        };
+        let mut pair = Pair::new(&p, &options);
+        let dns = udp([10, 0, 0, 7], 53);
+        let other = udp([10, 0, 0, 7], 54);
+        let short = vec![0xabu8; 14];
+        let mut big = tcp([10, 0, 0, 8], 1);
+        big.resize(300, 0x5a);
+        for (i, frame) in [&dns, &dns, &other, &short, &big].into_iter().enumerate() {
+            pair.step(frame, 1000 + i as i64);
+        }
+        pair.check_counters();
+
+        let layout = &pair.output.layout;
+        let path = format!(
+            "{}/flowstate-codegen-test-events-{}",
+            flowstate_runtime::BPFFS_ROOT,
+            std::process::id()
+        );
+        let _ = std::fs::remove_file(&path);
+        pair.loaded
+            .pin_map(layout.events_map.unwrap(), &path)
+            .unwrap();
+        let data = aya::maps::MapData::from_pin(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let mut ring = aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(data)).unwrap();
+        let mut events = Vec::new();
+        while let Some(record) = ring.next() {
+            events.push(layout.decode_event(&record).unwrap());
+        }
+        // The first dns packet (row 0), then the default for 54, the
+        // short frame and the TCP one: four events.
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert_eq!(events[0].row, Some(0));
+        assert_eq!(events[0].state, 1, "the state after the packet");
+        assert_eq!(events[0].time, 1000);
+        assert_eq!(events[0].key, vec![10, 0, 0, 7, 0, 53]);
+        assert_eq!(events[0].head, dns);
+        assert_eq!(events[1].row, None);
+        assert_eq!(events[1].key, vec![10, 0, 0, 7, 0, 54]);
+        assert_eq!(events[1].state, 0, "no row matched: state unchanged");
+        assert_eq!(events[2].head, short, "{hook:?}");
+        assert_eq!(events[2].key, vec![0; 6], "no key");
+        assert_eq!(events[3].pkt_len, 300);
+        assert_eq!(events[3].head, big[..128].to_vec());
+    }
+}
