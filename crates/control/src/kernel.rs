@@ -1,0 +1,250 @@
+//! The aya calls of the control plane: loading an object with its maps
+//! pinned (or reused from pins), attaching through a `bpf_link`, pinning
+//! the link and replacing the program on a pinned link.
+//!
+//! flowstate-runtime's loader creates fresh maps only; hot replacement
+//! needs aya's `EbpfLoader::map_pin_path`, which opens a map already pinned
+//! at the path (or creates and pins it there), so this module talks to aya
+//! directly.
+
+use std::path::Path;
+
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{Program, ProgramError, SchedClassifier, TcAttachType, Xdp};
+use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
+
+use crate::{AttachPoint, ControlError, XdpMode};
+
+/// The interface's index, or a clear error.
+pub(crate) fn ifindex(dev: &str) -> Result<u32, ControlError> {
+    let Ok(c_dev) = std::ffi::CString::new(dev) else {
+        return Err(ControlError::NoSuchInterface(dev.to_string()));
+    };
+    // SAFETY: c_dev is a valid NUL-terminated string for the call.
+    let index = unsafe { libc::if_nametoindex(c_dev.as_ptr()) };
+    if index == 0 {
+        Err(ControlError::NoSuchInterface(dev.to_string()))
+    } else {
+        Ok(index)
+    }
+}
+
+/// An object in the kernel, its program verified.
+pub(crate) struct LoadedObject {
+    ebpf: Ebpf,
+    program: String,
+}
+
+/// Loads `object`; each `(map, path)` in `pins` is opened from its pin if
+/// one exists there, else created and pinned there.
+pub(crate) fn load(
+    object: &[u8],
+    program: &str,
+    pins: &[(&'static str, std::path::PathBuf)],
+) -> Result<LoadedObject, ControlError> {
+    let mut loader = EbpfLoader::new();
+    loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
+    for (map, path) in pins {
+        loader.map_pin_path(map, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(object)
+        .map_err(|e| permission_or(e, |e| ControlError::kernel("loading the object", e)))?;
+    let loaded = match ebpf.program_mut(program) {
+        Some(Program::Xdp(p)) => p.load(),
+        Some(Program::SchedClassifier(p)) => p.load(),
+        Some(_) | None => {
+            return Err(ControlError::kernel(
+                "loading the object",
+                format!("no XDP or TC program named {program}"),
+            ))
+        }
+    };
+    loaded.map_err(program_error)?;
+    Ok(LoadedObject {
+        ebpf,
+        program: program.to_string(),
+    })
+}
+
+fn program_error(e: ProgramError) -> ControlError {
+    match e {
+        ProgramError::LoadError { verifier_log, .. } => ControlError::Verifier {
+            log: verifier_log.to_string(),
+        },
+        other => permission_or(other, |e| ControlError::kernel("loading the program", e)),
+    }
+}
+
+/// EPERM anywhere in an error's text means missing privileges.
+fn permission_or<E: std::fmt::Display>(e: E, f: impl FnOnce(E) -> ControlError) -> ControlError {
+    let text = e.to_string();
+    if text.contains("Operation not permitted") {
+        ControlError::NeedsRoot
+    } else {
+        f(e)
+    }
+}
+
+impl LoadedObject {
+    fn program_mut(&mut self) -> Result<&mut Program, ControlError> {
+        self.ebpf
+            .program_mut(&self.program)
+            .ok_or_else(|| ControlError::kernel("program", format!("{} vanished", self.program)))
+    }
+
+    pub fn prog_id(&self) -> Result<u32, ControlError> {
+        let program = self
+            .ebpf
+            .program(&self.program)
+            .ok_or_else(|| ControlError::kernel("program", format!("{} vanished", self.program)))?;
+        program
+            .info()
+            .map(|info| info.id())
+            .map_err(|e| ControlError::kernel("reading program info", e))
+    }
+
+    pub fn pin_program(&mut self, path: &Path) -> Result<(), ControlError> {
+        self.program_mut()?
+            .pin(path)
+            .map_err(|e| ControlError::kernel(format!("pinning {}", path.display()), e))
+    }
+
+    /// Attaches through a `bpf_link`; returns the link and the mode name.
+    pub fn attach(
+        &mut self,
+        dev: &str,
+        attach: AttachPoint,
+    ) -> Result<(FdLink, String), ControlError> {
+        let attach_error = |message: String| ControlError::Attach {
+            dev: dev.to_string(),
+            message,
+        };
+        match (self.program_mut()?, attach) {
+            (Program::Xdp(xdp), AttachPoint::Xdp { mode }) => {
+                let tries: &[(aya::programs::XdpMode, &str)] = match mode {
+                    XdpMode::Native => &[(aya::programs::XdpMode::Driver, "native")],
+                    XdpMode::Generic => &[(aya::programs::XdpMode::Skb, "generic")],
+                    XdpMode::Auto => &[
+                        (aya::programs::XdpMode::Driver, "native"),
+                        (aya::programs::XdpMode::Skb, "generic"),
+                    ],
+                };
+                let mut last = String::new();
+                for (mode, name) in tries {
+                    match attach_xdp(xdp, dev, *mode) {
+                        Ok(link) => return Ok((link, name.to_string())),
+                        Err(e) => last = describe_attach_error(&e, "XDP", *name),
+                    }
+                }
+                Err(attach_error(last))
+            }
+            (Program::SchedClassifier(tc), AttachPoint::TcIngress | AttachPoint::TcEgress) => {
+                let direction = if attach == AttachPoint::TcIngress {
+                    TcAttachType::Ingress
+                } else {
+                    TcAttachType::Egress
+                };
+                let link = attach_tc(tc, dev, direction)
+                    .map_err(|e| attach_error(describe_attach_error(&e, "TC", "tcx")))?;
+                Ok((link, "tcx".to_string()))
+            }
+            _ => Err(attach_error(format!(
+                "the program was compiled for another hook than {}",
+                attach.hook_name()
+            ))),
+        }
+    }
+
+    /// Atomically puts this program on the link pinned at `link_pin`
+    /// (`bpf_link_update`): packets see the old program, then the new one,
+    /// never neither.
+    pub fn replace(&mut self, link_pin: &Path, attach: AttachPoint) -> Result<(), ControlError> {
+        let pinned = PinnedLink::from_pin(link_pin)
+            .map_err(|e| ControlError::kernel(format!("opening {}", link_pin.display()), e))?;
+        let fd_link = FdLink::from(pinned);
+        let swap_error = |e: &dyn std::fmt::Display| ControlError::kernel("bpf_link_update", e);
+        match (self.program_mut()?, attach) {
+            (Program::Xdp(xdp), AttachPoint::Xdp { .. }) => {
+                let link = fd_link.try_into().map_err(|e| swap_error(&e))?;
+                let id = xdp.attach_to_link(link).map_err(|e| swap_error(&e))?;
+                // Keep the link out of the program's set: dropping the
+                // object must not touch it (it stays pinned).
+                let taken = xdp.take_link(id).map_err(|e| swap_error(&e))?;
+                drop(FdLink::try_from(taken));
+            }
+            (Program::SchedClassifier(tc), AttachPoint::TcIngress | AttachPoint::TcEgress) => {
+                let link = fd_link.try_into().map_err(|e| swap_error(&e))?;
+                let id = tc.attach_to_link(link).map_err(|e| swap_error(&e))?;
+                let taken = tc.take_link(id).map_err(|e| swap_error(&e))?;
+                drop(FdLink::try_from(taken));
+            }
+            _ => {
+                return Err(swap_error(
+                    &"the new program was compiled for another hook than the running one",
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn attach_xdp(
+    xdp: &mut Xdp,
+    dev: &str,
+    mode: aya::programs::XdpMode,
+) -> Result<FdLink, ProgramError> {
+    let id = xdp.attach(dev, mode)?;
+    let link = xdp.take_link(id)?;
+    FdLink::try_from(link).map_err(|e| ProgramError::IOError(std::io::Error::other(e.to_string())))
+}
+
+fn attach_tc(
+    tc: &mut SchedClassifier,
+    dev: &str,
+    direction: TcAttachType,
+) -> Result<FdLink, ProgramError> {
+    let id = tc.attach(dev, direction)?;
+    let link = tc.take_link(id)?;
+    FdLink::try_from(link).map_err(|e| ProgramError::IOError(std::io::Error::other(e.to_string())))
+}
+
+/// Says what an attach failure means and what to do about it.
+fn describe_attach_error(e: &ProgramError, hook: &str, mode: &str) -> String {
+    let text = match e {
+        ProgramError::SyscallError(s) => format!("{}: {}", s.call, s.io_error),
+        other => other.to_string(),
+    };
+    let errno = match e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    };
+    match errno {
+        Some(libc::EBUSY) | Some(libc::EEXIST) => format!(
+            "the interface already has an {hook} program attached ({text}); remove it first \
+             (`ip link set dev DEV xdp off`, or `flowstate list` / `bpftool net`)"
+        ),
+        Some(libc::EOPNOTSUPP) => format!(
+            "the driver does not support {hook} in {mode} mode ({text}); try --xdp-mode generic"
+        ),
+        Some(libc::EPERM) => "needs root (CAP_BPF, CAP_NET_ADMIN)".to_string(),
+        _ => text,
+    }
+}
+
+/// Pins the link so the program stays attached after this process exits.
+pub(crate) fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink, ControlError> {
+    link.pin(path)
+        .map_err(|e| ControlError::kernel(format!("pinning the link at {}", path.display()), e))
+}
+
+/// The id of the program a pinned link runs.
+pub(crate) fn link_program_id(path: &Path) -> Result<u32, ControlError> {
+    let pinned = PinnedLink::from_pin(path)
+        .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))?;
+    let fd_link = FdLink::from(pinned);
+    fd_link
+        .info()
+        .map(|info| info.program_id())
+        .map_err(|e| ControlError::kernel("reading link info", e))
+}

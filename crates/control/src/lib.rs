@@ -1,0 +1,467 @@
+//! flowstate-control: the control plane. Runs compiled programs on
+//! interfaces so that they outlive the command that started them, replaces
+//! them atomically keeping their state, and reads and edits that state.
+//!
+//! ```text
+//!  run:    source ─lang─▶ IR ─codegen─▶ ELF ─aya─▶ maps pinned, program verified
+//!          ─▶ program pinned ─▶ attached (bpf_link) ─▶ link pinned ─▶ metadata written
+//!  reload: new ELF loaded with the running maps reused (or new maps + migration)
+//!          ─▶ bpf_link_update on the pinned link (atomic) ─▶ pins and metadata updated
+//!  open:   metadata ─▶ saved source recompiled ─▶ pinned maps reopened ─▶ Handle
+//! ```
+//!
+//! Where things live:
+//! - `/sys/fs/bpf/flowstate/NAME/link`, `prog`, `maps/<map>`: bpffs pins.
+//!   The pinned link keeps the program attached after the process exits.
+//! - `/run/flowstate/NAME.json`: metadata ([`meta`]), including a copy of
+//!   the program text, so `flows`, `stats` and `reload` decode the maps
+//!   even after the source file changed. bpffs holds only BPF objects, and
+//!   `/run` is a tmpfs cleared at boot exactly like bpffs, so pins and
+//!   metadata disappear together.
+//!
+//! Failure rule: [`run`] either returns a running instance or leaves no pin,
+//! no metadata and nothing attached. [`reload`] either swaps the program or
+//! leaves the running one and its pins untouched.
+//!
+//! Panic rule: nothing here panics on user input (program text, key text,
+//! names, metadata files).
+
+mod handle;
+mod kernel;
+pub mod keytext;
+pub mod meta;
+mod paths;
+mod reload;
+pub mod summary;
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use flowstate_codegen::Layout;
+use flowstate_lang::ir::{Hook, Program};
+use serde::{Deserialize, Serialize};
+
+pub use handle::{open, Event, Events, FlowRow, Handle, RowStat, Stats};
+pub use paths::{meta_dir, pin_root};
+pub use reload::{reload, FlowsMigration, ReloadReport};
+
+use meta::Meta;
+
+/// How an XDP program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native if the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// In the driver (veth, most physical NICs).
+    Native,
+    /// In the kernel's network stack, for any interface (slower).
+    Generic,
+}
+
+/// Where a program attaches on its interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachPoint {
+    Xdp { mode: XdpMode },
+    TcIngress,
+    TcEgress,
+}
+
+impl AttachPoint {
+    /// The program's own hook, with XDP in auto mode.
+    pub fn of_hook(hook: Hook) -> AttachPoint {
+        match hook {
+            Hook::Xdp => AttachPoint::Xdp {
+                mode: XdpMode::Auto,
+            },
+            Hook::TcIngress => AttachPoint::TcIngress,
+            Hook::TcEgress => AttachPoint::TcEgress,
+        }
+    }
+
+    pub fn hook(self) -> Hook {
+        match self {
+            AttachPoint::Xdp { .. } => Hook::Xdp,
+            AttachPoint::TcIngress => Hook::TcIngress,
+            AttachPoint::TcEgress => Hook::TcEgress,
+        }
+    }
+
+    /// `xdp`, `tc-ingress`, `tc-egress`: how the CLI writes it.
+    pub fn hook_name(self) -> &'static str {
+        match self {
+            AttachPoint::Xdp { .. } => "xdp",
+            AttachPoint::TcIngress => "tc-ingress",
+            AttachPoint::TcEgress => "tc-egress",
+        }
+    }
+}
+
+/// What to run, and where.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub program_path: PathBuf,
+    pub dev: String,
+    /// `None`: the program's `hook`.
+    pub attach: Option<AttachPoint>,
+    /// `None`: the program's name.
+    pub name: Option<String>,
+}
+
+/// A program running on an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    pub dev: String,
+    pub ifindex: u32,
+    pub attach: AttachPoint,
+    /// `native` or `generic` for XDP, `tcx` for TC.
+    pub mode: String,
+    /// The kernel's id of the running program (`bpftool prog show id N`).
+    pub prog_id: u32,
+    pub started: SystemTime,
+    pub source_path: PathBuf,
+    /// First 12 hex digits of the SHA-256 of the program text.
+    pub source_hash: String,
+    /// Entries in the state table now.
+    pub flows: usize,
+    /// Times the program was hot-replaced.
+    pub reloads: u32,
+    /// Why the instance is not (fully) running: pins and metadata disagree,
+    /// the interface is gone, or another program took the link. `None`
+    /// when everything checks out. `flowstate stop NAME` cleans it up.
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo")]
+    NeedsRoot,
+    #[error(
+        "invalid name {0:?}: use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"
+    )]
+    InvalidName(String),
+    #[error("cannot read {path}: {io}")]
+    ReadSource { path: PathBuf, io: std::io::Error },
+    /// The program text has errors; `rendered` shows them with carets.
+    #[error("{path}: the program has errors; nothing was run\n{rendered}")]
+    Program { path: PathBuf, rendered: String },
+    #[error("cannot compile for the kernel: {0}")]
+    Codegen(String),
+    #[error("no interface named {0:?} (see `ip link`)")]
+    NoSuchInterface(String),
+    #[error(
+        "a program named {0:?} is already running: pick another --name, or `flowstate stop {0}`"
+    )]
+    NameTaken(String),
+    #[error("no program named {0:?} is running (see `flowstate list`)")]
+    NotRunning(String),
+    /// The verifier refused the program: a code generator bug. `log` is
+    /// the verifier's full output.
+    #[error(
+        "the kernel's verifier rejected the program (a flowstate bug: please report it with the \
+         program); nothing was attached.\n{log}"
+    )]
+    Verifier { log: String },
+    #[error("cannot attach to {dev}: {message}")]
+    Attach { dev: String, message: String },
+    #[error(
+        "the flow key changed from ({old}) to ({new}): the running flows cannot be carried over. \
+         Reload with --reset-state to start from an empty state table"
+    )]
+    KeyLayoutChanged { old: String, new: String },
+    #[error("bad key: {0}")]
+    Key(String),
+    #[error("no {kind} named {name:?}; the program has: {known}")]
+    NoSuchName {
+        kind: &'static str,
+        name: String,
+        known: String,
+    },
+    #[error("no flow {0} in the state table")]
+    NoSuchFlow(String),
+    #[error("metadata {path}: {message}")]
+    Metadata { path: PathBuf, message: String },
+    #[error("{what}: {message}")]
+    Kernel { what: String, message: String },
+}
+
+impl ControlError {
+    pub(crate) fn kernel(what: impl Into<String>, err: impl std::fmt::Display) -> ControlError {
+        ControlError::Kernel {
+            what: what.into(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// Compiles, loads, attaches and pins a program. It keeps running after the
+/// calling process exits, until [`stop`].
+pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
+    if let Some(name) = &spec.name {
+        paths::check_name(name)?;
+    }
+    let source = read_source(&spec.program_path)?;
+    let program = compile_source(&spec.program_path, &source)?;
+    let name = spec.name.clone().unwrap_or_else(|| program.name.clone());
+    paths::check_name(&name)?;
+    check_privileges()?;
+    let ifindex = kernel::ifindex(&spec.dev)?;
+    if paths::pin_dir(&name).exists() || paths::meta_path(&name).exists() {
+        return Err(ControlError::NameTaken(name));
+    }
+    let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
+    let output = codegen(&program, attach.hook())?;
+
+    flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
+        .map_err(|e| ControlError::kernel("mounting bpffs", e))?;
+    let pin_dir = paths::pin_dir(&name);
+    let maps_dir = pin_dir.join("maps");
+    std::fs::create_dir_all(&maps_dir)
+        .map_err(|e| ControlError::kernel(format!("creating {}", maps_dir.display()), e))?;
+    // From here on, a failure removes every pin made so far; dropping the
+    // unpinned link (if any) detaches the program.
+    let mut guard = paths::RemoveOnDrop::new(pin_dir.clone());
+
+    let pins: Vec<(&'static str, PathBuf)> = map_names(&output.layout)
+        .into_iter()
+        .map(|m| (m, maps_dir.join(m)))
+        .collect();
+    let mut loaded = kernel::load(&output.object, &output.program_name, &pins)?;
+    if let Some(map) = output.layout.globals_map {
+        // Array maps start zeroed; globals start at their declared values.
+        let path = maps_dir.join(map);
+        let globals = flowstate_runtime::RawMap::from_pin(&path)
+            .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))?;
+        let initial: Vec<i64> = program.globals.iter().map(|g| g.init).collect();
+        reload::write_globals(&globals, &initial)?;
+    }
+    loaded.pin_program(&pin_dir.join("prog"))?;
+    let prog_id = loaded.prog_id()?;
+    let (link, mode) = loaded.attach(&spec.dev, attach)?;
+    let pinned_link = kernel::pin_link(link, &pin_dir.join("link"))?;
+
+    let started = SystemTime::now();
+    let meta = Meta::new(
+        &name,
+        &spec.dev,
+        ifindex,
+        attach,
+        &mode,
+        prog_id,
+        started,
+        &spec.program_path,
+        &source,
+        &output.program_name,
+    );
+    meta.save(&paths::meta_path(&name))?;
+    guard.disarm();
+    drop(pinned_link);
+    Ok(instance_of(&meta, 0, None))
+}
+
+/// Every program started by [`run`], with the pins cross-checked against
+/// the metadata (see [`Instance::problem`]).
+pub fn list() -> Result<Vec<Instance>, ControlError> {
+    let mut out = Vec::new();
+    let mut names = paths::meta_names()?;
+    for orphan in paths::pin_names()? {
+        if !names.contains(&orphan) {
+            names.push(orphan);
+        }
+    }
+    names.sort();
+    for name in names {
+        out.push(inspect(&name));
+    }
+    Ok(out)
+}
+
+fn inspect(name: &str) -> Instance {
+    let meta = match Meta::load(&paths::meta_path(name)) {
+        Ok(meta) => meta,
+        Err(e) => {
+            return Instance {
+                name: name.to_string(),
+                dev: String::new(),
+                ifindex: 0,
+                attach: AttachPoint::Xdp {
+                    mode: XdpMode::Auto,
+                },
+                mode: String::new(),
+                prog_id: 0,
+                started: SystemTime::UNIX_EPOCH,
+                source_path: PathBuf::new(),
+                source_hash: String::new(),
+                flows: 0,
+                reloads: 0,
+                problem: Some(format!("pins without usable metadata ({e})")),
+            }
+        }
+    };
+    let pin_dir = paths::pin_dir(name);
+    let mut problem = None;
+    let mut flows = 0;
+    match kernel::link_program_id(&pin_dir.join("link")) {
+        Err(e) => problem = Some(format!("link pin unusable: {e}")),
+        Ok(id) if id != meta.prog_id => {
+            problem = Some(format!(
+                "the link runs program {id}, the metadata says {}",
+                meta.prog_id
+            ))
+        }
+        Ok(_) => {}
+    }
+    if problem.is_none() && kernel::ifindex(&meta.dev).ok() != Some(meta.ifindex) {
+        problem = Some(format!(
+            "interface {} (index {}) is gone",
+            meta.dev, meta.ifindex
+        ));
+    }
+    match flowstate_runtime::RawMap::from_pin(pin_dir.join("maps").join("flows")) {
+        Ok(map) => flows = map.keys().map_or(0, |k| k.len()),
+        Err(e) => {
+            problem.get_or_insert_with(|| format!("flows map pin unusable: {e}"));
+        }
+    }
+    instance_of(&meta, flows, problem)
+}
+
+fn instance_of(meta: &Meta, flows: usize, problem: Option<String>) -> Instance {
+    Instance {
+        name: meta.name.clone(),
+        dev: meta.dev.clone(),
+        ifindex: meta.ifindex,
+        attach: meta.attach,
+        mode: meta.mode.clone(),
+        prog_id: meta.prog_id,
+        started: meta.started(),
+        source_path: meta.source_path.clone(),
+        source_hash: meta.source_hash.clone(),
+        flows,
+        reloads: meta.reloads,
+        problem,
+    }
+}
+
+/// Detaches the program and removes its pins and metadata: the interface
+/// is left as it was before [`run`]. Also cleans up stale entries.
+pub fn stop(name: &str) -> Result<(), ControlError> {
+    paths::check_name(name)?;
+    let pin_dir = paths::pin_dir(name);
+    let meta_path = paths::meta_path(name);
+    if !pin_dir.exists() && !meta_path.exists() {
+        return Err(ControlError::NotRunning(name.to_string()));
+    }
+    check_privileges()?;
+    // The link is the only thing keeping the program attached; once its
+    // pin is gone (and no process holds its fd) the kernel detaches it.
+    let link = pin_dir.join("link");
+    if link.exists() {
+        std::fs::remove_file(&link)
+            .map_err(|e| ControlError::kernel(format!("removing {}", link.display()), e))?;
+    }
+    if pin_dir.exists() {
+        std::fs::remove_dir_all(&pin_dir)
+            .map_err(|e| ControlError::kernel(format!("removing {}", pin_dir.display()), e))?;
+    }
+    if meta_path.exists() {
+        std::fs::remove_file(&meta_path)
+            .map_err(|e| ControlError::kernel(format!("removing {}", meta_path.display()), e))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn read_source(path: &Path) -> Result<String, ControlError> {
+    std::fs::read_to_string(path).map_err(|io| ControlError::ReadSource {
+        path: path.to_path_buf(),
+        io,
+    })
+}
+
+pub(crate) fn compile_source(path: &Path, source: &str) -> Result<Program, ControlError> {
+    flowstate_lang::compile(source)
+        .map(|c| c.program)
+        .map_err(|diags| ControlError::Program {
+            path: path.to_path_buf(),
+            rendered: flowstate_lang::diag::render(
+                &diags,
+                &path.display().to_string(),
+                source,
+                false,
+            ),
+        })
+}
+
+pub(crate) fn codegen(
+    program: &Program,
+    hook: Hook,
+) -> Result<flowstate_codegen::Output, ControlError> {
+    let options = flowstate_codegen::Options {
+        hook: Some(hook),
+        ..flowstate_codegen::Options::default()
+    };
+    flowstate_codegen::compile(program, &options).map_err(|e| ControlError::Codegen(e.to_string()))
+}
+
+/// Every map of a compiled program.
+pub(crate) fn map_names(layout: &Layout) -> Vec<&'static str> {
+    let mut names = vec![layout.flows_map, layout.counters_map];
+    names.extend(layout.globals_map);
+    names.extend(layout.events_map);
+    names.extend(layout.clock_map);
+    names
+}
+
+/// Effective capabilities: CAP_NET_ADMIN (12) and CAP_BPF (39) or
+/// CAP_SYS_ADMIN (21), which older kernels ask for instead of CAP_BPF.
+pub(crate) fn check_privileges() -> Result<(), ControlError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    if has(12) && (has(39) || has(21)) {
+        Ok(())
+    } else {
+        Err(ControlError::NeedsRoot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_point_round_trips_through_json() {
+        for point in [
+            AttachPoint::Xdp {
+                mode: XdpMode::Generic,
+            },
+            AttachPoint::TcIngress,
+            AttachPoint::TcEgress,
+        ] {
+            let text = serde_json::to_string(&point).unwrap();
+            assert_eq!(serde_json::from_str::<AttachPoint>(&text).unwrap(), point);
+        }
+    }
+
+    #[test]
+    fn attach_point_follows_the_hook() {
+        assert_eq!(AttachPoint::of_hook(Hook::TcEgress).hook(), Hook::TcEgress);
+        assert_eq!(AttachPoint::of_hook(Hook::Xdp).hook_name(), "xdp");
+    }
+
+    #[test]
+    fn program_errors_are_rendered_and_nothing_runs() {
+        let err =
+            compile_source(Path::new("bad.fsm"), "program p\nflow nosuch.field\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("bad.fsm"), "{text}");
+        assert!(text.contains("nothing was run"), "{text}");
+    }
+}

@@ -1,0 +1,158 @@
+//! The metadata file of a running instance, `/run/flowstate/NAME.json`.
+//!
+//! It keeps what the pins cannot: the program text (so the maps can be
+//! decoded after the source file changed), where it came from, and how it
+//! was attached. Written atomically (temporary file, then rename), so a
+//! reader never sees half a file.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{AttachPoint, ControlError};
+
+/// Bumped when the format changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub version: u32,
+    pub name: String,
+    pub dev: String,
+    pub ifindex: u32,
+    pub attach: AttachPoint,
+    /// `native`, `generic` or `tcx`.
+    pub mode: String,
+    pub prog_id: u32,
+    /// Milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    pub source_path: PathBuf,
+    /// See [`source_hash`].
+    pub source_hash: String,
+    /// The program text as it was loaded.
+    pub source: String,
+    /// The program's symbol in the object (and its kernel name).
+    pub program_symbol: String,
+    /// Hot replacements so far.
+    pub reloads: u32,
+}
+
+impl Meta {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: &str,
+        dev: &str,
+        ifindex: u32,
+        attach: AttachPoint,
+        mode: &str,
+        prog_id: u32,
+        started: SystemTime,
+        source_path: &Path,
+        source: &str,
+        program_symbol: &str,
+    ) -> Meta {
+        let started_unix_ms = started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Meta {
+            version: FORMAT_VERSION,
+            name: name.to_string(),
+            dev: dev.to_string(),
+            ifindex,
+            attach,
+            mode: mode.to_string(),
+            prog_id,
+            started_unix_ms,
+            source_path: std::fs::canonicalize(source_path)
+                .unwrap_or_else(|_| source_path.to_path_buf()),
+            source_hash: source_hash(source),
+            source: source.to_string(),
+            program_symbol: program_symbol.to_string(),
+            reloads: 0,
+        }
+    }
+
+    pub fn started(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(self.started_unix_ms)
+    }
+
+    pub fn load(path: &Path) -> Result<Meta, ControlError> {
+        let error = |message: String| ControlError::Metadata {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let meta: Meta = serde_json::from_str(&text).map_err(|e| error(e.to_string()))?;
+        if meta.version != FORMAT_VERSION {
+            return Err(error(format!(
+                "format version {} (this flowstate reads {FORMAT_VERSION})",
+                meta.version
+            )));
+        }
+        Ok(meta)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), ControlError> {
+        let error = |message: String| ControlError::Metadata {
+            path: path.to_path_buf(),
+            message,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| error(e.to_string()))?;
+        }
+        let text = serde_json::to_string_pretty(self).map_err(|e| error(e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text).map_err(|e| error(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            error(e.to_string())
+        })
+    }
+}
+
+/// First 12 hex digits of the SHA-256 of the program text: enough to tell
+/// versions apart in `flowstate list`.
+pub fn source_hash(source: &str) -> String {
+    let digest = Sha256::digest(source.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::XdpMode;
+
+    #[test]
+    fn hash_is_short_hex_and_tells_texts_apart() {
+        // SHA-256("") starts e3b0c44298fc.
+        assert_eq!(source_hash(""), "e3b0c44298fc");
+        assert_ne!(source_hash("a"), source_hash("b"));
+    }
+
+    #[test]
+    fn saves_and_loads_the_same_metadata() {
+        let dir = std::env::temp_dir().join(format!("fs-ctl-meta-{}", std::process::id()));
+        let path = dir.join("x.json");
+        let meta = Meta::new(
+            "x",
+            "veth0",
+            7,
+            AttachPoint::Xdp {
+                mode: XdpMode::Native,
+            },
+            "native",
+            42,
+            SystemTime::now(),
+            Path::new("p.fsm"),
+            "program p\n",
+            "p",
+        );
+        meta.save(&path).unwrap();
+        assert_eq!(Meta::load(&path).unwrap(), meta);
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(Meta::load(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

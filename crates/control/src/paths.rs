@@ -1,0 +1,141 @@
+//! Where pins and metadata live, and instance names.
+
+use std::path::{Path, PathBuf};
+
+use crate::ControlError;
+
+/// Root of the pins: `/sys/fs/bpf/flowstate`.
+pub fn pin_root() -> PathBuf {
+    Path::new(flowstate_runtime::BPFFS_ROOT).join("flowstate")
+}
+
+/// Directory of the metadata files: `/run/flowstate`.
+pub fn meta_dir() -> PathBuf {
+    PathBuf::from("/run/flowstate")
+}
+
+pub(crate) fn pin_dir(name: &str) -> PathBuf {
+    pin_root().join(name)
+}
+
+pub(crate) fn meta_path(name: &str) -> PathBuf {
+    meta_dir().join(format!("{name}.json"))
+}
+
+/// Names become file names: keep them to a safe alphabet.
+pub(crate) fn check_name(name: &str) -> Result<(), ControlError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::InvalidName(name.to_string()))
+    }
+}
+
+/// Names that have a metadata file.
+pub(crate) fn meta_names() -> Result<Vec<String>, ControlError> {
+    let mut names = Vec::new();
+    let dir = match std::fs::read_dir(meta_dir()) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) => {
+            return Err(ControlError::kernel(
+                format!("reading {}", meta_dir().display()),
+                e,
+            ))
+        }
+    };
+    for entry in dir.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if let Some(name) = file.strip_suffix(".json") {
+            if check_name(name).is_ok() {
+                names.push(name.to_string());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Names that have a pin directory.
+pub(crate) fn pin_names() -> Result<Vec<String>, ControlError> {
+    let mut names = Vec::new();
+    let dir = match std::fs::read_dir(pin_root()) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ControlError::NeedsRoot)
+        }
+        Err(e) => {
+            return Err(ControlError::kernel(
+                format!("reading {}", pin_root().display()),
+                e,
+            ))
+        }
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if check_name(&name).is_ok() && entry.path().is_dir() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Removes a directory tree when dropped, unless disarmed: how a failed
+/// `run` takes back the pins it made.
+pub(crate) struct RemoveOnDrop {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl RemoveOnDrop {
+    pub fn new(path: PathBuf) -> RemoveOnDrop {
+        RemoveOnDrop { path, armed: true }
+    }
+
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_safe_file_names() {
+        for good in ["portknock", "pk-1", "a.b_c", "X9"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn remove_on_drop_removes_unless_disarmed() {
+        let base = std::env::temp_dir().join(format!("fs-ctl-guard-{}", std::process::id()));
+        std::fs::create_dir_all(base.join("a/b")).unwrap();
+        drop(RemoveOnDrop::new(base.join("a")));
+        assert!(!base.join("a").exists());
+        std::fs::create_dir_all(base.join("c")).unwrap();
+        let mut guard = RemoveOnDrop::new(base.join("c"));
+        guard.disarm();
+        drop(guard);
+        assert!(base.join("c").exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
