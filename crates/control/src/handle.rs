@@ -397,14 +397,14 @@ impl Handle {
             .position(|g| g.name == name)
             .ok_or_else(no_such)?;
         let map = self.globals.as_ref().ok_or_else(no_such)?;
-        let mut bytes = map
+        let bytes = map
             .array_get(0)
             .map_err(kernel_error("reading the globals map"))?;
-        let at = 8 * index;
-        if let Some(slot) = bytes.get_mut(at..at + 8) {
-            slot.copy_from_slice(&value.to_le_bytes());
+        let mut values = self.layout.decode_globals(&bytes);
+        if let Some(slot) = values.get_mut(index) {
+            *slot = value;
         }
-        map.array_set(0, &bytes)
+        map.array_set(0, &self.layout.encode_globals(&values))
             .map_err(kernel_error("writing the globals map"))
     }
 

@@ -139,9 +139,7 @@ pub struct Instance {
 pub enum ControlError {
     #[error("needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo")]
     NeedsRoot,
-    #[error(
-        "invalid name {0:?}: use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"
-    )]
+    #[error("invalid name {0:?}: use 1 to 64 letters, digits, '_' or '-'")]
     InvalidName(String),
     #[error("cannot read {path}: {io}")]
     ReadSource { path: PathBuf, io: std::io::Error },
@@ -230,14 +228,6 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
         .map(|m| (m, maps_dir.join(m)))
         .collect();
     let mut loaded = kernel::load(&output.object, &output.program_name, &pins)?;
-    if let Some(map) = output.layout.globals_map {
-        // Array maps start zeroed; globals start at their declared values.
-        let path = maps_dir.join(map);
-        let globals = flowstate_runtime::RawMap::from_pin(&path)
-            .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))?;
-        let initial: Vec<i64> = program.globals.iter().map(|g| g.init).collect();
-        reload::write_globals(&globals, &initial)?;
-    }
     loaded.pin_program(&pin_dir.join("prog"))?;
     let prog_id = loaded.prog_id()?;
     let (link, mode) = loaded.attach(&spec.dev, attach)?;

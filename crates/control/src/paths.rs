@@ -22,14 +22,14 @@ pub(crate) fn meta_path(name: &str) -> PathBuf {
     meta_dir().join(format!("{name}.json"))
 }
 
-/// Names become file names: keep them to a safe alphabet.
+/// Names become file names on bpffs, which refuses dots: letters, digits,
+/// `_` and `-` only.
 pub(crate) fn check_name(name: &str) -> Result<(), ControlError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && !name.starts_with('.')
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -117,10 +117,10 @@ mod tests {
 
     #[test]
     fn names_are_safe_file_names() {
-        for good in ["portknock", "pk-1", "a.b_c", "X9"] {
+        for good in ["portknock", "pk-1", "a_b-c", "X9"] {
             assert!(check_name(good).is_ok(), "{good}");
         }
-        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(65)] {
+        for bad in ["", ".hidden", "a.b", "a/b", "..", "a b", &"x".repeat(65)] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! Each map of the new program is either the running one, reused through
 //! its pin (aya's `map_pin_path` opens it instead of creating one), or a
-//! new one pinned beside it as `maps/<map>.next`:
+//! new one pinned beside it as `maps/next_<map>` (bpffs refuses names
+//! with dots):
 //!
 //! - `flows`: reused when states, registers, key, capacity and full policy
 //!   are unchanged, so not a single update is lost. Otherwise a new map,
@@ -17,8 +18,8 @@
 //! - `events`: reused when both versions send events.
 //!
 //! Before the swap nothing visible changes: a failure (program errors,
-//! verifier, migration) removes the `.next` pins and leaves the running
-//! program as it was. After the swap, the `.next` pins replace the old ones
+//! verifier, migration) removes the `next_` pins and leaves the running
+//! program as it was. After the swap, the `next_` pins replace the old ones
 //! and the metadata is rewritten.
 
 use std::path::{Path, PathBuf};
@@ -117,7 +118,9 @@ pub fn reload(
     } else {
         Plan::New
     };
-    let globals_plan = if globals_names(&old) == globals_names(&new) {
+    // The map stores each global as its distance from its initial value
+    // (a zeroed map reads as the initial values), so initial values count.
+    let globals_plan = if globals_decl(&old) == globals_decl(&new) {
         Plan::Reuse
     } else {
         Plan::New
@@ -151,7 +154,7 @@ pub fn reload(
         match plan_of(map) {
             Plan::Reuse => pins.push((map, current)),
             Plan::New => {
-                let staged = maps_dir.join(format!("{map}.next"));
+                let staged = maps_dir.join(format!("next_{map}"));
                 // A leftover from a crashed reload would be reused by aya.
                 let _ = std::fs::remove_file(&staged);
                 next.0.push(staged.clone());
@@ -161,7 +164,7 @@ pub fn reload(
         }
     }
     let mut loaded = kernel::load(&output.object, &output.program_name, &pins)?;
-    let prog_next = pin_dir.join("prog.next");
+    let prog_next = pin_dir.join("next_prog");
     let _ = std::fs::remove_file(&prog_next);
     next.0.push(prog_next.clone());
     loaded.pin_program(&prog_next)?;
@@ -268,8 +271,8 @@ fn same_flows(old: &Program, new: &Program) -> bool {
         && old.full_policy == new.full_policy
 }
 
-fn globals_names(p: &Program) -> Vec<String> {
-    p.globals.iter().map(|g| g.name.clone()).collect()
+fn globals_decl(p: &Program) -> Vec<(String, i64)> {
+    p.globals.iter().map(|g| (g.name.clone(), g.init)).collect()
 }
 
 fn rows_text(p: &Program) -> Vec<String> {
@@ -383,15 +386,10 @@ impl Migration<'_> {
                     .unwrap_or(g.init)
             })
             .collect();
-        write_globals(new_map, &values)
+        new_map
+            .array_set(0, &self.new_layout.encode_globals(&values))
+            .map_err(|e| ControlError::kernel("writing the globals", e))
     }
-}
-
-/// Writes the whole globals value.
-pub(crate) fn write_globals(map: &RawMap, values: &[i64]) -> Result<(), ControlError> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    map.array_set(0, &bytes)
-        .map_err(|e| ControlError::kernel("writing the globals", e))
 }
 
 #[cfg(test)]
@@ -440,6 +438,6 @@ mod tests {
         let (old, new) = (program(V1), program(&v2));
         assert!(same_flows(&old, &new));
         assert_ne!(rows_text(&old), rows_text(&new));
-        assert_eq!(globals_names(&old), globals_names(&new));
+        assert_eq!(globals_decl(&old), globals_decl(&new));
     }
 }
