@@ -1,7 +1,7 @@
 //! The bare program: returns its verdict and nothing else. Every figure
 //! is divided by its cost in the same run.
 
-use flowstate_asm::{AsmError, Assembler, Insn, Reg::R0};
+use flowstate_asm::{AsmError, Assembler, Helper, Insn, Reg::R0};
 use flowstate_obj::{ObjError, ObjectBuilder, ProgramDef, ProgramSection};
 
 /// `XDP_PASS`.
@@ -32,7 +32,20 @@ impl std::error::Error for BareError {}
 /// An ELF object with one program, [`PROGRAM_NAME`], in `section`, that
 /// returns `verdict`: `r0 = verdict; exit`.
 pub fn object(section: ProgramSection, verdict: i32) -> Result<Vec<u8>, BareError> {
+    object_calling(section, None, verdict)
+}
+
+/// As [`object`], calling `helper` first (a helper without arguments, such
+/// as a clock): the difference to the bare program is the helper's cost.
+pub fn object_calling(
+    section: ProgramSection,
+    helper: Option<Helper>,
+    verdict: i32,
+) -> Result<Vec<u8>, BareError> {
     let mut asm = Assembler::new();
+    if let Some(helper) = helper {
+        asm.emit(Insn::call(helper));
+    }
     asm.emit(Insn::mov64(R0, verdict));
     asm.emit(Insn::exit());
     let code = asm.finish().map_err(BareError::Asm)?;
@@ -59,6 +72,18 @@ mod tests {
         let text = [
             0xb7, 0, 0, 0, 2, 0, 0, 0, //
             0x95, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert!(object.windows(text.len()).any(|w| w == text));
+    }
+
+    #[test]
+    fn clock_program_calls_the_helper_before_the_verdict() {
+        let object =
+            object_calling(ProgramSection::Xdp, Some(Helper::KTIME_GET_NS), XDP_PASS).unwrap();
+        let text = [
+            0x85, 0, 0, 0, 5, 0, 0, 0, // call 5 (bpf_ktime_get_ns)
+            0xb7, 0, 0, 0, 2, 0, 0, 0, // r0 = 2
+            0x95, 0, 0, 0, 0, 0, 0, 0, // exit
         ];
         assert!(object.windows(text.len()).any(|w| w == text));
     }
