@@ -48,7 +48,7 @@ const POOL: [Reg; EVAL_REGISTERS] = [R1, R2, R3, R4, R5, R0];
 
 /// Attempts at a flow's lock before the packet gives up (and gets the
 /// default action, counted as contention).
-pub(crate) const LOCK_TRIES: i32 = 256;
+pub(crate) const LOCK_TRIES: usize = 8;
 /// Attempts at a global's compare-and-swap before giving up.
 const GLOBAL_CAS_TRIES: i32 = 16;
 
@@ -143,6 +143,7 @@ pub(crate) struct Emitter<'a> {
     no_match: Label,
     contention: Label,
     table_full: Label,
+    restart: Label,
     tails: Vec<(Action, Label)>,
     commit_labels: Vec<Label>,
     /// The first problem found that is the user's (an unknown interface).
@@ -165,6 +166,7 @@ impl<'a> Emitter<'a> {
             no_match: asm.new_label(),
             contention: asm.new_label(),
             table_full: asm.new_label(),
+            restart: asm.new_label(),
             asm,
             program,
             target,
@@ -188,6 +190,7 @@ impl<'a> Emitter<'a> {
         for index in 0..self.lowered.commits.len() {
             self.commit(index);
         }
+        self.restart_block();
         self.default_blocks();
         self.action_tails();
         if let Some(message) = self.error {
@@ -303,44 +306,130 @@ impl<'a> Emitter<'a> {
         label
     }
 
-    fn unlock_entry_if_any(&mut self) {
-        if self.target.atomic {
-            self.emit(Insn::jeq(ENTRY, 0, 1));
-            self.emit(Insn::st(Size::W, ENTRY, LOCK_OFFSET as i16, 0));
-        }
-    }
-
-    /// Spin on the entry's lock word; `on_fail` after [`LOCK_TRIES`].
+    /// Takes the entry's lock word (a sequence number, odd while a writer
+    /// holds it) by spinning; `on_fail` after [`LOCK_TRIES`]. Keeps the
+    /// value taken in the `seq` slot for [`Emitter::unlock_entry`].
     fn lock_entry(&mut self, on_fail: Label) {
         if !self.target.atomic {
             return;
         }
-        let spin = self.label();
         let locked = self.label();
         self.asm
-            .annotate("lock the entry (bounded spin on cmpxchg)");
-        self.emit(Insn::mov64(R2, LOCK_TRIES));
-        self.asm.bind(spin);
-        self.emit(Insn::mov64(R0, 0));
-        self.emit(Insn::mov64(R1, 1));
+            .annotate("lock the entry (bounded spin: even -> odd by cmpxchg)");
+        // Unrolled: the verifier prunes every try's success against the
+        // first, where a counted loop makes it walk the rest of the
+        // program once per iteration.
+        for _ in 0..LOCK_TRIES {
+            let next = self.label();
+            self.emit(Insn::ldx(Size::W, R0, ENTRY, LOCK_OFFSET as i16));
+            self.asm.jmp(JmpOp::Set, R0, 1, next);
+            self.emit(Insn::mov64(R3, R0));
+            self.emit(Insn::mov64(R1, R0));
+            self.emit(Insn::add64(R1, 1));
+            self.emit(Insn::atomic32(
+                AtomicOp::CmpXchg,
+                ENTRY,
+                R1,
+                LOCK_OFFSET as i16,
+            ));
+            self.asm.jmp(JmpOp::Eq, R0, R3, locked);
+            self.asm.bind(next);
+        }
+        self.asm.ja(on_fail);
+        self.asm.bind(locked);
+        self.store_stack(self.frame.seq, R3);
+    }
+
+    /// Takes the lock only if the entry is still as it was when the view
+    /// was copied (same even sequence number); `on_changed` otherwise.
+    fn lock_if_unchanged(&mut self, on_changed: Label) {
+        if !self.target.atomic {
+            return;
+        }
+        self.asm
+            .annotate("lock, if unchanged since the view was copied");
+        let held = self.label();
+        self.load_stack(R1, self.frame.retried);
+        self.asm.jmp(JmpOp::Ne, R1, 0, held);
+        self.load_stack(R0, self.frame.seq);
+        self.emit(Insn::mov64(R1, R0));
+        self.emit(Insn::add64(R1, 1));
         self.emit(Insn::atomic32(
             AtomicOp::CmpXchg,
             ENTRY,
             R1,
             LOCK_OFFSET as i16,
         ));
-        self.asm.jmp(JmpOp::Eq, R0, 0, locked);
-        self.emit(Insn::sub64(R2, 1));
-        self.asm.jmp(JmpOp::Ne, R2, 0, spin);
-        self.asm.ja(on_fail);
-        self.asm.bind(locked);
+        self.load_stack(R1, self.frame.seq);
+        self.asm.jmp(JmpOp::Ne, R0, R1, on_changed);
+        self.asm.bind(held);
     }
 
+    /// Releases the lock of a restarted packet (which locked the entry
+    /// before reading it), if it holds one.
+    fn unlock_if_held(&mut self) {
+        if !(self.target.atomic && self.same_keys) {
+            return;
+        }
+        let skip = self.label();
+        self.asm.jmp(JmpOp::Eq, ENTRY, 0, skip);
+        self.load_stack(R1, self.frame.retried);
+        self.asm.jmp(JmpOp::Eq, R1, 0, skip);
+        self.unlock_entry();
+        self.asm.bind(skip);
+    }
+
+    /// Releases the lock: the next even sequence number. A plain store:
+    /// x86 is TSO, so it is a release.
     fn unlock_entry(&mut self) {
         if self.target.atomic {
-            // A plain store: x86 is TSO, so it is a release.
-            self.emit(Insn::st(Size::W, ENTRY, LOCK_OFFSET as i16, 0));
+            self.load_stack(R1, self.frame.seq);
+            self.emit(Insn::add64(R1, 2));
+            self.emit(Insn::stx(Size::W, ENTRY, R1, LOCK_OFFSET as i16));
         }
+    }
+
+    /// Starts the packet over from the lookup (bounded; then contention).
+    fn restart(&mut self) {
+        let restart = self.restart;
+        self.asm.ja(restart);
+    }
+
+    /// The one block every restart goes through. It resets the scratch
+    /// slots to constants, so that the verifier sees the same state at
+    /// `again` from every restart site and walks the program once more,
+    /// not once per site.
+    fn restart_block(&mut self) {
+        let frame = self.frame;
+        let restart = self.restart;
+        self.asm.bind(restart);
+        self.asm
+            .annotate("start over, locking first (once; then contention)");
+        self.load_stack(R1, frame.retried);
+        let contention = self.contention;
+        self.asm.jmp(JmpOp::Ne, R1, 0, contention);
+        self.emit(Insn::st(Size::DW, R10, frame.retried, 1));
+        let mut slots: Vec<i16> = Vec::new();
+        slots.extend(
+            (0..self.layout.value_size)
+                .step_by(8)
+                .map(|at| frame.view_at(at)),
+        );
+        slots.extend((0..self.program.registers.len()).map(|i| frame.new_register(i)));
+        for i in 0..self.program.globals.len() {
+            slots.push(frame.new_global(i));
+            slots.push(frame.old_global(i));
+        }
+        slots.extend((0..frame.spill_count).map(|i| frame.spill(i)));
+        slots.extend([frame.seq, frame.fresh, frame.bias_save, frame.scratch_key]);
+        for slot in slots {
+            self.emit(Insn::st(Size::DW, R10, slot, 0));
+        }
+        for reg in [R0, R1, R2, R3, R4, R5, ENTRY] {
+            self.emit(Insn::mov64(reg, 0));
+        }
+        let again = self.again;
+        self.asm.ja(again);
     }
 
     fn row_text(&self, row: &Row) -> String {
@@ -383,6 +472,7 @@ impl<'a> Emitter<'a> {
                 slot: &slot,
             },
         );
+        self.launder_presence();
 
         match self.target.clock {
             Clock::None => {
@@ -441,6 +531,21 @@ impl<'a> Emitter<'a> {
             self.asm.annotate("pack the update key");
             self.pack_key(&self.program.update_key, area);
         }
+    }
+
+    /// Hides the presence mask's exact value from the verifier. After the
+    /// parser it is a different constant on each parse path, and the
+    /// verifier, tracking each one, would walk the rest of the program once
+    /// per packet shape. Bytes stored one by one read back as an unknown
+    /// number, so the paths merge; the value itself is unchanged.
+    fn launder_presence(&mut self) {
+        let slot = self.frame.scratch_key;
+        self.emit(Insn::mov64(R1, PRESENCE));
+        for byte in 0..4 {
+            self.emit(Insn::stx(Size::B, R10, R1, slot + byte));
+            self.emit(Insn::rsh64(R1, 8));
+        }
+        self.emit(Insn::ldx(Size::W, PRESENCE, R10, slot));
     }
 
     fn pack_key(&mut self, fields: &[Field], area: i16) {
@@ -505,13 +610,8 @@ impl<'a> Emitter<'a> {
         self.lookup(MAPS.flows, frame.lookup_key);
         self.emit(Insn::mov64(ENTRY, R0));
         self.asm.jmp(JmpOp::Eq, ENTRY, 0, missing);
-        let contention = self.contention;
-        self.lock_entry(contention);
-        self.asm.annotate("copy the entry to the stack view");
-        for at in (0..self.layout.value_size).step_by(8) {
-            self.emit(Insn::ldx(Size::DW, R1, ENTRY, at as i16));
-            self.store_stack(frame.view_at(at), R1);
-        }
+        self.snapshot();
+        self.emit(Insn::st(Size::DW, R10, frame.fresh, 0));
         // Expired entries read as their rollback state, registers reset.
         let mut expired = Vec::new();
         self.expiry_check(R10, frame.view, &mut |e: &mut Emitter, s| {
@@ -535,6 +635,7 @@ impl<'a> Emitter<'a> {
                 frame.view_at(STATE_OFFSET),
                 i32::from(rollback.0),
             ));
+            self.emit(Insn::st(Size::DW, R10, frame.fresh, 1));
             self.asm.ja(reset);
         }
 
@@ -542,6 +643,7 @@ impl<'a> Emitter<'a> {
         self.asm.annotate("no entry: the initial state");
         self.emit(Insn::st(Size::W, R10, frame.view_at(LOCK_OFFSET), 0));
         self.emit(Insn::st(Size::W, R10, frame.view_at(STATE_OFFSET), 0));
+        self.emit(Insn::st(Size::DW, R10, frame.fresh, 1));
         self.store_stack(frame.view_at(layout::LAST_SEEN_OFFSET), NOW);
         self.asm.bind(reset);
         self.store_stack(frame.view_at(layout::CREATED_OFFSET), NOW);
@@ -556,6 +658,56 @@ impl<'a> Emitter<'a> {
             self.store_stack(frame.view_register(index), R1);
         }
         self.asm.bind(decide);
+    }
+
+    /// Copies the entry at R7 to the view without locking it: a seqlock
+    /// read (the lock word before and after must be the same even
+    /// number), retried while a writer holds it. x86 keeps loads in order,
+    /// so the second read of the lock word follows the copy.
+    fn snapshot(&mut self) {
+        let frame = self.frame;
+        let value_size = self.layout.value_size;
+        let copy = |e: &mut Emitter| {
+            for at in (0..value_size).step_by(8) {
+                e.emit(Insn::ldx(Size::DW, R3, ENTRY, at as i16));
+                e.store_stack(frame.view_at(at), R3);
+            }
+        };
+        if !self.target.atomic {
+            self.asm.annotate("copy the entry to the stack view");
+            copy(self);
+            return;
+        }
+        let done = self.label();
+        if self.same_keys {
+            // After a restart the packet locks first: it cannot be
+            // overtaken again, so busy flows still make progress.
+            let optimistic = self.label();
+            self.load_stack(R1, frame.retried);
+            self.asm.jmp(JmpOp::Eq, R1, 0, optimistic);
+            let contention = self.contention;
+            self.lock_entry(contention);
+            copy(self);
+            self.asm.ja(done);
+            self.asm.bind(optimistic);
+        }
+        self.asm
+            .annotate("copy the entry to the stack view (seqlock read, no lock taken)");
+        // Unrolled, as in `lock_entry`.
+        for _ in 0..LOCK_TRIES {
+            let busy = self.label();
+            self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
+            self.asm.jmp(JmpOp::Set, R1, 1, busy);
+            copy(self);
+            self.emit(Insn::ldx(Size::W, R3, ENTRY, LOCK_OFFSET as i16));
+            self.asm.jmp(JmpOp::Ne, R1, R3, busy);
+            self.store_stack(frame.seq, R1);
+            self.asm.ja(done);
+            self.asm.bind(busy);
+        }
+        let contention = self.contention;
+        self.asm.ja(contention);
+        self.asm.bind(done);
     }
 
     /// Emits the timeout test of the `struct flow` at `base + offset`:
@@ -928,6 +1080,35 @@ impl<'a> Emitter<'a> {
             self.row_text(row)
         ));
 
+        // 0. A row that writes nothing but `last_seen` to an entry read
+        // unchanged: one plain store, no lock (the view was a consistent
+        // snapshot, so this packet is ordered before any concurrent write).
+        let after_write = self.label();
+        let lite = self.same_keys
+            && row.updates.is_empty()
+            && self.elided_initial(commit.next, row).is_none();
+        if lite {
+            let full = self.label();
+            self.asm.jmp(JmpOp::Eq, ENTRY, 0, full);
+            self.load_stack(R1, frame.fresh);
+            self.asm.jmp(JmpOp::Ne, R1, 0, full);
+            if row.next.is_some() {
+                // `next S` from S changes nothing either.
+                self.emit(Insn::ldx(Size::W, R1, R10, frame.view_at(STATE_OFFSET)));
+                self.asm.jmp(JmpOp::Ne, R1, i32::from(commit.next.0), full);
+            }
+            self.asm.annotate("only last_seen changes: store it");
+            self.emit(Insn::stx(
+                Size::DW,
+                ENTRY,
+                NOW,
+                layout::LAST_SEEN_OFFSET as i16,
+            ));
+            self.unlock_if_held();
+            self.asm.ja(after_write);
+            self.asm.bind(full);
+        }
+
         // 1. Every right-hand side, from the values before the row.
         let mut updated = vec![false; self.program.registers.len()];
         let mut global_writes: Vec<(usize, Option<&Expr>)> = Vec::new();
@@ -969,7 +1150,7 @@ impl<'a> Emitter<'a> {
         };
 
         // 2. Elision: an entry equal to a missing one is not kept.
-        let after_write = self.label();
+        let changed = self.label();
         if let Some(initial) = self.elided_initial(commit.next, row) {
             let write = self.label();
             self.asm
@@ -980,10 +1161,12 @@ impl<'a> Emitter<'a> {
             }
             if self.same_keys {
                 self.asm.jmp(JmpOp::Eq, ENTRY, 0, after_write);
+                // Delete only what the view saw (the lock stays taken: the
+                // element is freed with it).
+                self.lock_if_unchanged(changed);
                 self.asm.ld_map_fd(R1, MAPS.flows);
                 self.stack_ptr(R2, frame.lookup_key);
             } else {
-                self.unlock_entry_if_any();
                 self.asm.ld_map_fd(R1, MAPS.flows);
                 self.stack_ptr(R2, frame.update_key.unwrap_or(frame.lookup_key));
             }
@@ -1031,16 +1214,14 @@ impl<'a> Emitter<'a> {
             e.asm.jmp(JmpOp::Eq, R0, 0, after_write);
             let table_full = e.table_full;
             e.asm.jmp(JmpOp::Ne, R0, -EEXIST, table_full);
-            // Another CPU inserted this flow meanwhile: start over once.
-            e.load_stack(R1, frame.retried);
-            let contention = e.contention;
-            e.asm.jmp(JmpOp::Ne, R1, 0, contention);
-            e.emit(Insn::st(Size::DW, R10, frame.retried, 1));
-            e.asm.ja(retry);
+            // Another CPU inserted this flow meanwhile: start over.
+            let _ = retry;
+            e.restart();
         };
         if self.same_keys {
             let new_entry = self.label();
             self.asm.jmp(JmpOp::Eq, ENTRY, 0, new_entry);
+            self.lock_if_unchanged(changed);
             self.asm.annotate("write in place");
             write_in_place(self);
             self.load_stack(R1, frame.view_at(layout::CREATED_OFFSET));
@@ -1060,7 +1241,6 @@ impl<'a> Emitter<'a> {
         } else {
             let update_key = frame.update_key.unwrap_or(frame.lookup_key);
             self.asm.annotate("write under the update key");
-            self.unlock_entry_if_any();
             let again2 = self.label();
             let new_entry = self.label();
             let expired = self.label();
@@ -1090,6 +1270,11 @@ impl<'a> Emitter<'a> {
             self.store_stack(frame.view_at(layout::CREATED_OFFSET), NOW);
             build_in_view(self);
             insert(self, update_key, again2);
+        }
+        if self.same_keys && self.target.atomic {
+            // The entry changed after the view was copied: decide again.
+            self.asm.bind(changed);
+            self.restart();
         }
         self.asm.bind(after_write);
 
@@ -1189,7 +1374,7 @@ impl<'a> Emitter<'a> {
         self.asm.bind(no_match);
         self.asm
             .annotate("default: no row matched (nothing written)");
-        self.unlock_entry_if_any();
+        self.unlock_if_held();
         if self.controller {
             self.emit(Insn::ldx(Size::W, R1, R10, frame.view_at(STATE_OFFSET)));
             self.emit(Insn::stx(Size::W, R10, R1, frame.event_state));

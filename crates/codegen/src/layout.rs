@@ -355,8 +355,13 @@ pub(crate) struct Frame {
     pub spill_count: usize,
     /// u32 map key scratch (counter index, array index 0).
     pub scratch_key: i16,
-    /// Whether the insert after a concurrent insert was retried.
+    /// Times the packet started over.
     pub retried: i16,
+    /// The lock word's sequence number the view was copied at (or the
+    /// lock was taken at).
+    pub seq: i16,
+    /// 1 when the view is not a copy of a live entry (missing, expired).
+    pub fresh: i16,
     /// Pointer to the globals value.
     pub globals_ptr: i16,
     /// State reported in events.
@@ -395,6 +400,8 @@ impl Frame {
         let scratch_key = take(8);
         let bias_save = take(8);
         let retried = take(8);
+        let seq = take(8);
+        let fresh = take(8);
         let globals_ptr = take(8);
         let event_state = take(8);
         Frame {
@@ -412,6 +419,8 @@ impl Frame {
             scratch_key,
             bias_save,
             retried,
+            seq,
+            fresh,
             globals_ptr,
             event_state,
             size,

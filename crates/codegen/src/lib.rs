@@ -24,12 +24,21 @@
 //! interpreter (`flowstate-interp`) exactly; see [`emit`] for the register
 //! conventions and the control flow.
 //!
-//! Concurrency: each flow entry carries a lock word taken with a bounded
-//! cmpxchg spin (a packet that cannot take it gets the default action and
-//! is counted as contention), because `bpf_spin_lock` is refused in LRU
-//! maps. Known limit: an entry deleted (elision) or evicted (LRU) while
-//! another CPU waits for its lock can be reused by a new flow before that
-//! CPU gives up; that CPU may then write into the new flow's entry.
+//! Concurrency (DESIGN.md 1.9): the first word of a flow entry is a
+//! sequence number, odd while a writer holds it. A packet copies the entry
+//! without locking (a seqlock read: same even number before and after);
+//! a row that changes nothing but `last_seen` then stores it directly, and
+//! packets that match no row write nothing. A row that writes takes the
+//! word from the number it read to the next odd one with one cmpxchg, so
+//! it fails if anyone wrote in between; the packet then starts over,
+//! locking first this time. Spins are bounded: a packet that cannot get
+//! the word gets the default action and is counted in the `contention`
+//! counter; no update is ever lost. Global registers use an atomic add
+//! (`g = g + e`) or a bounded cmpxchg loop. `bpf_spin_lock` is not used:
+//! it is refused in LRU maps. Loads are kept in order by x86 (TSO), which
+//! the seqlock read relies on. Known limit: an entry deleted (elision) or
+//! evicted (LRU) while another CPU works on it can be reused by a new flow
+//! before that CPU notices; its write may then land in the new flow.
 //!
 //! Panic rule: [`compile`] and [`check_limits`] never panic on a program
 //! produced by `flowstate_lang::compile`.
@@ -44,8 +53,10 @@ use flowstate_lang::ir::{Hook, Program};
 
 pub use layout::{EntryView, Event, Layout};
 
-/// Longest program accepted, in instruction slots.
-pub const MAX_INSNS: usize = 50_000;
+/// Longest program accepted, in instruction slots. The verifier walks
+/// about 30 instructions per slot of a large table (both passes of the
+/// locking protocol), and stops at a million.
+pub const MAX_INSNS: usize = 32_000;
 
 /// Resolves an interface name to its ifindex.
 pub type IfindexResolver = Box<dyn Fn(&str) -> Option<u32>>;
