@@ -190,3 +190,55 @@ fn missing_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn compile_writes_an_elf_object_and_disasm_names_source_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let obj = dir.path().join("pk.o");
+    let out = flowstate()
+        .args([
+            "compile",
+            &example("portknock.fsm"),
+            "-o",
+            obj.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&obj).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    let out = flowstate()
+        .args(["disasm", &example("portknock.fsm")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Row of line 15 (`OPEN tcp.dport == 22 => pass`) is annotated.
+    assert!(text.contains("; line 15"), "{text}");
+    assert!(text.contains("exit"), "{text}");
+}
+
+#[test]
+fn verify_reports_verifier_acceptance() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP verify_reports_verifier_acceptance: needs root (CAP_BPF) to load programs");
+        return;
+    }
+    for (file, hook) in [("portknock.fsm", "xdp"), ("tokenbucket.fsm", "tc")] {
+        let out = flowstate()
+            .args(["verify", "--json", "--hook", hook, &example(file)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["accepted"], true);
+        assert!(v["verified_insns"].as_u64().unwrap() > 0);
+    }
+}

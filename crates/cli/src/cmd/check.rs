@@ -16,6 +16,27 @@ pub fn run(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         Checked::Ok(loaded) => {
             let program = &loaded.compiled.program;
             let warnings = &loaded.compiled.warnings;
+            // A valid program the kernel could not take is rejected here,
+            // not at load time.
+            if let Err(problems) = flowstate_codegen::check_limits(program) {
+                if as_json {
+                    let out = json!({
+                        "ok": false,
+                        "file": loaded.name,
+                        "limits": problems,
+                        "diagnostics": diagnostics_json(warnings, &loaded.name, &loaded.source),
+                    });
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                } else {
+                    for p in problems {
+                        eprintln!(
+                            "error: {}: does not fit the kernel's limits: {p}",
+                            loaded.name
+                        );
+                    }
+                }
+                return Ok(ExitCode::from(1));
+            }
             if as_json {
                 let mut summary = summary_json(program);
                 summary["ok"] = json!(true);
