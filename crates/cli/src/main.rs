@@ -83,6 +83,8 @@ enum Command {
     /// Ctrl-C. Needs root. Exit status 1 when an observation is not the
     /// expected one.
     Demo(cmd::demo::Args),
+    #[command(flatten)]
+    Control(cmd::control::ControlCommand),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
             seed,
         } => cmd::synth::run(kind, packets, flows, seed, &output),
         Command::Demo(args) => cmd::demo::run(&args),
+        Command::Control(c) => cmd::control::run(c),
     };
     match result {
         Ok(code) => code,

@@ -71,8 +71,11 @@ pub struct Stats {
 /// One `controller` event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// Monotonic nanoseconds (the program's `now`) when it was sent.
+    /// Monotonic nanoseconds (the program's `now`) when it was sent; 0
+    /// when the program reads no clock.
     pub time_ns: i64,
+    /// When user space read it.
+    pub received: std::time::SystemTime,
     /// The flow key as the user writes it (empty when the packet had none).
     pub key: String,
     /// The flow's state after the packet.
@@ -540,6 +543,7 @@ impl Events {
         let keyless = e.key.iter().all(|&b| b == 0);
         Event {
             time_ns: e.time,
+            received: std::time::SystemTime::now(),
             key: if keyless {
                 String::new()
             } else {

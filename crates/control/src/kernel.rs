@@ -134,7 +134,7 @@ impl LoadedObject {
                 for (mode, name) in tries {
                     match attach_xdp(xdp, dev, *mode) {
                         Ok(link) => return Ok((link, name.to_string())),
-                        Err(e) => last = describe_attach_error(&e, "XDP", *name),
+                        Err(e) => last = describe_attach_error(&e, "XDP", name),
                     }
                 }
                 Err(attach_error(last))
@@ -247,4 +247,23 @@ pub(crate) fn link_program_id(path: &Path) -> Result<u32, ControlError> {
         .info()
         .map(|info| info.program_id())
         .map_err(|e| ControlError::kernel("reading link info", e))
+}
+
+/// Removes a link pin and detaches the program now. Unlinking the pin
+/// alone would leave the detach to a kernel work item (it runs a moment
+/// later); closing the last fd instead detaches synchronously, so hold an
+/// fd across the unlink and close it last.
+pub(crate) fn unpin_link(path: &Path) -> Result<(), ControlError> {
+    match PinnedLink::from_pin(path) {
+        Ok(pinned) => {
+            let fd_link = pinned
+                .unpin()
+                .map_err(|e| ControlError::kernel(format!("removing {}", path.display()), e))?;
+            drop(fd_link);
+            Ok(())
+        }
+        // Not a usable link (stale pin): just remove the file.
+        Err(_) => std::fs::remove_file(path)
+            .map_err(|e| ControlError::kernel(format!("removing {}", path.display()), e)),
+    }
 }

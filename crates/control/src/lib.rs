@@ -347,11 +347,10 @@ pub fn stop(name: &str) -> Result<(), ControlError> {
     }
     check_privileges()?;
     // The link is the only thing keeping the program attached; once its
-    // pin is gone (and no process holds its fd) the kernel detaches it.
+    // pin is gone and no process holds its fd, the kernel detaches it.
     let link = pin_dir.join("link");
     if link.exists() {
-        std::fs::remove_file(&link)
-            .map_err(|e| ControlError::kernel(format!("removing {}", link.display()), e))?;
+        kernel::unpin_link(&link)?;
     }
     if pin_dir.exists() {
         std::fs::remove_dir_all(&pin_dir)

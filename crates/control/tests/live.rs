@@ -571,3 +571,51 @@ fn list_reports_an_instance_whose_interface_is_gone() {
     stop(&name).unwrap();
     assert!(!pins_of(&name).exists() && !meta_of(&name).exists());
 }
+
+#[test]
+fn controller_events_stream_with_decoded_heads() {
+    require_root!("controller_events_stream_with_decoded_heads");
+    let net = Net::new(8);
+    let prog = TempProgram::new(
+        "ev",
+        "program ev\nhook tc ingress\nflow ip.src\nstates NEW, SEEN\ndefault pass\ntable\n\
+         \x20 NEW udp.dport == 7 => controller then drop, next SEEN\n\
+         \x20 SEEN * => pass\nend\n",
+    );
+    let name = unique("ev");
+    run(&RunSpec {
+        program_path: prog.0.clone(),
+        dev: net.host.clone(),
+        attach: None,
+        name: Some(name.clone()),
+    })
+    .unwrap();
+    let _guard = Running(name.clone());
+    let handle = open(&name).unwrap();
+    let mut events = handle.events().unwrap();
+    assert_eq!(
+        events.next_timeout(Duration::from_millis(50)).unwrap(),
+        None
+    );
+    net.udp(7, 1);
+    let event = events
+        .next_timeout(Duration::from_secs(5))
+        .unwrap()
+        .expect("an event");
+    assert_eq!(event.key, net.peer_ip);
+    assert_eq!(event.state, "SEEN");
+    assert_eq!(event.row_line, Some(7));
+    assert!(
+        event.summary.starts_with(&format!("{}:", net.peer_ip))
+            && event.summary.ends_with(&format!("{}:7 UDP", net.host_ip)),
+        "{}",
+        event.summary
+    );
+    assert_eq!(event.head.len(), event.pkt_len.min(128) as usize);
+    // SEEN now: the next datagram passes without an event.
+    net.udp(7, 1);
+    assert_eq!(
+        events.next_timeout(Duration::from_millis(200)).unwrap(),
+        None
+    );
+}
