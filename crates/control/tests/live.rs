@@ -619,3 +619,88 @@ fn controller_events_stream_with_decoded_heads() {
         None
     );
 }
+
+const GATE: &str = "program gate\nhook xdp\nflow ip.src\nstates CLOSED, OPEN\ndefault pass\n\
+                    table\n  CLOSED udp.dport == 1111 => drop, next OPEN\n\
+                    \x20 CLOSED * => drop\n  OPEN * => pass\nend\n";
+
+#[test]
+fn reload_under_traffic_drops_no_packet_of_an_open_flow() {
+    require_root!("reload_under_traffic_drops_no_packet_of_an_open_flow");
+    let net = Net::new(9);
+    let v1 = TempProgram::new("gate1", GATE);
+    // Same states: the table is reused.
+    let v2 = TempProgram::new(
+        "gate2",
+        &GATE.replace(
+            "CLOSED * => drop",
+            "CLOSED * => drop\n  CLOSED tcp.dport == 1 => drop",
+        ),
+    );
+    // A register added: the table is migrated.
+    let v3 = TempProgram::new(
+        "gate3",
+        &GATE.replace("default pass", "registers n = 0\ndefault pass"),
+    );
+    let name = unique("gate");
+    run(&RunSpec {
+        program_path: v1.0.clone(),
+        dev: net.host.clone(),
+        attach: None,
+        name: Some(name.clone()),
+    })
+    .unwrap();
+    let _guard = Running(name.clone());
+    // The receiver: a UDP socket on the host side, behind the program.
+    let socket = std::net::UdpSocket::bind(format!("{}:5000", net.host_ip)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    net.udp(5000, 1);
+    assert!(socket.recv(&mut buf).is_err(), "CLOSED drops");
+    net.udp(1111, 1);
+    let sender = Command::new("ip")
+        .args(["netns", "exec", &net.ns, "bash", "-c"])
+        .arg(format!(
+            "for i in $(seq 300); do echo $i > /dev/udp/{}/5000; sleep 0.01; done",
+            net.host_ip
+        ))
+        .spawn()
+        .unwrap();
+    let receiver = std::thread::spawn(move || {
+        let mut received = 0;
+        while socket.recv(&mut buf).is_ok() {
+            received += 1;
+        }
+        received
+    });
+    let mut migrated = 0;
+    for round in 0..6 {
+        std::thread::sleep(Duration::from_millis(300));
+        let version = [&v2, &v3, &v1][round % 3];
+        let report = reload(&name, &version.0, false).unwrap();
+        assert_eq!(report.flows_remapped, 0);
+        assert_eq!(report.flows_carried, 1);
+        if report.flows == FlowsMigration::Migrated {
+            migrated += 1;
+        }
+    }
+    let status = sender.wait_with_output().unwrap().status;
+    assert!(status.success());
+    assert!(migrated >= 2, "both kinds of reload ran");
+    assert_eq!(
+        receiver.join().unwrap(),
+        300,
+        "no datagram lost across 6 reloads"
+    );
+    assert_eq!(
+        open(&name)
+            .unwrap()
+            .flow(&net.peer_ip)
+            .unwrap()
+            .unwrap()
+            .state,
+        "OPEN"
+    );
+}
