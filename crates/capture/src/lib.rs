@@ -229,7 +229,11 @@ impl<R: Read> CaptureReader<R> {
                     Ok(p) => p,
                     Err(e) => return Some(Err(CaptureErrorKind::from_pcap(e))),
                 };
-                Some(pcap_frame(packet, nanos))
+                Some(pcap_time_ns(&packet, nanos).map(|time_ns| Frame {
+                    time_ns,
+                    data: packet.data.into_owned(),
+                    ifindex: 1,
+                }))
             }
             Format::PcapNg(reader) => loop {
                 let block = match reader.next_block()? {
@@ -293,18 +297,34 @@ impl<R: Read> CaptureReader<R> {
     }
 }
 
-impl<R: Read> Iterator for CaptureReader<R> {
-    type Item = Result<Frame, CaptureError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<R: Read> CaptureReader<R> {
+    /// Read the next frame into `frame`, reusing its buffer: the
+    /// allocation-free way to stream a large capture. `None` at the end;
+    /// after an error, `None` from then on.
+    pub fn read_into(&mut self, frame: &mut Frame) -> Option<Result<(), CaptureError>> {
         if self.failed {
             return None;
         }
-        match self.next_frame()? {
-            Ok(frame) => {
+        let read = match &mut self.format {
+            Format::Pcap { reader, nanos } => {
+                let nanos = *nanos;
+                match reader.next_raw_packet()? {
+                    Ok(packet) => pcap_time_ns(&packet, nanos).map(|time_ns| {
+                        frame.time_ns = time_ns;
+                        frame.ifindex = 1;
+                        frame.data.clear();
+                        frame.data.extend_from_slice(&packet.data);
+                    }),
+                    Err(e) => Err(CaptureErrorKind::from_pcap(e)),
+                }
+            }
+            Format::PcapNg(_) => self.next_frame()?.map(|f| *frame = f),
+        };
+        match read {
+            Ok(()) => {
                 self.count += 1;
                 self.last_time_ns = frame.time_ns;
-                Some(Ok(frame))
+                Some(Ok(()))
             }
             Err(kind) => {
                 self.failed = true;
@@ -314,7 +334,21 @@ impl<R: Read> Iterator for CaptureReader<R> {
     }
 }
 
-fn pcap_frame(packet: RawPcapPacket<'_>, nanos: bool) -> Result<Frame, CaptureErrorKind> {
+impl<R: Read> Iterator for CaptureReader<R> {
+    type Item = Result<Frame, CaptureError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut frame = Frame {
+            time_ns: 0,
+            data: Vec::new(),
+            ifindex: 1,
+        };
+        Some(self.read_into(&mut frame)?.map(|()| frame))
+    }
+}
+
+/// A pcap record's time in nanoseconds.
+fn pcap_time_ns(packet: &RawPcapPacket<'_>, nanos: bool) -> Result<i64, CaptureErrorKind> {
     let (frac_ns, limit) = if nanos {
         (u64::from(packet.ts_frac), 1_000_000_000)
     } else {
@@ -327,12 +361,7 @@ fn pcap_frame(packet: RawPcapPacket<'_>, nanos: bool) -> Result<Frame, CaptureEr
         )));
     }
     // u32 seconds times 1e9 plus a fraction always fits an i64.
-    let time_ns = i64::from(packet.ts_sec) * 1_000_000_000 + frac_ns as i64;
-    Ok(Frame {
-        time_ns,
-        data: packet.data.into_owned(),
-        ifindex: 1,
-    })
+    Ok(i64::from(packet.ts_sec) * 1_000_000_000 + frac_ns as i64)
 }
 
 /// Convert a pcapng timestamp in the interface's units to nanoseconds.

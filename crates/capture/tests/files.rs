@@ -324,3 +324,25 @@ fn flushed_frames_are_readable_while_the_writer_stays_open() {
     writer.finish().unwrap();
     assert_eq!(read_capture(&path).unwrap().len(), 3);
 }
+
+#[test]
+fn read_into_reuses_one_buffer_and_yields_the_iterators_frames() {
+    let frames = flowstate_capture::synth::tokenbucket_demo();
+    let bytes = flowstate_capture::pcap_bytes(&frames).unwrap();
+    let mut reader =
+        flowstate_capture::CaptureReader::new(std::io::Cursor::new(bytes), "mem.pcap").unwrap();
+    let mut frame = flowstate_capture::Frame {
+        time_ns: -1,
+        data: Vec::with_capacity(4096),
+        ifindex: 0,
+    };
+    let buffer = frame.data.as_ptr();
+    let mut seen = 0;
+    while let Some(read) = reader.read_into(&mut frame) {
+        read.unwrap();
+        assert_eq!(frame, frames[seen]);
+        assert_eq!(frame.data.as_ptr(), buffer, "no reallocation");
+        seen += 1;
+    }
+    assert_eq!(seen, frames.len());
+}

@@ -88,8 +88,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut packets = 0u64;
     let started = Instant::now();
 
-    for (index, frame) in reader.enumerate() {
-        let frame: Frame = frame?;
+    let mut reader = reader;
+    let mut frame = Frame {
+        time_ns: 0,
+        data: Vec::with_capacity(2048),
+        ifindex: 1,
+    };
+    let mut index = 0usize;
+    while let Some(read) = reader.read_into(&mut frame) {
+        read?;
         let step = machine.process(&frame.data, frame.ifindex, frame.time_ns);
         packets += 1;
         let counter = &mut by_verdict[verdict_index(step.action)];
@@ -111,6 +118,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         if let Some(writer) = sink {
             writer.write(&frame)?;
         }
+        index += 1;
     }
     let elapsed = started.elapsed();
     let by_action: BTreeMap<&str, Counter> = VERDICTS
