@@ -84,6 +84,8 @@ enum Command {
     /// expected one.
     Demo(cmd::demo::Args),
     #[command(flatten)]
+    Kernel(cmd::kernel::KernelCommand),
+    #[command(flatten)]
     Control(cmd::control::ControlCommand),
 }
 
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
             seed,
         } => cmd::synth::run(kind, packets, flows, seed, &output),
         Command::Demo(args) => cmd::demo::run(&args),
+        Command::Kernel(c) => cmd::kernel::run(c),
         Command::Control(c) => cmd::control::run(c),
     };
     match result {

@@ -2,5 +2,6 @@ pub mod check;
 pub mod control;
 pub mod demo;
 pub mod graph;
+pub mod kernel;
 pub mod replay;
 pub mod synth;
