@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use flowstate_control::{AttachPoint, Handle, Instance, RunSpec, XdpMode};
 use flowstate_netlab::{send_udp, Netns, SwitchLab, TcpServer, UdpSink};
+use flowstate_runtime::TcDirection;
 
 /// The examples, built in so the demo runs from any directory.
 const PORTKNOCK: &str = include_str!("../../../../examples/portknock.fsm");
@@ -372,15 +373,24 @@ fn stop(story: &mut Story, lab: &SwitchLab, instance: &Instance) -> anyhow::Resu
     Ok(())
 }
 
-/// The programs `bpftool net` lists on `dev`, one per line (empty: none).
+/// The programs attached to `dev`, `; `-separated (empty: none): XDP as
+/// `bpftool net` lists it, and TCX (which this bpftool predates) from the
+/// kernel's TCX query.
 fn programs_on(netns: &Netns, dev: &str) -> anyhow::Result<String> {
     let out = netns.exec("bpftool", &["net", "show", "dev", dev])?;
-    Ok(out
+    let mut found: Vec<String> = out
         .lines()
         .filter(|l| l.starts_with(dev))
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join("; "))
+        .map(|l| format!("xdp {}", l.trim()))
+        .collect();
+    for (direction, label) in [
+        (TcDirection::Ingress, "tcx/ingress"),
+        (TcDirection::Egress, "tcx/egress"),
+    ] {
+        let names = netns.run_in(|| flowstate_runtime::tcx_programs(dev, direction))??;
+        found.extend(names.into_iter().map(|n| format!("{label} {n}")));
+    }
+    Ok(found.join("; "))
 }
 
 /// What a TCP connect did.
