@@ -679,3 +679,53 @@ fn demo_runs_end_to_end() {
         .unwrap_or_default();
     assert!(pins.is_empty(), "{pins:?}");
 }
+
+#[test]
+fn ctrl_c_during_the_demo_removes_everything() {
+    if skip("ctrl_c_during_the_demo_removes_everything") {
+        return;
+    }
+    let mut child = flowstate()
+        .args(["demo", "--idle", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Interrupt while the port-knocking program runs and the client waits
+    // out the idle timeout.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(read > 0, "the demo ended before the idle wait:\n{seen}");
+        seen += &line;
+        if line.contains("stays silent") {
+            break;
+        }
+    }
+    let program_pins = Path::new("/sys/fs/bpf/flowstate").join(format!("demo-portknock-{pid}"));
+    assert!(
+        program_pins.exists(),
+        "the program is running at this point"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert!(!program_pins.exists(), "pins left after Ctrl-C");
+    let prefix = format!("fs-demo-{pid}-");
+    let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(!std::env::temp_dir()
+        .join(format!("flowstate-demo-{pid}"))
+        .exists());
+}

@@ -55,7 +55,7 @@ fn install_handler() -> Result<(), String> {
             ctrlc::set_handler(|| {
                 let actions = std::mem::take(&mut *registry());
                 if !actions.is_empty() {
-                    eprintln!("\ninterrupted: removing the test network");
+                    eprintln!("\ninterrupted: removing the namespaces and programs created");
                 }
                 run_actions(actions);
                 std::process::exit(INTERRUPTED);
