@@ -25,6 +25,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The live demonstration: port knocking (XDP) and a token bucket (TC)
+    /// on real interfaces, with real sockets.
+    ///
+    /// Builds client, switch and server network namespaces joined by veth
+    /// pairs, runs examples/portknock.fsm and then examples/tokenbucket.fsm
+    /// on the switch, and shows what a TCP or UDP client observes at each
+    /// step. Removes everything it created at the end, on failure and on
+    /// Ctrl-C. Needs root. Exit status 1 when an observation is not the
+    /// expected one.
+    Demo(cmd::demo::Args),
     /// Validate a program and summarise it (states, rows, key, registers, warnings).
     ///
     /// Errors and warnings show file, line and column with a caret under the
@@ -73,16 +83,6 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// The live demonstration: port knocking (XDP) and a token bucket (TC)
-    /// on real interfaces, with real sockets.
-    ///
-    /// Builds client, switch and server network namespaces joined by veth
-    /// pairs, runs examples/portknock.fsm and then examples/tokenbucket.fsm
-    /// on the switch, and shows what a TCP or UDP client observes at each
-    /// step. Removes everything it created at the end, on failure and on
-    /// Ctrl-C. Needs root. Exit status 1 when an observation is not the
-    /// expected one.
-    Demo(cmd::demo::Args),
     #[command(flatten)]
     Kernel(cmd::kernel::KernelCommand),
     #[command(flatten)]
