@@ -17,9 +17,11 @@
 //! tails (counters, event, verdict). Every way out that gives the default
 //! action goes through a small block that sets the counter index first.
 
+use std::collections::BTreeSet;
+
 use flowstate_asm::{
-    AsmError, Assembler, AtomicOp, Helper, Insn, JmpOp, Label, MapRef, Program as AsmProgram, Reg,
-    Size,
+    AsmError, Assembler, AtomicOp, Helper, Insn, JmpOp, Label, MapRef, Operand,
+    Program as AsmProgram, Reg, Size,
 };
 use flowstate_lang::ir::{
     Action, BinOp, CmpOp, ControllerThen, Expr, GlobalId, Hook, Pattern, Program, RegTarget, Row,
@@ -148,6 +150,58 @@ pub(crate) struct Emitter<'a> {
     commit_labels: Vec<Label>,
     /// The first problem found that is the user's (an unknown interface).
     error: Option<String>,
+    /// Unconditional jumps resolved after assembly (see [`Emitter::goto`]).
+    gotos: Vec<(usize, Label)>,
+    /// Conditional jumps, numbered in emission order; the ones in
+    /// `long_sites` take the long form (see [`Emitter::jmp`]).
+    site_count: usize,
+    long_sites: BTreeSet<usize>,
+    /// Short conditional jumps emitted: (site, slot, target).
+    short_sites: Vec<(usize, usize, Label)>,
+}
+
+/// `BPF_JMP32 | BPF_JA`: `gotol`, an unconditional jump with a 32-bit
+/// offset in `imm` (cpu v4, kernel >= 6.6).
+pub(crate) const GOTOL: u8 = 0x06;
+
+/// Longest 16-bit jump emitted, in slots. The kernel rewrites some
+/// instructions into several (inlined map lookups, division checks) after
+/// it reads the program, and refuses a program where that pushes a 16-bit
+/// offset out of range ("cannot be patched due to 16-bit range"), so
+/// jumps keep half the range in reserve.
+const SHORT_REACH: i64 = i16::MAX as i64 / 2;
+
+/// What one emission pass gives.
+enum Pass {
+    Done(AsmProgram),
+    /// Conditional jumps (sites) whose targets are out of 16-bit reach:
+    /// emit again with these in the long form.
+    Relax(Vec<usize>),
+}
+
+/// Emits the program. Conditional jumps are 16-bit; the few that a large
+/// table puts out of reach are found after a pass and emitted again as a
+/// short skip over a `gotol` (code only grows, so passes converge; each
+/// adds at least one site). Unconditional jumps need no second pass: `ja`
+/// and `gotol` take one slot each, chosen once offsets are known.
+/// `Err(Ok(message))` is a user error (an interface that does not exist),
+/// `Err(Err(..))` an internal one.
+pub(crate) fn emit(
+    program: &Program,
+    target: &Target,
+    layout: &Layout,
+    frame: &Frame,
+    lowered: &Lowered,
+) -> Result<AsmProgram, Result<String, AsmError>> {
+    let mut long_sites = BTreeSet::new();
+    loop {
+        let mut emitter = Emitter::new(program, target, layout, frame, lowered);
+        emitter.long_sites = long_sites.clone();
+        match emitter.run()? {
+            Pass::Done(code) => return Ok(code),
+            Pass::Relax(sites) => long_sites.extend(sites),
+        }
+    }
 }
 
 impl<'a> Emitter<'a> {
@@ -178,12 +232,15 @@ impl<'a> Emitter<'a> {
             tails: Vec::new(),
             commit_labels,
             error: None,
+            gotos: Vec::new(),
+            site_count: 0,
+            long_sites: BTreeSet::new(),
+            short_sites: Vec::new(),
         }
     }
 
-    /// Emits the whole program. `Err(Ok(message))` is a user error (an
-    /// interface that does not exist), `Err(Err(..))` an internal one.
-    pub fn run(mut self) -> Result<AsmProgram, Result<String, AsmError>> {
+    /// One emission pass (see [`emit`]).
+    fn run(mut self) -> Result<Pass, Result<String, AsmError>> {
         self.entry();
         self.lookup_and_view();
         self.state_switch();
@@ -196,7 +253,78 @@ impl<'a> Emitter<'a> {
         if let Some(message) = self.error {
             return Err(Ok(message));
         }
-        self.asm.finish().map(prune_unreachable).map_err(Err)
+        let offset = |asm: &Assembler, slot: usize, label: Label| {
+            asm.label_slot(label)
+                .map(|target| target as i64 - slot as i64 - 1)
+        };
+        let far: Vec<usize> = self
+            .short_sites
+            .iter()
+            .filter(|(_, slot, label)| {
+                offset(&self.asm, *slot, *label).is_some_and(|o| o.abs() > SHORT_REACH)
+            })
+            .map(|(site, _, _)| *site)
+            .collect();
+        if !far.is_empty() {
+            return Ok(Pass::Relax(far));
+        }
+        let gotos: Vec<(usize, Option<i64>)> = self
+            .gotos
+            .iter()
+            .map(|&(slot, label)| (slot, offset(&self.asm, slot, label)))
+            .collect();
+        let mut code = self.asm.finish().map_err(Err)?;
+        for (slot, offset) in gotos {
+            // An unbound label was reported by `finish` already.
+            let Some(offset) = offset else { continue };
+            let insn = &mut code.insns[slot];
+            match i16::try_from(offset) {
+                Ok(off) if i64::from(off).abs() <= SHORT_REACH => insn.off = off,
+                _ => {
+                    *insn = Insn::ja(0);
+                    insn.code = GOTOL;
+                    insn.imm = i32::try_from(offset).map_err(|_| {
+                        Err(AsmError::OffsetOutOfRange {
+                            slot,
+                            target: (slot as i64 + 1 + offset) as usize,
+                            offset,
+                            bits: 32,
+                        })
+                    })?;
+                }
+            }
+        }
+        Ok(Pass::Done(prune_unreachable(code)))
+    }
+
+    /// `goto label`, at any distance: `ja` when the offset fits 16 bits,
+    /// else `gotol` (same size, so the choice waits for the offsets).
+    fn goto(&mut self, label: Label) {
+        let slot = self.asm.slot();
+        self.emit(Insn::ja(0));
+        self.gotos.push((slot, label));
+    }
+
+    /// `if dst op src goto label`. Short (one slot) unless an earlier pass
+    /// found this site out of reach; then `if !(dst op src) goto +1;
+    /// gotol label` (`jset` has no negation: it hops over a `ja` instead).
+    fn jmp(&mut self, op: JmpOp, dst: Reg, src: impl Into<Operand>, label: Label) {
+        let src = src.into();
+        let site = self.site_count;
+        self.site_count += 1;
+        if self.long_sites.contains(&site) {
+            match op.negate() {
+                Some(negated) => self.emit(Insn::jmp(negated, dst, src, 1)),
+                None => {
+                    self.emit(Insn::jmp(op, dst, src, 1));
+                    self.emit(Insn::ja(1));
+                }
+            }
+            self.goto(label);
+        } else {
+            self.short_sites.push((site, self.asm.slot(), label));
+            self.asm.jmp(op, dst, src, label);
+        }
     }
 
     // ---- small helpers ----
@@ -222,10 +350,10 @@ impl<'a> Emitter<'a> {
     fn jmp_const(&mut self, op: JmpOp, reg: Reg, value: u64, target: Label, scratch: Reg) {
         // Immediates are sign-extended: a value fits if it reads back the same.
         match i32::try_from(value as i64) {
-            Ok(imm) => self.asm.jmp(op, reg, imm, target),
+            Ok(imm) => self.jmp(op, reg, imm, target),
             Err(_) => {
                 self.asm.ld_imm64(scratch, value);
-                self.asm.jmp(op, reg, scratch, target);
+                self.jmp(op, reg, scratch, target);
             }
         }
     }
@@ -294,7 +422,7 @@ impl<'a> Emitter<'a> {
     fn goto_tail(&mut self, counter: u32, action: &Action) {
         self.emit(Insn::mov64(ENTRY, counter as i32));
         let tail = self.tail(action);
-        self.asm.ja(tail);
+        self.goto(tail);
     }
 
     fn tail(&mut self, action: &Action) -> Label {
@@ -322,7 +450,7 @@ impl<'a> Emitter<'a> {
         for _ in 0..LOCK_TRIES {
             let next = self.label();
             self.emit(Insn::ldx(Size::W, R0, ENTRY, LOCK_OFFSET as i16));
-            self.asm.jmp(JmpOp::Set, R0, 1, next);
+            self.jmp(JmpOp::Set, R0, 1, next);
             self.emit(Insn::mov64(R3, R0));
             self.emit(Insn::mov64(R1, R0));
             self.emit(Insn::add64(R1, 1));
@@ -332,10 +460,10 @@ impl<'a> Emitter<'a> {
                 R1,
                 LOCK_OFFSET as i16,
             ));
-            self.asm.jmp(JmpOp::Eq, R0, R3, locked);
+            self.jmp(JmpOp::Eq, R0, R3, locked);
             self.asm.bind(next);
         }
-        self.asm.ja(on_fail);
+        self.goto(on_fail);
         self.asm.bind(locked);
         self.store_stack(self.frame.seq, R3);
     }
@@ -350,7 +478,7 @@ impl<'a> Emitter<'a> {
             .annotate("lock, if unchanged since the view was copied");
         let held = self.label();
         self.load_stack(R1, self.frame.retried);
-        self.asm.jmp(JmpOp::Ne, R1, 0, held);
+        self.jmp(JmpOp::Ne, R1, 0, held);
         self.load_stack(R0, self.frame.seq);
         self.emit(Insn::mov64(R1, R0));
         self.emit(Insn::add64(R1, 1));
@@ -361,7 +489,7 @@ impl<'a> Emitter<'a> {
             LOCK_OFFSET as i16,
         ));
         self.load_stack(R1, self.frame.seq);
-        self.asm.jmp(JmpOp::Ne, R0, R1, on_changed);
+        self.jmp(JmpOp::Ne, R0, R1, on_changed);
         self.asm.bind(held);
     }
 
@@ -372,9 +500,9 @@ impl<'a> Emitter<'a> {
             return;
         }
         let skip = self.label();
-        self.asm.jmp(JmpOp::Eq, ENTRY, 0, skip);
+        self.jmp(JmpOp::Eq, ENTRY, 0, skip);
         self.load_stack(R1, self.frame.retried);
-        self.asm.jmp(JmpOp::Eq, R1, 0, skip);
+        self.jmp(JmpOp::Eq, R1, 0, skip);
         self.unlock_entry();
         self.asm.bind(skip);
     }
@@ -392,7 +520,7 @@ impl<'a> Emitter<'a> {
     /// Starts the packet over from the lookup (bounded; then contention).
     fn restart(&mut self) {
         let restart = self.restart;
-        self.asm.ja(restart);
+        self.goto(restart);
     }
 
     /// The one block every restart goes through. It resets the scratch
@@ -407,7 +535,7 @@ impl<'a> Emitter<'a> {
             .annotate("start over, locking first (once; then contention)");
         self.load_stack(R1, frame.retried);
         let contention = self.contention;
-        self.asm.jmp(JmpOp::Ne, R1, 0, contention);
+        self.jmp(JmpOp::Ne, R1, 0, contention);
         self.emit(Insn::st(Size::DW, R10, frame.retried, 1));
         let mut slots: Vec<i16> = Vec::new();
         slots.extend(
@@ -425,11 +553,26 @@ impl<'a> Emitter<'a> {
         for slot in slots {
             self.emit(Insn::st(Size::DW, R10, slot, 0));
         }
+        // The row tests of this pass narrowed the field slots to the
+        // values one row matched; stored back in halves they read as
+        // plain numbers again, so every restart site reaches `again` in
+        // one state (and the second pass's decisions do not make the
+        // verifier track those values back into the shared commits).
+        for &field in &frame.fields {
+            let words = if field.bits() > 64 { 2 } else { 1 };
+            for word in 0..words {
+                let slot = frame.field(field) + 8 * word;
+                self.load_stack(R1, slot);
+                self.emit(Insn::stx(Size::W, R10, R1, slot));
+                self.emit(Insn::rsh64(R1, 32));
+                self.emit(Insn::stx(Size::W, R10, R1, slot + 4));
+            }
+        }
         for reg in [R0, R1, R2, R3, R4, R5, ENTRY] {
             self.emit(Insn::mov64(reg, 0));
         }
         let again = self.again;
-        self.asm.ja(again);
+        self.goto(again);
     }
 
     fn row_text(&self, row: &Row) -> String {
@@ -502,7 +645,7 @@ impl<'a> Emitter<'a> {
             self.asm.annotate("the globals");
             self.lookup_index(MAPS.globals, 0);
             let no_key = self.no_key;
-            self.asm.jmp(JmpOp::Eq, R0, 0, no_key);
+            self.jmp(JmpOp::Eq, R0, 0, no_key);
             self.store_stack(frame.globals_ptr, R0);
         }
 
@@ -522,7 +665,7 @@ impl<'a> Emitter<'a> {
             self.emit(Insn::mov64(R1, PRESENCE));
             self.emit(Insn::and64(R1, key_mask as i32));
             let no_key = self.no_key;
-            self.asm.jmp(JmpOp::Ne, R1, key_mask as i32, no_key);
+            self.jmp(JmpOp::Ne, R1, key_mask as i32, no_key);
         }
         self.asm
             .annotate("pack the lookup key (big-endian, no padding)");
@@ -609,7 +752,7 @@ impl<'a> Emitter<'a> {
         self.asm.annotate("look the flow up");
         self.lookup(MAPS.flows, frame.lookup_key);
         self.emit(Insn::mov64(ENTRY, R0));
-        self.asm.jmp(JmpOp::Eq, ENTRY, 0, missing);
+        self.jmp(JmpOp::Eq, ENTRY, 0, missing);
         self.snapshot();
         self.emit(Insn::st(Size::DW, R10, frame.fresh, 0));
         // Expired entries read as their rollback state, registers reset.
@@ -619,7 +762,7 @@ impl<'a> Emitter<'a> {
             expired.push((s, label));
             label
         });
-        self.asm.ja(decide);
+        self.goto(decide);
         for (state, label) in expired {
             self.asm.bind(label);
             let rollback = self.program.states[state.0 as usize]
@@ -636,7 +779,7 @@ impl<'a> Emitter<'a> {
                 i32::from(rollback.0),
             ));
             self.emit(Insn::st(Size::DW, R10, frame.fresh, 1));
-            self.asm.ja(reset);
+            self.goto(reset);
         }
 
         self.asm.bind(missing);
@@ -684,11 +827,11 @@ impl<'a> Emitter<'a> {
             // overtaken again, so busy flows still make progress.
             let optimistic = self.label();
             self.load_stack(R1, frame.retried);
-            self.asm.jmp(JmpOp::Eq, R1, 0, optimistic);
+            self.jmp(JmpOp::Eq, R1, 0, optimistic);
             let contention = self.contention;
             self.lock_entry(contention);
             copy(self);
-            self.asm.ja(done);
+            self.goto(done);
             self.asm.bind(optimistic);
         }
         self.asm
@@ -697,16 +840,16 @@ impl<'a> Emitter<'a> {
         for _ in 0..LOCK_TRIES {
             let busy = self.label();
             self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
-            self.asm.jmp(JmpOp::Set, R1, 1, busy);
+            self.jmp(JmpOp::Set, R1, 1, busy);
             copy(self);
             self.emit(Insn::ldx(Size::W, R3, ENTRY, LOCK_OFFSET as i16));
-            self.asm.jmp(JmpOp::Ne, R1, R3, busy);
+            self.jmp(JmpOp::Ne, R1, R3, busy);
             self.store_stack(frame.seq, R1);
-            self.asm.ja(done);
+            self.goto(done);
             self.asm.bind(busy);
         }
         let contention = self.contention;
-        self.asm.ja(contention);
+        self.goto(contention);
         self.asm.bind(done);
     }
 
@@ -734,7 +877,7 @@ impl<'a> Emitter<'a> {
         self.emit(Insn::ldx(Size::W, R1, base, offset + STATE_OFFSET as i16));
         for (state, timeout) in timed {
             let next = self.label();
-            self.asm.jmp(JmpOp::Ne, R1, i32::from(state.0), next);
+            self.jmp(JmpOp::Ne, R1, i32::from(state.0), next);
             let expired = on_expired(self, state);
             for (limit, at) in [
                 (timeout.idle_ns, layout::LAST_SEEN_OFFSET),
@@ -746,7 +889,7 @@ impl<'a> Emitter<'a> {
                 self.emit(Insn::sub64(R3, R2));
                 self.jmp_const(JmpOp::Sgt, R3, limit as u64, expired, R4);
             }
-            self.asm.ja(fresh);
+            self.goto(fresh);
             self.asm.bind(next);
         }
         self.asm.bind(fresh);
@@ -776,7 +919,7 @@ impl<'a> Emitter<'a> {
                     Decision::Search { field, cases } => self.row_search(*field, cases),
                 }
             }
-            self.asm.ja(no_match);
+            self.goto(no_match);
         }
     }
 
@@ -787,7 +930,7 @@ impl<'a> Emitter<'a> {
             for &(value, label) in cases {
                 self.jmp_const(JmpOp::Eq, reg, value, label, R5);
             }
-            self.asm.ja(miss);
+            self.goto(miss);
             return;
         }
         let mid = cases.len() / 2;
@@ -807,8 +950,12 @@ impl<'a> Emitter<'a> {
         ));
         self.emit(Insn::mov64(R1, PRESENCE));
         self.emit(Insn::and64(R1, 1 << (field as u32)));
-        self.asm.jmp(JmpOp::Eq, R1, 0, end);
+        self.jmp(JmpOp::Eq, R1, 0, end);
         self.load_stack(R1, self.frame.field(field));
+        // An ALU op gives R1 a new identity: the verifier then does not
+        // narrow the field's slot to each case's constant, so paths of
+        // different cases still look alike where they merge.
+        self.emit(Insn::or64(R1, 0));
         let labels: Vec<(u64, Label)> = cases
             .iter()
             .map(|(v, _)| (*v, self.asm.new_label()))
@@ -819,7 +966,7 @@ impl<'a> Emitter<'a> {
             for test in tests {
                 self.row_test(test);
             }
-            self.asm.ja(end);
+            self.goto(end);
         }
         self.asm.bind(end);
     }
@@ -832,11 +979,13 @@ impl<'a> Emitter<'a> {
         self.asm.source_line(row.pos.line);
         self.asm
             .annotate(format!("row {}: {}", test.row, self.row_text(row)));
-        let mask = row_presence(row);
+        // A field an enclosing search decided is known present.
+        let decided = test.decided.map_or(0, |f| 1u32 << (f as u32));
+        let mask = row_presence(row) & !decided;
         if mask != 0 {
             self.emit(Insn::mov64(R1, PRESENCE));
             self.emit(Insn::and64(R1, mask as i32));
-            self.asm.jmp(JmpOp::Ne, R1, mask as i32, fail);
+            self.jmp(JmpOp::Ne, R1, mask as i32, fail);
         }
         for m in &row.fields {
             if Some(m.field) == test.decided {
@@ -855,16 +1004,20 @@ impl<'a> Emitter<'a> {
             };
             match &c.cond.rhs {
                 Expr::Const(v) if i32::try_from(*v).is_ok() => {
-                    self.asm.jmp(fail_op, R1, *v as i32, fail)
+                    self.jmp(fail_op, R1, *v as i32, fail)
                 }
                 rhs => {
                     self.eval(rhs, 1, 0, ROW_ENV);
-                    self.asm.jmp(fail_op, R1, R2, fail);
+                    self.jmp(fail_op, R1, R2, fail);
                 }
             }
         }
+        if self.lowered.commits[test.commit].shared() {
+            let slot = self.frame.row_index + 4;
+            self.emit(Insn::st(Size::W, R10, slot, test.row as i32));
+        }
         let commit = self.commit_labels[test.commit];
-        self.asm.ja(commit);
+        self.goto(commit);
         self.asm.bind(fail);
     }
 
@@ -928,7 +1081,7 @@ impl<'a> Emitter<'a> {
                         self.jmp_const(JmpOp::Eq, R2, lo(*v), ok, R4);
                         self.asm.bind(next);
                     }
-                    self.asm.ja(fail);
+                    self.goto(fail);
                 } else {
                     let cases: Vec<(u64, Label)> = values.iter().map(|v| (lo(*v), ok)).collect();
                     self.search(R1, &cases, fail);
@@ -1067,15 +1220,23 @@ impl<'a> Emitter<'a> {
     // ---- commit blocks ----
 
     fn commit(&mut self, index: usize) {
-        let commit = self.lowered.commits[index];
+        let commit = &self.lowered.commits[index];
         let row = &self.program.rows[commit.row];
         let frame = self.frame;
         let label = self.commit_labels[index];
         self.asm.bind(label);
         self.asm.source_line(row.pos.line);
+        let rows = if commit.shared() {
+            format!(
+                "rows {} ({} rows)",
+                list_rows(&commit.rows),
+                commit.rows.len()
+            )
+        } else {
+            format!("row {}", commit.row)
+        };
         self.asm.annotate(format!(
-            "row {} matched, next {}: {}",
-            commit.row,
+            "{rows} matched, next {}: {}",
             self.program.state_name(commit.next),
             self.row_text(row)
         ));
@@ -1089,13 +1250,13 @@ impl<'a> Emitter<'a> {
             && self.elided_initial(commit.next, row).is_none();
         if lite {
             let full = self.label();
-            self.asm.jmp(JmpOp::Eq, ENTRY, 0, full);
+            self.jmp(JmpOp::Eq, ENTRY, 0, full);
             self.load_stack(R1, frame.fresh);
-            self.asm.jmp(JmpOp::Ne, R1, 0, full);
+            self.jmp(JmpOp::Ne, R1, 0, full);
             if row.next.is_some() {
                 // `next S` from S changes nothing either.
                 self.emit(Insn::ldx(Size::W, R1, R10, frame.view_at(STATE_OFFSET)));
-                self.asm.jmp(JmpOp::Ne, R1, i32::from(commit.next.0), full);
+                self.jmp(JmpOp::Ne, R1, i32::from(commit.next.0), full);
             }
             self.asm.annotate("only last_seen changes: store it");
             self.emit(Insn::stx(
@@ -1105,7 +1266,7 @@ impl<'a> Emitter<'a> {
                 layout::LAST_SEEN_OFFSET as i16,
             ));
             self.unlock_if_held();
-            self.asm.ja(after_write);
+            self.goto(after_write);
             self.asm.bind(full);
         }
 
@@ -1160,7 +1321,7 @@ impl<'a> Emitter<'a> {
                 self.jmp_const(JmpOp::Ne, R1, value as u64, write, R2);
             }
             if self.same_keys {
-                self.asm.jmp(JmpOp::Eq, ENTRY, 0, after_write);
+                self.jmp(JmpOp::Eq, ENTRY, 0, after_write);
                 // Delete only what the view saw (the lock stays taken: the
                 // element is freed with it).
                 self.lock_if_unchanged(changed);
@@ -1171,7 +1332,7 @@ impl<'a> Emitter<'a> {
                 self.stack_ptr(R2, frame.update_key.unwrap_or(frame.lookup_key));
             }
             self.call(Helper::MAP_DELETE_ELEM);
-            self.asm.ja(after_write);
+            self.goto(after_write);
             self.asm.bind(write);
         }
 
@@ -1211,16 +1372,16 @@ impl<'a> Emitter<'a> {
             e.stack_ptr(R3, frame.view);
             e.emit(Insn::mov64(R4, BPF_NOEXIST));
             e.call(Helper::MAP_UPDATE_ELEM);
-            e.asm.jmp(JmpOp::Eq, R0, 0, after_write);
+            e.jmp(JmpOp::Eq, R0, 0, after_write);
             let table_full = e.table_full;
-            e.asm.jmp(JmpOp::Ne, R0, -EEXIST, table_full);
+            e.jmp(JmpOp::Ne, R0, -EEXIST, table_full);
             // Another CPU inserted this flow meanwhile: start over.
             let _ = retry;
             e.restart();
         };
         if self.same_keys {
             let new_entry = self.label();
-            self.asm.jmp(JmpOp::Eq, ENTRY, 0, new_entry);
+            self.jmp(JmpOp::Eq, ENTRY, 0, new_entry);
             self.lock_if_unchanged(changed);
             self.asm.annotate("write in place");
             write_in_place(self);
@@ -1232,7 +1393,7 @@ impl<'a> Emitter<'a> {
                 layout::CREATED_OFFSET as i16,
             ));
             self.unlock_entry();
-            self.asm.ja(after_write);
+            self.goto(after_write);
             self.asm.bind(new_entry);
             self.asm.annotate("insert a new entry");
             build_in_view(self);
@@ -1248,11 +1409,11 @@ impl<'a> Emitter<'a> {
             self.asm.bind(again2);
             self.lookup(MAPS.flows, update_key);
             self.emit(Insn::mov64(ENTRY, R0));
-            self.asm.jmp(JmpOp::Eq, ENTRY, 0, new_entry);
+            self.jmp(JmpOp::Eq, ENTRY, 0, new_entry);
             let contention = self.contention;
             self.lock_entry(contention);
             self.expiry_check(ENTRY, 0, &mut |_, _| expired);
-            self.asm.ja(fresh_enough);
+            self.goto(fresh_enough);
             self.asm.bind(expired);
             self.emit(Insn::stx(
                 Size::DW,
@@ -1263,7 +1424,7 @@ impl<'a> Emitter<'a> {
             self.asm.bind(fresh_enough);
             write_in_place(self);
             self.unlock_entry();
-            self.asm.ja(after_write);
+            self.goto(after_write);
             self.asm.bind(new_entry);
             self.asm.annotate("insert a new entry under the update key");
             self.emit(Insn::st(Size::W, R10, frame.view_at(LOCK_OFFSET), 0));
@@ -1287,7 +1448,13 @@ impl<'a> Emitter<'a> {
         if self.controller {
             self.emit(Insn::st(Size::W, R10, frame.event_state, next));
         }
-        self.goto_tail(commit.row as u32, &row.action);
+        if commit.shared() {
+            self.emit(Insn::ldx(Size::W, ENTRY, R10, frame.row_index + 4));
+            let tail = self.tail(&row.action);
+            self.goto(tail);
+        } else {
+            self.goto_tail(commit.row as u32, &row.action);
+        }
     }
 
     /// The initial register constants when a commit to `next` may leave an
@@ -1342,9 +1509,9 @@ impl<'a> Emitter<'a> {
         self.emit(Insn::atomic64(AtomicOp::CmpXchg, R1, R2, offset));
         self.load_stack(R1, frame.old_global(gi));
         self.add_const(R1, bias, R3);
-        self.asm.jmp(JmpOp::Eq, R0, R1, done);
+        self.jmp(JmpOp::Eq, R0, R1, done);
         self.emit(Insn::sub64(PRESENCE, 1));
-        self.asm.jmp(JmpOp::Eq, PRESENCE, 0, done);
+        self.jmp(JmpOp::Eq, PRESENCE, 0, done);
         // Someone else wrote it: recompute from the value they left.
         self.add_const(R0, self.global_init(gi), R3);
         self.store_stack(frame.old_global(gi), R0);
@@ -1354,7 +1521,7 @@ impl<'a> Emitter<'a> {
         };
         self.eval(value, 0, 0, env);
         self.store_stack(frame.new_global(gi), R1);
-        self.asm.ja(retry);
+        self.goto(retry);
         self.asm.bind(done);
     }
 
@@ -1406,7 +1573,7 @@ impl<'a> Emitter<'a> {
         let skip = self.label();
         self.emit(Insn::stx(Size::W, R10, ENTRY, self.frame.scratch_key));
         self.lookup(MAPS.counters, self.frame.scratch_key);
-        self.asm.jmp(JmpOp::Eq, R0, 0, skip);
+        self.jmp(JmpOp::Eq, R0, 0, skip);
         self.emit(Insn::ldx(Size::DW, R1, R0, 0));
         self.emit(Insn::add64(R1, 1));
         self.emit(Insn::stx(Size::DW, R0, R1, 0));
@@ -1485,7 +1652,7 @@ impl<'a> Emitter<'a> {
         self.emit(Insn::mov64(R2, layout.event_size as i32));
         self.emit(Insn::mov64(R3, 0));
         self.call(Helper::RINGBUF_RESERVE);
-        self.asm.jmp(JmpOp::Eq, R0, 0, skip);
+        self.jmp(JmpOp::Eq, R0, 0, skip);
         self.emit(Insn::mov64(PRESENCE, R0));
         self.emit(Insn::stx(Size::DW, PRESENCE, NOW, 0));
         self.emit(Insn::mov64(R1, ENTRY));
@@ -1508,7 +1675,7 @@ impl<'a> Emitter<'a> {
                 (layout.event_key_offset + i) as i16,
             ));
         }
-        self.asm.jmp(JmpOp::Eq, R4, 0, submit);
+        self.jmp(JmpOp::Eq, R4, 0, submit);
         self.emit(Insn::mov64(R1, CTX));
         self.emit(Insn::mov64(R2, 0));
         self.emit(Insn::mov64(R3, PRESENCE));
@@ -1524,6 +1691,16 @@ impl<'a> Emitter<'a> {
         self.call(Helper::RINGBUF_SUBMIT);
         self.asm.bind(skip);
     }
+}
+
+/// `0, 1, 2, ...` cut short after a few.
+fn list_rows(rows: &[usize]) -> String {
+    const SHOWN: usize = 6;
+    let mut text: Vec<String> = rows.iter().take(SHOWN).map(|r| r.to_string()).collect();
+    if rows.len() > SHOWN {
+        text.push("...".to_string());
+    }
+    text.join(", ")
 }
 
 /// The signed form (cpu v4, kernel >= 6.6) of a DIV/MOD instruction:
@@ -1584,6 +1761,7 @@ pub(crate) fn prune_unreachable(program: AsmProgram) -> AsmProgram {
             }
             EXIT => {}
             JA => work.push(target(insn.off)),
+            GOTOL => work.push((slot as i64 + 1 + i64::from(insn.imm)) as usize),
             _ if insn.is_jump() => {
                 work.push(slot + 1);
                 work.push(target(insn.off));
@@ -1607,6 +1785,13 @@ pub(crate) fn prune_unreachable(program: AsmProgram) -> AsmProgram {
             continue;
         }
         let mut insn = *insn;
+        let new_target = |target: i64| new_index[(target.max(0) as usize).min(insns.len())] as i64;
+        if insn.code == GOTOL {
+            let target = slot as i64 + 1 + i64::from(insn.imm);
+            insn.imm = (new_target(target) - new_index[slot] as i64 - 1) as i32;
+            out.push(insn);
+            continue;
+        }
         // The second half of an ld_imm64 has code 0 and is never a jump.
         if insn.is_jump() && !(slot > 0 && insns[slot - 1].code == LD_IMM64 && insn.code == 0) {
             let target = (slot as i64 + 1 + i64::from(insn.off)) as usize;

@@ -366,6 +366,11 @@ pub(crate) struct Frame {
     pub globals_ptr: i16,
     /// State reported in events.
     pub event_state: i16,
+    /// The row that fired, for a commit block several rows share. Written
+    /// 4 bytes at `row_index + 4`: off the 8-byte grid the verifier keeps
+    /// no constant there, so rows reaching one commit look alike to it
+    /// (their paths merge instead of being walked once per row).
+    pub row_index: i16,
     /// Bytes used.
     pub size: usize,
 }
@@ -404,6 +409,7 @@ impl Frame {
         let fresh = take(8);
         let globals_ptr = take(8);
         let event_state = take(8);
+        let row_index = take(8);
         Frame {
             field_slots,
             fields,
@@ -423,6 +429,7 @@ impl Frame {
             fresh,
             globals_ptr,
             event_state,
+            row_index,
             size,
         }
     }

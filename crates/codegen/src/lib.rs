@@ -53,10 +53,15 @@ use flowstate_lang::ir::{Hook, Program};
 
 pub use layout::{EntryView, Event, Layout};
 
-/// Longest program accepted, in instruction slots. The verifier walks
-/// about 30 instructions per slot of a large table (both passes of the
-/// locking protocol), and stops at a million.
-pub const MAX_INSNS: usize = 32_000;
+/// Longest program accepted, in instruction slots. The verifier stops
+/// after processing a million instructions; on large tables it processes
+/// 4 to 6 per slot (measured on 6.18: 2,000 rows with a commit each,
+/// 121k slots, 496k processed; 20,000 exact rows sharing one commit,
+/// 96k slots, 580k; 5,000 rows testing a register, 76k slots, 424k; see
+/// `examples/verifier_cost.rs`). This limit keeps room for shapes that
+/// cost more per slot; a program past it is refused before the kernel
+/// sees it.
+pub const MAX_INSNS: usize = 100_000;
 
 /// Resolves an interface name to its ifindex.
 pub type IfindexResolver = Box<dyn Fn(&str) -> Option<u32>>;
@@ -147,7 +152,7 @@ pub fn compile(program: &Program, options: &Options) -> Result<Output, CodegenEr
         atomic: options.atomic,
         ifindex: &*options.ifindex_of,
     };
-    let code = match emit::Emitter::new(program, &target, &layout, &frame, &lowered).run() {
+    let code = match emit::emit(program, &target, &layout, &frame, &lowered) {
         Ok(code) => code,
         Err(Ok(message)) => return Err(CodegenError::Interface(message)),
         Err(Err(asm)) => return Err(CodegenError::Assembly(asm)),

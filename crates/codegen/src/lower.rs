@@ -8,10 +8,16 @@
 //! (wildcards, ranges, other fields) stay where they were, so the first
 //! matching row still wins.
 //!
-//! Each (row, next state) pair gets one commit block (updates, table write,
-//! counters, verdict) shared by every state branch that reaches it; the
-//! next state is static in a branch because `next` omitted means "the
-//! branch's state".
+//! Rows with the same effects (action, updates, next state, and whether
+//! `next` is written) share one commit block (updates, table write,
+//! counters, verdict), whatever state branch reaches it: a table of a
+//! thousand `=> drop` rows has one commit, so both its code and the
+//! verifier's walk grow by a few instructions per row, not by a commit per
+//! row. The next state is static in a branch because `next` omitted means
+//! "the branch's state". A shared commit learns which row fired from a
+//! stack slot the row test writes (see `emit`), for the per-row counters.
+
+use std::collections::HashMap;
 
 use flowstate_lang::ir::{Pattern, Program, Row, StateId, StatePattern};
 use flowstate_wire::Field;
@@ -56,23 +62,53 @@ pub(crate) struct RowTest {
     pub decided: Option<Field>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Commit {
+    /// The first row that reaches this commit: its effects are every
+    /// sharing row's effects.
     pub row: usize,
     pub next: StateId,
+    /// Every row that reaches it, ascending (`row` first).
+    pub rows: Vec<usize>,
+}
+
+impl Commit {
+    /// Whether several rows share it (the row index then comes from the
+    /// row test at run time).
+    pub fn shared(&self) -> bool {
+        self.rows.len() > 1
+    }
+}
+
+/// What makes two rows' commits interchangeable: everything a commit
+/// block does except counting the row. `Debug` text compares structure
+/// (the IR's expressions are not `Hash`).
+fn effect_key(row: &Row, next: StateId) -> String {
+    format!(
+        "{:?}|{:?}|{}|{}",
+        row.action,
+        row.updates,
+        next.0,
+        row.next.is_some()
+    )
 }
 
 pub(crate) fn lower(program: &Program) -> Lowered {
     let mut commits: Vec<Commit> = Vec::new();
-    let mut commit_of = |row: usize, next: StateId| -> usize {
-        let commit = Commit { row, next };
-        match commits.iter().position(|c| *c == commit) {
-            Some(i) => i,
-            None => {
-                commits.push(commit);
+    let mut by_effect: HashMap<String, usize> = HashMap::new();
+    let mut commit_of = |index: usize, next: StateId| -> usize {
+        let i = *by_effect
+            .entry(effect_key(&program.rows[index], next))
+            .or_insert_with(|| {
+                commits.push(Commit {
+                    row: index,
+                    next,
+                    rows: Vec::new(),
+                });
                 commits.len() - 1
-            }
-        }
+            });
+        commits[i].rows.push(index);
+        i
     };
     let mut branches = Vec::with_capacity(program.states.len());
     for s in 0..program.states.len() {
@@ -92,6 +128,10 @@ pub(crate) fn lower(program: &Program) -> Lowered {
             state,
             decisions: decide(program, rows),
         });
+    }
+    for commit in &mut commits {
+        commit.rows.sort_unstable();
+        commit.rows.dedup();
     }
     Lowered { branches, commits }
 }
