@@ -14,10 +14,11 @@
 //! sequence and a small program, and reported with the program's text,
 //! the packets in hex and both executions' results ([`Failure`]).
 //!
-//! Frames shorter than an Ethernet header are refused by
-//! `BPF_PROG_TEST_RUN` (EINVAL): they are run through a scratch copy of the
-//! interpreter (it must not panic) and left out of the comparison
-//! ([`Stats::skipped_runts`]).
+//! Frames that `BPF_PROG_TEST_RUN` refuses with EINVAL (shorter than an
+//! Ethernet header; at TC, also IPv4/IPv6 frames whose IP header is cut
+//! short: see [`packets::test_run_refuses`]) are run through a scratch copy
+//! of the interpreter (it must not panic) and left out of the comparison
+//! ([`Stats::skipped`]).
 
 pub mod gen;
 pub mod minimise;
@@ -178,14 +179,50 @@ pub enum HarnessError {
     MissingMap(&'static str),
 }
 
+/// Lines kept at each end of a verifier log in reports: the start shows
+/// the program's entry, the end why it was refused.
+const LOG_LINES_KEPT: usize = 60;
+
+/// `text` with all but the first and last `keep` lines replaced by a note.
+pub fn elide_middle(text: &str, keep: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= 2 * keep {
+        return text.to_string();
+    }
+    format!(
+        "{}\n[... {} lines ...]\n{}",
+        lines[..keep].join("\n"),
+        lines.len() - 2 * keep,
+        lines[lines.len() - keep..].join("\n")
+    )
+}
+
+/// `e` with its chain of causes (`a: b: c`), which is where the errno of a
+/// failed syscall is.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 impl fmt::Display for HarnessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HarnessError::Codegen(e) => write!(f, "code generation failed: {e}"),
-            HarnessError::Load { error, listing } => {
-                write!(f, "loading failed: {error}\n--- listing ---\n{listing}")
-            }
-            HarnessError::Runtime(e) => write!(f, "runtime: {e}"),
+            HarnessError::Codegen(e) => write!(f, "code generation failed: {}", error_chain(&**e)),
+            HarnessError::Load { error, listing } => write!(
+                f,
+                "loading failed: {}\n--- listing ---\n{listing}",
+                elide_middle(&error_chain(&**error), LOG_LINES_KEPT)
+            ),
+            HarnessError::Runtime(e) => write!(f, "runtime: {}", error_chain(&**e)),
             HarnessError::MissingMap(name) => write!(f, "the object has no `{name}` map"),
         }
     }
@@ -354,8 +391,9 @@ pub struct Divergence {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub packets: usize,
-    /// Runts: interpreter only.
-    pub skipped_runts: usize,
+    /// Frames the kernel's test run refuses
+    /// ([`packets::test_run_refuses`]): interpreter only.
+    pub skipped: usize,
     /// Packets a row took (not the default).
     pub row_hits: usize,
     /// Packets whose flow read as expired (timeout fired).
@@ -367,7 +405,7 @@ pub struct Stats {
 impl Stats {
     pub fn add(&mut self, other: &Stats) {
         self.packets += other.packets;
-        self.skipped_runts += other.skipped_runts;
+        self.skipped += other.skipped;
         self.row_hits += other.row_hits;
         self.expirations += other.expirations;
         self.max_flows = self.max_flows.max(other.max_flows);
@@ -397,12 +435,12 @@ pub fn compare_loaded(
     let mut stats = Stats::default();
     let mut table_full = 0u64;
     for (index, packet) in packets.iter().enumerate() {
-        if packet.frame.len() < packets::MIN_TEST_RUN_LEN {
+        if packets::test_run_refuses(&packet.frame, hook).is_some() {
             // The interpreter must take it without panicking.
             machine
                 .clone()
                 .process(&packet.frame, TEST_RUN_IFINDEX, packet.now);
-            stats.skipped_runts += 1;
+            stats.skipped += 1;
             continue;
         }
         let before = machine.clone();
@@ -575,8 +613,15 @@ pub fn check(program: &Program, packets: &[Packet], origin: &str) -> Result<Stat
         Err(HarnessError::Load { .. }) => FailureKind::Load,
         Err(_) => FailureKind::Other,
     };
-    let still_fails =
-        |p: &Program, pk: &[Packet]| kind.matches(&compare(p, pk, &test_options(true)));
+    // A program that does not compile or load fails without packets:
+    // only the load is retried (verification can take seconds).
+    let still_fails = |p: &Program, pk: &[Packet]| match kind {
+        FailureKind::Divergence => kind.matches(&compare(p, pk, &test_options(true))),
+        _ => match Kernel::load(p, &test_options(true)) {
+            Ok(_) => false,
+            Err(e) => kind.matches(&Err(e)),
+        },
+    };
     let (small, small_packets) = if kind == FailureKind::Other {
         (program.clone(), packets.to_vec())
     } else {
@@ -648,5 +693,22 @@ pub fn skip(test: &str) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// Pin the calling thread to `cpu` (`sched_setaffinity`).
+pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes
+    // inside it (it ignores CPUs past the set's size); pid 0 is the
+    // calling thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

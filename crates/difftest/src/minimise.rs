@@ -10,6 +10,8 @@
 //! and its text is the reproduction; the compiler folds what an edit left
 //! constant (a dropped register reads as 0).
 
+use std::time::{Duration, Instant};
+
 use flowstate_lang::ir::{Expr, Program, RegTarget, StatePattern};
 
 use crate::gen::reprint;
@@ -18,6 +20,8 @@ use crate::packets::Packet;
 /// Attempts (runs of the failing predicate) before minimising stops and
 /// returns what it has: each attempt loads a program into the kernel.
 pub const MAX_ATTEMPTS: usize = 600;
+/// Wall time after which minimising stops and returns what it has.
+pub const MAX_TIME: Duration = Duration::from_secs(120);
 
 /// Shrink `program` and `packets` while `still_fails` holds. The predicate
 /// is assumed to hold for the inputs.
@@ -27,8 +31,9 @@ pub fn minimise(
     still_fails: &dyn Fn(&Program, &[Packet]) -> bool,
 ) -> (Program, Vec<Packet>) {
     let mut budget = MAX_ATTEMPTS;
+    let deadline = Instant::now() + MAX_TIME;
     let mut attempt = |p: &Program, pk: &[Packet]| {
-        if budget == 0 {
+        if budget == 0 || Instant::now() > deadline {
             return false;
         }
         budget -= 1;

@@ -8,6 +8,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use flowstate_lang::ir::Hook;
 use flowstate_wire::build::{mac, PacketBuilder};
 use flowstate_wire::offsets as off;
 use flowstate_wire::Field;
@@ -17,6 +18,28 @@ use crate::rng::Rng;
 /// `BPF_PROG_TEST_RUN` refuses frames shorter than an Ethernet header
 /// (`ETH_HLEN`) with EINVAL; only the interpreter sees them.
 pub const MIN_TEST_RUN_LEN: usize = off::ETH_HEADER_LEN;
+
+/// Why `BPF_PROG_TEST_RUN` refuses `frame` at `hook` (EINVAL), if it does.
+/// Measured on Linux 6.18: every hook refuses frames shorter than
+/// `ETH_HLEN`; TC (skb) test runs also refuse a frame whose (outer)
+/// ethertype is IPv4 with fewer than 20 bytes after the Ethernet header, or
+/// IPv6 with fewer than 40, whatever those bytes hold. VLAN-tagged frames
+/// are not checked. Such frames are left to the interpreter.
+pub fn test_run_refuses(frame: &[u8], hook: Hook) -> Option<&'static str> {
+    if frame.len() < MIN_TEST_RUN_LEN {
+        return Some("shorter than an Ethernet header");
+    }
+    if hook == Hook::Xdp {
+        return None;
+    }
+    let ethertype = u16::from_be_bytes([frame[off::ETH_TYPE], frame[off::ETH_TYPE + 1]]);
+    let l3 = frame.len() - off::ETH_HEADER_LEN;
+    match ethertype {
+        off::ETHERTYPE_IPV4 if l3 < off::IPV4_MIN_LEN => Some("TC: IPv4 header cut short"),
+        off::ETHERTYPE_IPV6 if l3 < off::IPV6_HEADER_LEN => Some("TC: IPv6 header cut short"),
+        _ => None,
+    }
+}
 
 /// A frame and the clock value it is processed at.
 #[derive(Debug, Clone, PartialEq, Eq)]
