@@ -36,6 +36,7 @@ use crate::layout::{
 };
 use crate::lower::{row_presence, Decision, Lowered, RowTest};
 use crate::parse::{emit_parse, ParseRequest};
+use crate::testing::StagedConflict;
 
 use Reg::*;
 
@@ -114,6 +115,8 @@ pub(crate) struct Target<'a> {
     pub atomic: bool,
     /// The ifindex of each `redirect` action's interface, by name.
     pub ifindex: &'a dyn Fn(&str) -> Option<u32>,
+    /// A race staged by the code itself (tests only).
+    pub conflict: StagedConflict,
 }
 
 /// Where an expression's operands come from.
@@ -479,6 +482,7 @@ impl<'a> Emitter<'a> {
         let held = self.label();
         self.load_stack(R1, self.frame.retried);
         self.jmp(JmpOp::Ne, R1, 0, held);
+        self.stage_conflict();
         self.load_stack(R0, self.frame.seq);
         self.emit(Insn::mov64(R1, R0));
         self.emit(Insn::add64(R1, 1));
@@ -491,6 +495,46 @@ impl<'a> Emitter<'a> {
         self.load_stack(R1, self.frame.seq);
         self.jmp(JmpOp::Ne, R0, R1, on_changed);
         self.asm.bind(held);
+    }
+
+    /// Test builds: another CPU finishes a write to the entry (sequence
+    /// word plus 2) or takes its lock and keeps it (plus 1), between this
+    /// packet's read and its cmpxchg.
+    fn stage_conflict(&mut self) {
+        let step = match self.target.conflict {
+            StagedConflict::None => return,
+            StagedConflict::Writer => 2,
+            StagedConflict::Holder => 1,
+        };
+        self.asm
+            .annotate("test build: another CPU writes or holds the entry now");
+        self.emit(Insn::mov64(R1, step));
+        self.emit(Insn::atomic32(AtomicOp::Add, ENTRY, R1, LOCK_OFFSET as i16));
+    }
+
+    /// Test builds: another CPU inserts the flow (in the state this packet
+    /// read, unlocked for a writer, locked for a holder) just before this
+    /// packet does, on its first pass.
+    fn stage_insert_conflict(&mut self, key: i16) {
+        let lock = match self.target.conflict {
+            StagedConflict::None => return,
+            StagedConflict::Writer => 0,
+            StagedConflict::Holder => 1,
+        };
+        let frame = self.frame;
+        let skip = self.label();
+        self.asm
+            .annotate("test build: another CPU inserts this flow now");
+        self.load_stack(R1, frame.retried);
+        self.jmp(JmpOp::Ne, R1, 0, skip);
+        self.emit(Insn::st(Size::W, R10, frame.view_at(LOCK_OFFSET), lock));
+        self.asm.ld_map_fd(R1, MAPS.flows);
+        self.stack_ptr(R2, key);
+        self.stack_ptr(R3, frame.view);
+        self.emit(Insn::mov64(R4, BPF_NOEXIST));
+        self.call(Helper::MAP_UPDATE_ELEM);
+        self.emit(Insn::st(Size::W, R10, frame.view_at(LOCK_OFFSET), 0));
+        self.asm.bind(skip);
     }
 
     /// Releases the lock of a restarted packet (which locked the entry
@@ -1396,6 +1440,7 @@ impl<'a> Emitter<'a> {
             self.goto(after_write);
             self.asm.bind(new_entry);
             self.asm.annotate("insert a new entry");
+            self.stage_insert_conflict(frame.lookup_key);
             build_in_view(self);
             let again = self.again;
             insert(self, frame.lookup_key, again);

@@ -138,6 +138,46 @@ pub enum CodegenError {
 
 /// Compiles `program` to an ELF object that aya, `ip` and `tc` load.
 pub fn compile(program: &Program, options: &Options) -> Result<Output, CodegenError> {
+    compile_staging(program, options, testing::StagedConflict::None)
+}
+
+/// Builds that stage a race in the generated code, so that tests reach the
+/// paths only real contention reaches otherwise. Never for real use: a
+/// staged conflict changes what the program does.
+#[doc(hidden)]
+pub mod testing {
+    /// What the generated code does to a flow entry between reading it
+    /// and locking it (and before inserting a new one), on a packet's
+    /// first pass only.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum StagedConflict {
+        #[default]
+        None,
+        /// Another CPU completes a write: the sequence word moves on by
+        /// 2 (or the flow appears, unlocked). The packet must start over
+        /// and then apply its row exactly once.
+        Writer,
+        /// Another CPU takes the lock and keeps it: the word moves on by 1
+        /// (or the flow appears, locked). The packet must start over, give
+        /// up waiting, take the default action and write nothing.
+        Holder,
+    }
+
+    /// [`crate::compile`] with a staged conflict.
+    pub fn compile_with_conflict(
+        program: &flowstate_lang::ir::Program,
+        options: &crate::Options,
+        conflict: StagedConflict,
+    ) -> Result<crate::Output, crate::CodegenError> {
+        crate::compile_staging(program, options, conflict)
+    }
+}
+
+fn compile_staging(
+    program: &Program,
+    options: &Options,
+    conflict: testing::StagedConflict,
+) -> Result<Output, CodegenError> {
     let problems = static_limits(program);
     if !problems.is_empty() {
         return Err(CodegenError::Limits(problems));
@@ -151,6 +191,7 @@ pub fn compile(program: &Program, options: &Options) -> Result<Output, CodegenEr
         clock: emit::clock_for(program, options.test_clock),
         atomic: options.atomic,
         ifindex: &*options.ifindex_of,
+        conflict,
     };
     let code = match emit::emit(program, &target, &layout, &frame, &lowered) {
         Ok(code) => code,
@@ -162,7 +203,10 @@ pub fn compile(program: &Program, options: &Options) -> Result<Output, CodegenEr
     }
     let name = layout::c_name(&program.name);
     let object = object::build(program, &layout, hook, &name, &code)?;
-    let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
+    let listing = name_long_jumps(
+        flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string()),
+        &code,
+    );
     Ok(Output {
         object,
         program_name: name,
@@ -195,6 +239,30 @@ pub fn check_limits(program: &Program) -> Result<(), Vec<String>> {
     } else {
         Err(problems)
     }
+}
+
+/// Writes `gotol` lines, which flowstate-asm's disassembler does not
+/// know (it prints `<unknown>`), as `gotol +off <target>`.
+fn name_long_jumps(listing: String, code: &flowstate_asm::Program) -> String {
+    let mut out = String::with_capacity(listing.len());
+    for line in listing.lines() {
+        let long = line
+            .split_once(':')
+            .filter(|(_, text)| text.trim_start().starts_with("<unknown>"))
+            .and_then(|(slot, _)| slot.trim().parse::<usize>().ok())
+            .and_then(|slot| Some((slot, code.insns.get(slot)?)))
+            .filter(|(_, insn)| insn.code == emit::GOTOL);
+        match long {
+            Some((slot, insn)) => {
+                let target = slot as i64 + 1 + i64::from(insn.imm);
+                let (head, _) = line.split_once(':').unwrap_or((line, ""));
+                out.push_str(&format!("{head}: gotol {:+#x} <{target}>", insn.imm));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn too_many_insns(count: usize) -> String {

@@ -209,3 +209,70 @@ fn big_exact_tables_use_a_binary_search() {
         .contains("binary search over 200 exact tcp.dport values"));
     assert_eq!(check_limits(&p), Ok(()));
 }
+
+#[test]
+fn rows_with_equal_effects_share_one_commit_block() {
+    let rows: String = (0..1000)
+        .map(|i| format!("  A udp.dport == {} => drop\n", 1000 + i))
+        .collect();
+    let p = program(&with_table(
+        "flow ip.src\nregisters n = 0\n",
+        &format!("{rows}  A udp.dport == 7 => drop, n = n + 1\n  * * => pass\n"),
+    ));
+    let out = compile(&p, &Options::default()).unwrap();
+    assert!(
+        out.listing
+            .contains("rows 0, 1, 2, 3, 4, 5, ... (1000 rows) matched"),
+        "one commit for the thousand drops"
+    );
+    // The row with an update keeps its own commit.
+    assert!(out.listing.contains("row 1000 matched"));
+    // A few slots per row (search, row index, jump), not a commit each.
+    assert!(out.insn_count < 6 * 1000, "{} slots", out.insn_count);
+}
+
+#[test]
+fn far_jumps_become_gotol() {
+    let rows: String = (0..6000)
+        .map(|i| format!("  A udp.dport == {} => drop\n", 1000 + i))
+        .collect();
+    let p = program(&with_table("flow ip.src\n", &rows));
+    let out = compile(&p, &Options::default()).unwrap();
+    let long = out.listing.lines().filter(|l| l.contains("gotol")).count();
+    assert!(long > 0, "a 6000-row table spans more than 16k slots");
+    assert!(!out.listing.contains("<unknown>"));
+    // Every `gotol` lands inside the program.
+    for line in out.listing.lines().filter(|l| l.contains("gotol")) {
+        let (slot, rest) = line.split_once(':').unwrap();
+        let slot: i64 = slot.trim().parse().unwrap();
+        let target: i64 = rest
+            .rsplit_once('<')
+            .and_then(|(_, t)| t.strip_suffix('>'))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!((0..out.insn_count as i64).contains(&target), "{line}");
+        assert_ne!(target, slot + 1, "{line}");
+    }
+}
+
+/// A table the kernel's verifier would give up on (2,000 rows with an
+/// effect each measured 496k processed instructions for 121k slots; 5,000
+/// of them ran into the verifier's million after a minute) is refused by
+/// `check_limits` with the reason, before any kernel sees it.
+#[test]
+fn check_limits_refuses_what_the_verifier_would() {
+    let rows: String = (0..5000)
+        .map(|i| format!("  A udp.dport == {} => drop, n = n + {i}\n", 1000 + i))
+        .collect();
+    let p = program(&with_table("flow ip.src\nregisters n = 0\n", &rows));
+    let problems = check_limits(&p).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("eBPF instructions (limit 100000)"),
+        "{problems:?}"
+    );
+    assert!(matches!(
+        compile(&p, &Options::default()),
+        Err(CodegenError::Limits(_))
+    ));
+}
