@@ -17,15 +17,15 @@
 //! tails (counters, event, verdict). Every way out that gives the default
 //! action goes through a small block that sets the counter index first.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use flowstate_asm::{
     AsmError, Assembler, AtomicOp, Helper, Insn, JmpOp, Label, MapRef, Operand,
     Program as AsmProgram, Reg, Size,
 };
 use flowstate_lang::ir::{
-    Action, BinOp, CmpOp, ControllerThen, Expr, GlobalId, Hook, Pattern, Program, RegTarget, Row,
-    StateId,
+    Action, BinOp, CmpOp, CondMatch, ControllerThen, Expr, GlobalId, Hook, Pattern, Program,
+    RegTarget, Row, StateId,
 };
 use flowstate_lang::print;
 use flowstate_wire::Field;
@@ -34,7 +34,7 @@ use crate::layout::{
     self, Frame, Layout, EVAL_REGISTERS, EVENT_HEAD_BYTES, EVENT_ROW_DEFAULT, LOCK_OFFSET,
     REGISTERS_OFFSET, STATE_OFFSET,
 };
-use crate::lower::{row_presence, Decision, Lowered, RowTest};
+use crate::lower::{condition_key, row_presence, Commit, Decision, Lowered, RowTest};
 use crate::parse::{emit_parse, ParseRequest};
 use crate::testing::StagedConflict;
 
@@ -539,12 +539,14 @@ impl<'a> Emitter<'a> {
 
     /// Releases the lock of a restarted packet (which locked the entry
     /// before reading it), if it holds one.
-    fn unlock_if_held(&mut self) {
+    fn unlock_if_held(&mut self, entry_known: bool) {
         if !(self.target.atomic && self.same_keys) {
             return;
         }
         let skip = self.label();
-        self.jmp(JmpOp::Eq, ENTRY, 0, skip);
+        if !entry_known {
+            self.jmp(JmpOp::Eq, ENTRY, 0, skip);
+        }
         self.load_stack(R1, self.frame.retried);
         self.jmp(JmpOp::Eq, R1, 0, skip);
         self.unlock_entry();
@@ -957,12 +959,17 @@ impl<'a> Emitter<'a> {
             self.asm.bind(label);
             self.asm
                 .annotate(format!("state {}", self.program.state_name(branch.state)));
+            let mut run: Vec<RowTest> = Vec::new();
             for decision in &branch.decisions {
                 match decision {
-                    Decision::Row(test) => self.row_test(test),
-                    Decision::Search { field, cases } => self.row_search(*field, cases),
+                    Decision::Row(test) => run.push(test.clone()),
+                    Decision::Search { field, cases } => {
+                        self.row_run(&std::mem::take(&mut run));
+                        self.row_search(*field, cases);
+                    }
                 }
             }
+            self.row_run(&run);
             self.goto(no_match);
         }
     }
@@ -1038,31 +1045,183 @@ impl<'a> Emitter<'a> {
             self.pattern(m.field, &m.pattern, fail);
         }
         for c in &row.conditions {
-            self.eval(&c.cond.lhs, 0, 0, ROW_ENV);
-            let op = cmp_jump(c.cond.op);
-            // Jump to `fail` when the condition's truth equals `negated`.
-            let fail_op = if c.negated {
-                op
-            } else {
-                op.negate().unwrap_or(op)
-            };
-            match &c.cond.rhs {
-                Expr::Const(v) if i32::try_from(*v).is_ok() => {
-                    self.jmp(fail_op, R1, *v as i32, fail)
-                }
-                rhs => {
-                    self.eval(rhs, 1, 0, ROW_ENV);
-                    self.jmp(fail_op, R1, R2, fail);
-                }
+            self.condition(c, fail);
+        }
+        self.enter_commit(test);
+        self.asm.bind(fail);
+    }
+
+    /// Jumps to `fail` unless `c` holds (or, negated, does not). `now` is
+    /// compared from its register, without a copy.
+    fn condition(&mut self, c: &CondMatch, fail: Label) {
+        let op = cmp_jump(c.cond.op);
+        // Jump to `fail` when the condition's truth equals `negated`.
+        let fail_op = if c.negated {
+            op
+        } else {
+            op.negate().unwrap_or(op)
+        };
+        let lhs = match c.cond.lhs {
+            Expr::Now => NOW,
+            ref lhs => {
+                self.eval(lhs, 0, 0, ROW_ENV);
+                R1
+            }
+        };
+        match &c.cond.rhs {
+            Expr::Const(v) if i32::try_from(*v).is_ok() => self.jmp(fail_op, lhs, *v as i32, fail),
+            Expr::Now => self.jmp(fail_op, lhs, NOW, fail),
+            rhs => {
+                self.eval(rhs, 1, 0, ROW_ENV);
+                self.jmp(fail_op, lhs, R2, fail);
             }
         }
+    }
+
+    /// The jump from a matched row to its commit block (through the row
+    /// index slot when rows share it).
+    fn enter_commit(&mut self, test: &RowTest) {
         if self.lowered.commits[test.commit].shared() {
             let slot = self.frame.row_index + 4;
             self.emit(Insn::st(Size::W, R10, slot, test.row as i32));
         }
         let commit = self.commit_labels[test.commit];
         self.goto(commit);
-        self.asm.bind(fail);
+    }
+
+    /// Tests a run of rows in priority order, carrying what each failed
+    /// test taught about conditions to the rows after it: where a row
+    /// fails on `now >= tmin`, a later row that needs it is skipped, and
+    /// one that needs `now < tmin` does not test it again. Each way a row
+    /// can fail continues with its own knowledge, kept only for conditions
+    /// later rows test; continuations with the same row and knowledge are
+    /// one block, and past a budget knowledge is dropped, so code stays
+    /// linear in rows. Falls through when no row of the run matches.
+    fn row_run(&mut self, tests: &[RowTest]) {
+        if tests.is_empty() {
+            return;
+        }
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        // Per row, its conditions as (id, truth of the shared form needed).
+        let needs: Vec<Vec<(usize, bool)>> = tests
+            .iter()
+            .map(|t| {
+                self.program.rows[t.row]
+                    .conditions
+                    .iter()
+                    .map(|c| {
+                        let (key, holds) = condition_key(&c.cond);
+                        let next = ids.len();
+                        let id = *ids.entry(key).or_insert(next);
+                        (id, holds != c.negated)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut last_use = vec![0usize; ids.len()];
+        for (i, need) in needs.iter().enumerate() {
+            for &(id, _) in need {
+                last_use[id] = i;
+            }
+        }
+        let mut run = RowRun {
+            tests,
+            needs,
+            last_use,
+            done: self.label(),
+            memo: HashMap::new(),
+            queue: VecDeque::new(),
+            budget: 2 * tests.len() + 16,
+        };
+        let first = self.continuation(&mut run, 0, Vec::new());
+        if run.queue.front().map(|(_, _, label)| *label) != Some(first) {
+            self.goto(first);
+        }
+        while let Some((i, facts, label)) = run.queue.pop_front() {
+            self.asm.bind(label);
+            self.run_row(&mut run, i, facts);
+        }
+        self.asm.bind(run.done);
+    }
+
+    /// Emits row `i` of a run under `facts` (sorted (id, truth) pairs).
+    fn run_row(&mut self, run: &mut RowRun, i: usize, facts: Facts) {
+        let test = run.tests[i].clone();
+        let row = &self.program.rows[test.row];
+        self.asm.source_line(row.pos.line);
+        self.asm
+            .annotate(format!("row {}: {}", test.row, self.row_text(row)));
+        let mask = row_presence(row);
+        if mask != 0 || !row.fields.is_empty() {
+            let fail = self.continuation(run, i + 1, facts.clone());
+            if mask != 0 {
+                self.emit(Insn::mov64(R1, PRESENCE));
+                self.emit(Insn::and64(R1, mask as i32));
+                self.jmp(JmpOp::Ne, R1, mask as i32, fail);
+            }
+            for m in &row.fields {
+                self.pattern(m.field, &m.pattern, fail);
+            }
+        }
+        let mut known = facts;
+        for (c, &(id, truth)) in row.conditions.iter().zip(&run.needs[i].clone()) {
+            match known.iter().find(|&&(k, _)| k == id) {
+                Some(&(_, t)) if t == truth => continue,
+                Some(_) => {
+                    // The row tests a condition both ways: it never matches.
+                    let next = self.continuation(run, i + 1, known);
+                    self.goto(next);
+                    return;
+                }
+                None => {}
+            }
+            let mut failed = known.clone();
+            failed.push((id, !truth));
+            let fail = self.continuation(run, i + 1, failed);
+            self.condition(c, fail);
+            known.push((id, truth));
+        }
+        self.enter_commit(&test);
+    }
+
+    /// The label where rows `i..` of a run are tried knowing `facts`:
+    /// rows the facts rule out are skipped, a row left with nothing to
+    /// test is its commit block, the end is the run's fall-through.
+    fn continuation(&mut self, run: &mut RowRun, mut i: usize, facts: Facts) -> Label {
+        let mut facts = if run.budget == 0 { Vec::new() } else { facts };
+        loop {
+            facts.retain(|&(id, _)| run.last_use[id] >= i);
+            facts.sort_unstable();
+            facts.dedup();
+            let Some(test) = run.tests.get(i) else {
+                return run.done;
+            };
+            let ruled_out = run.needs[i]
+                .iter()
+                .any(|need| facts.iter().any(|f| f.0 == need.0 && f.1 != need.1));
+            if ruled_out {
+                i += 1;
+                continue;
+            }
+            let row = &self.program.rows[test.row];
+            let settled = run.needs[i].iter().all(|need| facts.contains(need));
+            if settled
+                && row_presence(row) == 0
+                && row.fields.is_empty()
+                && !self.lowered.commits[test.commit].shared()
+            {
+                return self.commit_labels[test.commit];
+            }
+            break;
+        }
+        if let Some(&label) = run.memo.get(&(i, facts.clone())) {
+            return label;
+        }
+        let label = self.label();
+        run.budget = run.budget.saturating_sub(1);
+        run.memo.insert((i, facts.clone()), label);
+        run.queue.push_back((i, facts, label));
+        label
     }
 
     /// Jumps to `fail` unless the (present) field matches. Uses R1-R5.
@@ -1309,8 +1468,9 @@ impl<'a> Emitter<'a> {
                 NOW,
                 layout::LAST_SEEN_OFFSET as i16,
             ));
-            self.unlock_if_held();
-            self.goto(after_write);
+            self.unlock_if_held(true);
+            // Nothing else to do after the write: straight to the tail.
+            self.leave_commit(commit, row);
             self.asm.bind(full);
         }
 
@@ -1490,8 +1650,21 @@ impl<'a> Emitter<'a> {
         }
 
         // 5. Counters, event, verdict.
+        self.leave_commit(commit, row);
+    }
+
+    /// The end of a commit block: the state for events, the counter index
+    /// (the row, from the row index slot when rows share the block), the
+    /// action's tail.
+    fn leave_commit(&mut self, commit: &Commit, row: &Row) {
+        let frame = self.frame;
         if self.controller {
-            self.emit(Insn::st(Size::W, R10, frame.event_state, next));
+            self.emit(Insn::st(
+                Size::W,
+                R10,
+                frame.event_state,
+                i32::from(commit.next.0),
+            ));
         }
         if commit.shared() {
             self.emit(Insn::ldx(Size::W, ENTRY, R10, frame.row_index + 4));
@@ -1586,7 +1759,7 @@ impl<'a> Emitter<'a> {
         self.asm.bind(no_match);
         self.asm
             .annotate("default: no row matched (nothing written)");
-        self.unlock_if_held();
+        self.unlock_if_held(false);
         if self.controller {
             self.emit(Insn::ldx(Size::W, R1, R10, frame.view_at(STATE_OFFSET)));
             self.emit(Insn::stx(Size::W, R10, R1, frame.event_state));
@@ -1736,6 +1909,25 @@ impl<'a> Emitter<'a> {
         self.call(Helper::RINGBUF_SUBMIT);
         self.asm.bind(skip);
     }
+}
+
+/// What a path knows about a run's conditions: (condition id, truth of
+/// its shared form), sorted by id.
+type Facts = Vec<(usize, bool)>;
+
+/// A run of row tests being emitted (see [`Emitter::row_run`]).
+struct RowRun<'t> {
+    tests: &'t [RowTest],
+    /// Per row: (condition id, truth of its shared form the row needs).
+    needs: Vec<Vec<(usize, bool)>>,
+    /// Per condition id: the last row that tests it.
+    last_use: Vec<usize>,
+    /// Where the run falls through when no row matches.
+    done: Label,
+    memo: HashMap<(usize, Facts), Label>,
+    queue: VecDeque<(usize, Facts, Label)>,
+    /// Continuations that may still carry knowledge.
+    budget: usize,
 }
 
 /// `0, 1, 2, ...` cut short after a few.

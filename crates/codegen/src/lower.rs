@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use flowstate_lang::ir::{Pattern, Program, Row, StateId, StatePattern};
+use flowstate_lang::ir::{CmpOp, Condition, Pattern, Program, Row, StateId, StatePattern};
 use flowstate_wire::Field;
 
 use crate::layout::visit_fields;
@@ -196,6 +196,22 @@ fn decide(program: &Program, rows: Vec<RowTest>) -> Vec<Decision> {
     out
 }
 
+/// A condition up to its negation, as text (`a >= b` and `a < b` share
+/// one), and the truth of that shared form when `cond` holds. Rows that
+/// test one condition, or its negation, then share what a packet learned
+/// about it (see `emit`'s row runs).
+pub(crate) fn condition_key(cond: &Condition) -> (String, bool) {
+    let (op, holds) = match cond.op {
+        CmpOp::Eq => (CmpOp::Eq, true),
+        CmpOp::Ne => (CmpOp::Eq, false),
+        CmpOp::Lt => (CmpOp::Lt, true),
+        CmpOp::Ge => (CmpOp::Lt, false),
+        CmpOp::Le => (CmpOp::Le, true),
+        CmpOp::Gt => (CmpOp::Le, false),
+    };
+    (format!("{:?} {op:?} {:?}", cond.lhs, cond.rhs), holds)
+}
+
 /// Presence bits of every field a row reads (patterns, conditions,
 /// updates), leaving out fields every packet has.
 pub(crate) fn row_presence(row: &Row) -> u32 {
@@ -246,6 +262,38 @@ mod tests {
             unreachable!()
         };
         assert_eq!(lowered.commits[t.commit].next, StateId(4));
+    }
+
+    #[test]
+    fn a_condition_and_its_negation_share_a_key_with_opposite_truths() {
+        let p = program(include_str!("../../../examples/tokenbucket.fsm"));
+        let key = |row: usize, i: usize| condition_key(&p.rows[row].conditions[i].cond);
+        // Rows 1 and 2 test `now >= tmin`; row 3 tests `now < tmin`.
+        assert_eq!(key(1, 0), key(2, 0));
+        assert_eq!(key(1, 0).0, key(3, 0).0);
+        assert_ne!(key(1, 0).1, key(3, 0).1);
+        // `now <= tmax` and `now > tmax`.
+        assert_eq!(key(1, 1).0, key(2, 1).0);
+        assert_ne!(key(1, 1).1, key(2, 1).1);
+        assert_ne!(key(1, 0).0, key(1, 1).0);
+    }
+
+    #[test]
+    fn equal_effects_share_a_commit_listing_every_row() {
+        let p = program(
+            "program s\nhook xdp\nflow ip.src\nstates A, B\nregisters n = 0\ndefault pass\ntable\n\
+             \x20 A udp.dport == 1 => drop\n\
+             \x20 A udp.dport == 2 => drop, n = 1\n\
+             \x20 * udp.dport == 3 => drop\n\
+             \x20 B udp.dport == 4 => drop, next B\nend\n",
+        );
+        let lowered = lower(&p);
+        // A: rows 0 and 2 share (drop, next A); B: row 2 (next B) and row
+        // 3 (`next B` written) do not, as row 3's commit checks the state.
+        let rows: Vec<Vec<usize>> = lowered.commits.iter().map(|c| c.rows.clone()).collect();
+        assert_eq!(rows, vec![vec![0, 2], vec![1], vec![2], vec![3]]);
+        assert!(lowered.commits[0].shared());
+        assert!(!lowered.commits[2].shared());
     }
 
     #[test]

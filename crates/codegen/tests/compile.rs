@@ -276,3 +276,20 @@ fn check_limits_refuses_what_the_verifier_would() {
         Err(CodegenError::Limits(_))
     ));
 }
+
+/// Regression (bench, token bucket): rows 1-3 each loaded `now` and
+/// `tmin` and tested `now >= tmin` again. Now the ACTIVE branch tests
+/// each condition once and compares `now` from its register.
+#[test]
+fn tokenbucket_tests_each_condition_once() {
+    let out = compile(&tokenbucket(), &Options::default()).unwrap();
+    let active: Vec<&str> = out
+        .listing
+        .lines()
+        .skip_while(|l| !l.contains("state ACTIVE"))
+        .take_while(|l| !l.contains("matched"))
+        .collect();
+    let tests: Vec<&&str> = active.iter().filter(|l| l.contains(": if ")).collect();
+    assert_eq!(tests.len(), 2, "{active:#?}");
+    assert!(tests.iter().all(|l| l.contains("if r8 s")), "{active:#?}");
+}
