@@ -5,12 +5,20 @@
 //! | register | holds |
 //! | --- | --- |
 //! | R6 | the context (`xdp_md` / `__sk_buff`), set by the parser |
-//! | R7 | the flow entry being worked on (or 0); in the action tails, the counter index |
+//! | R7 | the flow entry being worked on (or 0); in the action tails, the counter index (the row, or a default counter) |
 //! | R8 | `now` |
 //! | R9 | the parser's presence bitmask; in the event code, the ring buffer record |
 //! | R0-R5 | scratch: helper arguments and the expression evaluator |
 //!
-//! Everything else lives in the stack frame planned by [`Frame`].
+//! Everything else lives in the stack frame planned by [`Frame`]. A row
+//! that jumps to a commit block other rows share first writes its index
+//! to the frame's `row_index` slot; the block reads it back for the
+//! counters and events.
+//!
+//! Jumps: unconditional ones are `ja`, or `gotol` (32-bit offset, cpu
+//! v4) past half the 16-bit range; conditional ones that a pass finds out
+//! of that reach are emitted again as a short skip over a `gotol` (see
+//! the function `emit`).
 //!
 //! Control flow: entry (parse, clock, keys) -> `again` (lookup, lock,
 //! view, expiry) -> state switch -> row tests -> commit blocks -> action

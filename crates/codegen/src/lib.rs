@@ -13,11 +13,23 @@
 //!   [`check_limits`] says why not).
 //! - [`lower`]: the table as a decision structure: one branch per state,
 //!   rows in priority order, runs of exact tests on one field as binary
-//!   searches, one commit block per (row, next state). Holds after it: the
-//!   next state of every commit is a constant.
+//!   searches, one commit block per distinct effect (action, updates, next
+//!   state), shared by every row that has it. Holds after it: the next
+//!   state of every commit is a constant.
 //! - [`emit`]: instructions through flowstate-asm; the header parser is
-//!   [`parse`]. Holds after it: labels resolve, and a program the verifier
-//!   rejects is a bug here (an internal error), never the user's.
+//!   [`parse`]. Rows between searches are tested as runs that remember
+//!   what a failed condition taught (a later row never tests it again);
+//!   far jumps become `gotol`. Holds after it: labels resolve, every jump
+//!   reaches, and a program the verifier rejects is a bug here (an
+//!   internal error), never the user's.
+//!
+//! Verification cost: what keeps the verifier's walk linear in rows is
+//! that paths of different rows look alike where they meet, so it prunes
+//! them there: the row index of a shared commit is written where the
+//! verifier tracks no constant, the binary search does not narrow the
+//! field's slot, and the restart path (the second, locked pass) stores
+//! the field slots back as plain numbers. 5,000 exact rows: 19k slots,
+//! 111k instructions processed (the limit is a million).
 //! - [`object`]: the ELF object through flowstate-obj.
 //!
 //! Per packet, the program follows DESIGN.md section 1 and the reference
