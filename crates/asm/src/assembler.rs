@@ -263,6 +263,18 @@ impl Assembler {
         self.push(Insn::ja(0));
     }
 
+    /// `gotol label`: an unconditional jump with a 32-bit offset.
+    pub fn gotol(&mut self, label: Label) {
+        self.add_fixup(label, FixupField::Imm);
+        self.push(Insn::gotol(0));
+    }
+
+    /// `may_goto label`: to `label` once the run's loop budget is spent, else on.
+    pub fn may_goto(&mut self, label: Label) {
+        self.add_fixup(label, FixupField::Off);
+        self.push(Insn::may_goto(0));
+    }
+
     /// `if dst op src goto label`, comparing 64 bits.
     pub fn jmp(&mut self, op: JmpOp, dst: Reg, src: impl Into<Operand>, label: Label) {
         self.add_fixup(label, FixupField::Off);
@@ -381,6 +393,22 @@ mod tests {
         asm.emit(Insn::exit());
         let program = asm.finish().unwrap();
         assert_eq!(program.insns[0], Insn::jeq(R1, 0, 2));
+    }
+
+    #[test]
+    fn may_goto_and_gotol_resolve_labels() {
+        let mut asm = Assembler::new();
+        let (top, out) = (asm.new_label(), asm.new_label());
+        asm.bind(top);
+        asm.may_goto(out);
+        asm.gotol(top);
+        asm.bind(out);
+        asm.emit(Insn::exit());
+        let program = asm.finish().unwrap();
+        assert_eq!(
+            program.insns,
+            [Insn::may_goto(1), Insn::gotol(-2), Insn::exit()]
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! | `ld_imm64`, `src = PSEUDO_FUNC` | `r1 = func(pc+0x3) ll` |
 //! | `call`, `src = PSEUDO_CALL` | `call pc+0x3` |
 //!
+//! `gotol +0x12345` and `may_goto +0x3` are LLVM's spellings.
+//!
 //! Anything that is not a valid instruction prints as `<unknown>`; nothing here panics.
 
 use crate::assembler::{MapRef, Program};
@@ -195,6 +197,13 @@ fn format_jmp(insn: &Insn) -> Option<String> {
     let from_reg = insn.code & X == X;
     match op {
         JA if is_jmp64 && !from_reg => Some(format!("goto {}", relative_hex(insn.off.into()))),
+        JA if !from_reg && insn.off == 0 && insn.dst == 0 && insn.src == 0 => {
+            Some(format!("gotol {}", relative_hex(insn.imm.into())))
+        }
+        JCOND if insn.is_may_goto() && insn.dst == 0 && insn.imm == 0 => {
+            Some(format!("may_goto {}", relative_hex(insn.off.into())))
+        }
+        JCOND => None,
         CALL if is_jmp64 && !from_reg => match insn.src {
             0 => Some(format!("call {:#x}", insn.imm)),
             PSEUDO_CALL => Some(format!("call pc{}", relative_hex(insn.imm.into()))),
@@ -244,8 +253,8 @@ fn slots(insns: &[Insn]) -> impl Iterator<Item = (usize, usize)> + '_ {
 
 /// The slot a jump or local call at `slot` goes to.
 fn branch_target(insn: &Insn, slot: usize) -> Option<i64> {
-    let delta = if insn.is_jump() {
-        i64::from(insn.off)
+    let delta = if let Some(offset) = insn.jump_offset() {
+        offset
     } else if (insn.code == JMP | CALL && insn.src == PSEUDO_CALL)
         || (insn.is_wide() && insn.src == PSEUDO_FUNC)
     {
@@ -385,6 +394,32 @@ mod tests {
         assert_eq!(text(Insn::jgt(R2, R3, 5)), "if r2 > r3 goto +0x5");
         assert_eq!(text(Insn::jsle(R1, -5, -2)), "if r1 s<= -0x5 goto -0x2");
         assert_eq!(text(Insn::jset32(R1, 4, 0)), "if w1 & 0x4 goto +0x0");
+        assert_eq!(text(Insn::gotol(0x12345)), "gotol +0x12345");
+        assert_eq!(text(Insn::gotol(-70_000)), "gotol -0x11170");
+        assert_eq!(text(Insn::may_goto(3)), "may_goto +0x3");
+        assert_eq!(text(Insn::may_goto(-4)), "may_goto -0x4");
+        // Reserved fields set: not an instruction the kernel takes.
+        assert_eq!(text(Insn::new(0xe5, 0, 1, 3, 0)), UNKNOWN);
+        assert_eq!(text(Insn::new(0xe5, 0, 0, 3, 1)), UNKNOWN);
+        assert_eq!(text(Insn::new(0x06, 0, 0, 3, 1)), UNKNOWN);
+    }
+
+    #[test]
+    fn listing_resolves_long_and_budgeted_jumps() {
+        let insns = [
+            Insn::may_goto(2),
+            Insn::gotol(-2),
+            Insn::exit(),
+            Insn::exit(),
+        ];
+        let program = Program {
+            insns: insns.to_vec(),
+            ..Program::default()
+        };
+        assert_eq!(
+            listing(&program, &|_| String::new()),
+            "0: may_goto +0x2 <3>\n1: gotol -0x2 <0>\n2: exit\n3: exit\n"
+        );
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub mod opcode {
     pub const JLE: u8 = 0xb0;
     pub const JSLT: u8 = 0xc0;
     pub const JSLE: u8 = 0xd0;
+    /// A jump the kernel decides at run time; `src` says which kind (kernel >= 6.9).
+    pub const JCOND: u8 = 0xe0;
+    /// `src` of a `JMP | JCOND`: `may_goto`, taken once the program's loop budget is spent.
+    pub const MAY_GOTO: u8 = 0;
 
     /// Atomic operations, carried in the immediate of a `STX | ATOMIC` instruction.
     pub const FETCH: i32 = 0x01;
@@ -648,6 +652,22 @@ impl Insn {
         Insn::new(JMP | JA, 0, 0, off, 0)
     }
 
+    /// `gotol`: jump by `off` slots, unconditionally, with a 32-bit offset (`JMP32 | JA`, the
+    /// offset in `imm`; cpu v4, kernel >= 6.6).
+    pub fn gotol(off: i32) -> Insn {
+        Insn::new(JMP32 | JA, 0, 0, 0, off)
+    }
+
+    /// `may_goto`: jump by `off` slots once this run of the program has spent its loop budget,
+    /// fall through before (`JMP | JCOND`, `src = MAY_GOTO`; kernel >= 6.9). The verifier
+    /// accepts a loop through it without walking every iteration, provided the loop's state
+    /// converges. The budget is the kernel's: `BPF_MAX_LOOPS` (8M) iterations, or, where the JIT
+    /// supports timed `may_goto` (x86-64 since 6.15), a quarter second of looping per run, shared
+    /// by every `may_goto` of the run.
+    pub fn may_goto(off: i16) -> Insn {
+        Insn::new(JMP | JCOND, 0, MAY_GOTO, off, 0)
+    }
+
     /// Jump by `off` slots if `dst op src`, comparing 64 bits.
     pub fn jmp(op: JmpOp, dst: Reg, src: impl Into<Operand>, off: i16) -> Insn {
         let (source, src, imm) = src.into().parts();
@@ -674,12 +694,33 @@ impl Insn {
         Set: jset, jset32;
     }
 
-    /// Whether this is a jump whose `off` field is a branch offset (`ja` and conditionals, not
-    /// `call`/`exit`).
+    /// Whether this is a jump whose `off` field is a branch offset (`ja`, conditionals and
+    /// `may_goto`; not `call`/`exit`, nor `gotol`, whose offset is in `imm`).
     pub fn is_jump(&self) -> bool {
         let class = self.class();
         let op = self.code & 0xf0;
-        (class == JMP || class == JMP32) && op != CALL && op != EXIT
+        (class == JMP || class == JMP32) && op != CALL && op != EXIT && !self.is_gotol()
+    }
+
+    /// Whether this is a `gotol` (offset in `imm`).
+    pub fn is_gotol(&self) -> bool {
+        self.code == JMP32 | JA
+    }
+
+    /// Whether this is a `may_goto`.
+    pub fn is_may_goto(&self) -> bool {
+        self.code == JMP | JCOND && self.src == MAY_GOTO
+    }
+
+    /// The branch offset of a jump, in slots after the next one, from `off` or (`gotol`) `imm`.
+    pub fn jump_offset(&self) -> Option<i64> {
+        if self.is_gotol() {
+            Some(self.imm.into())
+        } else if self.is_jump() {
+            Some(self.off.into())
+        } else {
+            None
+        }
     }
 
     /// The register this instruction writes, if any (used to reject writes to R10).
@@ -906,6 +947,37 @@ mod tests {
             bytes(Insn::jset32(R1, 4, 0)),
             [0x46, 0x01, 0, 0, 4, 0, 0, 0]
         );
+    }
+
+    // `may_goto` is `BPF_RAW_INSN(BPF_JMP | BPF_JCOND, 0, BPF_MAY_GOTO, off, 0)` (kernel
+    // selftests, verifier.c `is_may_goto_insn`); `gotol` is `BPF_JMP32 | BPF_JA` with the offset in
+    // `imm` (instruction-set.rst).
+    #[test]
+    fn long_and_budgeted_jumps() {
+        assert_eq!(bytes(Insn::may_goto(3)), [0xe5, 0, 3, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes(Insn::may_goto(-4)), [0xe5, 0, 0xfc, 0xff, 0, 0, 0, 0]);
+        assert_eq!(
+            bytes(Insn::gotol(0x12345)),
+            [0x06, 0, 0, 0, 0x45, 0x23, 0x01, 0]
+        );
+        assert_eq!(
+            bytes(Insn::gotol(-2)),
+            [0x06, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff]
+        );
+    }
+
+    #[test]
+    fn jump_offsets_come_from_off_or_imm() {
+        assert_eq!(Insn::ja(-3).jump_offset(), Some(-3));
+        assert_eq!(Insn::jeq(R1, 0, 7).jump_offset(), Some(7));
+        assert_eq!(Insn::may_goto(-2).jump_offset(), Some(-2));
+        assert_eq!(Insn::gotol(70_000).jump_offset(), Some(70_000));
+        assert_eq!(Insn::call(Helper::MAP_LOOKUP_ELEM).jump_offset(), None);
+        assert_eq!(Insn::exit().jump_offset(), None);
+        assert_eq!(Insn::mov64(R1, 1).jump_offset(), None);
+        assert!(Insn::may_goto(1).is_jump() && Insn::may_goto(1).is_may_goto());
+        assert!(!Insn::gotol(1).is_jump() && Insn::gotol(1).is_gotol());
+        assert!(!Insn::ja(1).is_may_goto() && !Insn::ja(1).is_gotol());
     }
 
     #[test]

@@ -323,6 +323,12 @@ impl Parser {
         if self.eat_word("goto") {
             return Ok(vec![Insn::ja(narrow(self.signed()?, "offset")?)]);
         }
+        if self.eat_word("gotol") {
+            return Ok(vec![Insn::gotol(narrow(self.signed()?, "offset")?)]);
+        }
+        if self.eat_word("may_goto") {
+            return Ok(vec![Insn::may_goto(narrow(self.signed()?, "offset")?)]);
+        }
         if self.eat_word("if") {
             let dst = self.reg()?;
             let op = match self.next()? {
@@ -599,6 +605,8 @@ mod tests {
         assert_eq!(one("if w1 s>= w2 goto -4"), vec![Insn::jsge32(R1, R2, -4)]);
         assert_eq!(one("if r1 & 0x8 goto +0x0"), vec![Insn::jset(R1, 8, 0)]);
         assert_eq!(one("goto +0x3"), vec![Insn::ja(3)]);
+        assert_eq!(one("gotol -0x11170"), vec![Insn::gotol(-70_000)]);
+        assert_eq!(one("may_goto +0x2 <9>"), vec![Insn::may_goto(2)]);
         assert_eq!(one("exit"), vec![Insn::exit()]);
     }
 
@@ -696,6 +704,9 @@ mod tests {
         insns.push(Insn::call(Helper::RINGBUF_OUTPUT));
         insns.push(Insn::call_local(5));
         insns.push(Insn::ja(-1));
+        insns.push(Insn::gotol(i32::MIN));
+        insns.push(Insn::gotol(0x7fff_ffff));
+        insns.push(Insn::may_goto(-7));
         insns.push(Insn::exit());
 
         let text = disassemble(&insns).join("\n");
