@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Map, MapData, RingBuf};
 use flowstate_codegen::{EntryView, Layout};
-use flowstate_lang::ir::{Expr, Program, StateId};
+use flowstate_lang::ir::{Program, StateId};
 use flowstate_runtime::{RawMap, UpdateMode};
 
 use crate::meta::Meta;
@@ -582,26 +582,13 @@ impl Iterator for Events {
 
 /// `STATE ITEMS => EFFECTS`, as in the source.
 pub(crate) fn row_text(program: &Program, row: &flowstate_lang::ir::Row) -> String {
-    use flowstate_lang::print;
-    format!(
-        "{} {} => {}",
-        print::state_pattern(program, &row.state),
-        print::row_items(program, row),
-        print::row_effects(program, row)
-    )
+    flowstate_lang::print::row(program, row)
 }
 
 /// Constant initial values; a register whose initial value reads the
 /// packet or the clock starts at 0 when created from user space.
 pub(crate) fn initial_registers(program: &Program) -> Vec<i64> {
-    program
-        .registers
-        .iter()
-        .map(|r| match r.init {
-            Expr::Const(c) => c,
-            _ => 0,
-        })
-        .collect()
+    program.constant_initial_registers()
 }
 
 fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {

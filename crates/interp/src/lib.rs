@@ -106,16 +106,9 @@ impl<'p> Machine<'p> {
             row_hits: vec![Counter::default(); program.rows.len()],
             default_hits: Counter::default(),
             same_keys: program.lookup_key == program.update_key,
-            elided_initial: program.elides_initial_entries().then(|| {
-                program
-                    .registers
-                    .iter()
-                    .map(|r| match r.init {
-                        Expr::Const(c) => c,
-                        _ => 0,
-                    })
-                    .collect()
-            }),
+            elided_initial: program
+                .elides_initial_entries()
+                .then(|| program.constant_initial_registers()),
         }
     }
 

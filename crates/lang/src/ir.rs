@@ -369,6 +369,19 @@ impl Program {
                 .all(|r| matches!(r.init, Expr::Const(_)))
     }
 
+    /// Register initial values where they are constants; one that reads the
+    /// packet or the clock gives 0 (what an entry created without a packet,
+    /// e.g. from user space, starts with).
+    pub fn constant_initial_registers(&self) -> Vec<i64> {
+        self.registers
+            .iter()
+            .map(|r| match r.init {
+                Expr::Const(c) => c,
+                _ => 0,
+            })
+            .collect()
+    }
+
     /// Size in bytes of a packed key over `fields`.
     pub fn key_size(fields: &[Field]) -> usize {
         fields.iter().map(|f| f.key_bytes()).sum()

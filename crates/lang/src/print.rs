@@ -236,6 +236,16 @@ fn state_name(program: &Program, index: u16) -> &str {
         .map_or(UNKNOWN, |s| s.name.as_str())
 }
 
+/// A whole row as written in a table: `STATE ITEMS => EFFECTS`.
+pub fn row(program: &Program, row: &Row) -> String {
+    format!(
+        "{} {} => {}",
+        state_pattern(program, &row.state),
+        row_items(program, row),
+        row_effects(program, row)
+    )
+}
+
 /// The text between a row's state pattern and `=>`: field patterns, then
 /// conditions, comma-separated; `*` when the row matches every packet.
 pub fn row_items(program: &Program, row: &Row) -> String {

@@ -186,7 +186,7 @@ fn summary_json(program: &Program) -> Value {
         "globals": program.globals.iter().map(|g| json!({"name": g.name, "init": g.init})).collect::<Vec<_>>(),
         "rows": program.rows.iter().map(|r| json!({
             "line": r.pos.line,
-            "text": format!("{} {} => {}", print::state_pattern(program, &r.state), print::row_items(program, r), print::row_effects(program, r)),
+            "text": print::row(program, r),
         })).collect::<Vec<_>>(),
         "default": print::action(&program.default_action),
     })

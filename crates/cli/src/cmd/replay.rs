@@ -210,13 +210,11 @@ fn summary_text(machine: &Machine, by_action: &BTreeMap<&str, Counter>, packets:
     s.push_str("by row:\n");
     for (row, hits) in program.rows.iter().zip(machine.row_hits()) {
         s.push_str(&format!(
-            "  L{:<5} {:>10} packets {:>12} bytes   {} {} => {}\n",
+            "  L{:<5} {:>10} packets {:>12} bytes   {}\n",
             row.pos.line,
             hits.packets,
             hits.bytes,
-            flowstate_lang::print::state_pattern(program, &row.state),
-            flowstate_lang::print::row_items(program, row),
-            flowstate_lang::print::row_effects(program, row),
+            flowstate_lang::print::row(program, row),
         ));
     }
     let d = machine.default_hits();
