@@ -57,11 +57,10 @@ const PRESENCE: Reg = R9;
 /// expressions never touch it.
 const POOL: [Reg; EVAL_REGISTERS] = [R1, R2, R3, R4, R5, R0];
 
-/// Attempts at a flow's lock before the packet gives up (and gets the
-/// default action, counted as contention).
+/// Attempts at a flow's lock (or at an unlocked copy of its entry) before
+/// the packet starts over from the lookup, which it does until the run's
+/// `may_goto` budget is spent (see [`Emitter::restart_block`]).
 pub(crate) const LOCK_TRIES: usize = 8;
-/// Attempts at a global's compare-and-swap before giving up.
-const GLOBAL_CAS_TRIES: i32 = 16;
 
 const BPF_NOEXIST: i32 = 1;
 const EEXIST: i32 = 17;
@@ -170,10 +169,6 @@ pub(crate) struct Emitter<'a> {
     /// Short conditional jumps emitted: (site, slot, target).
     short_sites: Vec<(usize, usize, Label)>,
 }
-
-/// `BPF_JMP32 | BPF_JA`: `gotol`, an unconditional jump with a 32-bit
-/// offset in `imm` (cpu v4, kernel >= 6.6).
-pub(crate) const GOTOL: u8 = 0x06;
 
 /// Longest 16-bit jump emitted, in slots. The kernel rewrites some
 /// instructions into several (inlined map lookups, division checks) after
@@ -292,16 +287,14 @@ impl<'a> Emitter<'a> {
             match i16::try_from(offset) {
                 Ok(off) if i64::from(off).abs() <= SHORT_REACH => insn.off = off,
                 _ => {
-                    *insn = Insn::ja(0);
-                    insn.code = GOTOL;
-                    insn.imm = i32::try_from(offset).map_err(|_| {
+                    *insn = Insn::gotol(i32::try_from(offset).map_err(|_| {
                         Err(AsmError::OffsetOutOfRange {
                             slot,
                             target: (slot as i64 + 1 + offset) as usize,
                             offset,
                             bits: 32,
                         })
-                    })?;
+                    })?);
                 }
             }
         }
@@ -446,18 +439,19 @@ impl<'a> Emitter<'a> {
     }
 
     /// Takes the entry's lock word (a sequence number, odd while a writer
-    /// holds it) by spinning; `on_fail` after [`LOCK_TRIES`]. Keeps the
-    /// value taken in the `seq` slot for [`Emitter::unlock_entry`].
-    fn lock_entry(&mut self, on_fail: Label) {
+    /// holds it) by spinning; after [`LOCK_TRIES`] the packet starts over
+    /// (a new lookup: the entry may be gone). Keeps the value taken in the
+    /// `seq` slot for [`Emitter::unlock_entry`].
+    fn lock_entry(&mut self) {
         if !self.target.atomic {
             return;
         }
         let locked = self.label();
         self.asm
-            .annotate("lock the entry (bounded spin: even -> odd by cmpxchg)");
+            .annotate("lock the entry (spin: even -> odd by cmpxchg; then start over)");
         // Unrolled: the verifier prunes every try's success against the
-        // first, where a counted loop makes it walk the rest of the
-        // program once per iteration.
+        // first, where a loop here makes it walk the rest of the program
+        // again from the later tries. Waiting longer is the restart loop's.
         for _ in 0..LOCK_TRIES {
             let next = self.label();
             self.emit(Insn::ldx(Size::W, R0, ENTRY, LOCK_OFFSET as i16));
@@ -474,9 +468,18 @@ impl<'a> Emitter<'a> {
             self.jmp(JmpOp::Eq, R0, R3, locked);
             self.asm.bind(next);
         }
-        self.goto(on_fail);
+        self.restart();
         self.asm.bind(locked);
         self.store_stack(self.frame.seq, R3);
+    }
+
+    /// `if the run's loop budget is spent goto target`, at any distance:
+    /// `may_goto` over a `ja` that skips the far jump (`may_goto` has only
+    /// the 16-bit form).
+    fn budget_spent(&mut self, target: Label) {
+        self.emit(Insn::may_goto(1));
+        self.emit(Insn::ja(1));
+        self.goto(target);
     }
 
     /// Takes the lock only if the entry is still as it was when the view
@@ -571,7 +574,8 @@ impl<'a> Emitter<'a> {
         }
     }
 
-    /// Starts the packet over from the lookup (bounded; then contention).
+    /// Starts the packet over from the lookup, locking first (until the
+    /// run's loop budget is spent; then contention).
     fn restart(&mut self) {
         let restart = self.restart;
         self.goto(restart);
@@ -580,16 +584,20 @@ impl<'a> Emitter<'a> {
     /// The one block every restart goes through. It resets the scratch
     /// slots to constants, so that the verifier sees the same state at
     /// `again` from every restart site and walks the program once more,
-    /// not once per site.
+    /// not once per site; the loop back to `again` goes through
+    /// `may_goto`, where the verifier finds the third pass's state equal
+    /// to the second's and stops. A packet starts over as often as it
+    /// takes (another CPU holds the entry, or wrote it between this
+    /// packet's read and its cmpxchg, or inserted the flow first), until
+    /// the kernel's loop budget for the run is spent (x86-64: a quarter
+    /// second; 8M iterations elsewhere): then it gets the default action,
+    /// counted as contention.
     fn restart_block(&mut self) {
         let frame = self.frame;
         let restart = self.restart;
         self.asm.bind(restart);
         self.asm
-            .annotate("start over, locking first (once; then contention)");
-        self.load_stack(R1, frame.retried);
-        let contention = self.contention;
-        self.jmp(JmpOp::Ne, R1, 0, contention);
+            .annotate("start over, locking first (until the loop budget is spent)");
         self.emit(Insn::st(Size::DW, R10, frame.retried, 1));
         let mut slots: Vec<i16> = Vec::new();
         slots.extend(
@@ -608,23 +616,28 @@ impl<'a> Emitter<'a> {
             self.emit(Insn::st(Size::DW, R10, slot, 0));
         }
         // The row tests of this pass narrowed the field slots to the
-        // values one row matched; stored back in halves they read as
-        // plain numbers again, so every restart site reaches `again` in
-        // one state (and the second pass's decisions do not make the
-        // verifier track those values back into the shared commits).
+        // values one row matched. An atomic add of zero keeps each value
+        // and makes the verifier forget it (it tracks no value through an
+        // atomic on the stack), so every restart site reaches `again` in
+        // one state, the second pass's decisions do not make the verifier
+        // track those values back into the shared commits, and the third
+        // pass's state at the loop's `may_goto` equals the second's.
+        // Row 0 leaves zero in the row index, other rows a number the
+        // verifier keeps no track of; one value for all.
+        self.emit(Insn::st(Size::W, R10, frame.row_index + 4, -1));
+        self.emit(Insn::mov64(R1, 0));
         for &field in &frame.fields {
             let words = if field.bits() > 64 { 2 } else { 1 };
             for word in 0..words {
                 let slot = frame.field(field) + 8 * word;
-                self.load_stack(R1, slot);
-                self.emit(Insn::stx(Size::W, R10, R1, slot));
-                self.emit(Insn::rsh64(R1, 32));
-                self.emit(Insn::stx(Size::W, R10, R1, slot + 4));
+                self.emit(Insn::atomic64(AtomicOp::Add, R10, R1, slot));
             }
         }
         for reg in [R0, R1, R2, R3, R4, R5, ENTRY] {
             self.emit(Insn::mov64(reg, 0));
         }
+        let contention = self.contention;
+        self.budget_spent(contention);
         let again = self.again;
         self.goto(again);
     }
@@ -882,15 +895,14 @@ impl<'a> Emitter<'a> {
             let optimistic = self.label();
             self.load_stack(R1, frame.retried);
             self.jmp(JmpOp::Eq, R1, 0, optimistic);
-            let contention = self.contention;
-            self.lock_entry(contention);
+            self.lock_entry();
             copy(self);
             self.goto(done);
             self.asm.bind(optimistic);
         }
         self.asm
             .annotate("copy the entry to the stack view (seqlock read, no lock taken)");
-        // Unrolled, as in `lock_entry`.
+        // Unrolled, as in `lock_entry`; then start over, locking first.
         for _ in 0..LOCK_TRIES {
             let busy = self.label();
             self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
@@ -902,8 +914,7 @@ impl<'a> Emitter<'a> {
             self.goto(done);
             self.asm.bind(busy);
         }
-        let contention = self.contention;
-        self.goto(contention);
+        self.restart();
         self.asm.bind(done);
     }
 
@@ -1535,7 +1546,8 @@ impl<'a> Emitter<'a> {
             if self.same_keys {
                 self.jmp(JmpOp::Eq, ENTRY, 0, after_write);
                 // Delete only what the view saw (the lock stays taken: the
-                // element is freed with it).
+                // element is freed with it; packets waiting for it start
+                // over and find the flow gone).
                 self.lock_if_unchanged(changed);
                 self.asm.ld_map_fd(R1, MAPS.flows);
                 self.stack_ptr(R2, frame.lookup_key);
@@ -1623,8 +1635,7 @@ impl<'a> Emitter<'a> {
             self.lookup(MAPS.flows, update_key);
             self.emit(Insn::mov64(ENTRY, R0));
             self.jmp(JmpOp::Eq, ENTRY, 0, new_entry);
-            let contention = self.contention;
-            self.lock_entry(contention);
+            self.lock_entry();
             self.expiry_check(ENTRY, 0, &mut |_, _| expired);
             self.goto(fresh_enough);
             self.asm.bind(expired);
@@ -1707,7 +1718,9 @@ impl<'a> Emitter<'a> {
     }
 
     /// Applies one global write: an atomic add for `g = g + e`, else a
-    /// bounded compare-and-swap loop that re-evaluates with the fresh value.
+    /// compare-and-swap loop that re-evaluates with the fresh value, until
+    /// it succeeds or the run's `may_goto` budget is spent (then the write
+    /// is dropped: the flow's commit is done and its action stands).
     fn global_write(&mut self, gi: usize, general: Option<&Expr>) {
         let frame = self.frame;
         let offset = 8 * gi as i16;
@@ -1723,7 +1736,6 @@ impl<'a> Emitter<'a> {
             .annotate(format!("{name} = ... (compare-and-swap)"));
         let done = self.label();
         let retry = self.label();
-        self.emit(Insn::mov64(PRESENCE, GLOBAL_CAS_TRIES));
         self.asm.bind(retry);
         // The map holds `value - init` (see `Layout::decode_globals`).
         let bias = self.global_init(gi).wrapping_neg();
@@ -1736,8 +1748,7 @@ impl<'a> Emitter<'a> {
         self.load_stack(R1, frame.old_global(gi));
         self.add_const(R1, bias, R3);
         self.jmp(JmpOp::Eq, R0, R1, done);
-        self.emit(Insn::sub64(PRESENCE, 1));
-        self.jmp(JmpOp::Eq, PRESENCE, 0, done);
+        self.budget_spent(done);
         // Someone else wrote it: recompute from the value they left.
         self.add_const(R0, self.global_init(gi), R3);
         self.store_stack(frame.old_global(gi), R0);
@@ -2006,7 +2017,7 @@ pub(crate) fn prune_unreachable(program: AsmProgram) -> AsmProgram {
             }
             EXIT => {}
             JA => work.push(target(insn.off)),
-            GOTOL => work.push((slot as i64 + 1 + i64::from(insn.imm)) as usize),
+            _ if insn.is_gotol() => work.push((slot as i64 + 1 + i64::from(insn.imm)) as usize),
             _ if insn.is_jump() => {
                 work.push(slot + 1);
                 work.push(target(insn.off));
@@ -2031,7 +2042,7 @@ pub(crate) fn prune_unreachable(program: AsmProgram) -> AsmProgram {
         }
         let mut insn = *insn;
         let new_target = |target: i64| new_index[(target.max(0) as usize).min(insns.len())] as i64;
-        if insn.code == GOTOL {
+        if insn.is_gotol() {
             let target = slot as i64 + 1 + i64::from(insn.imm);
             insn.imm = (new_target(target) - new_index[slot] as i64 - 1) as i32;
             out.push(insn);

@@ -27,9 +27,10 @@
 //! that paths of different rows look alike where they meet, so it prunes
 //! them there: the row index of a shared commit is written where the
 //! verifier tracks no constant, the binary search does not narrow the
-//! field's slot, and the restart path (the second, locked pass) stores
-//! the field slots back as plain numbers. 5,000 exact rows: 19k slots,
-//! 111k instructions processed (the limit is a million).
+//! field's slot, and the restart path (the second, locked pass) makes the
+//! verifier forget the field slots' values, so that the restart loop's
+//! third pass looks like its second and is not walked. 5,000 exact rows:
+//! 19k slots, 89k instructions processed (the limit is a million).
 //! - [`object`]: the ELF object through flowstate-obj.
 //!
 //! Per packet, the program follows DESIGN.md section 1 and the reference
@@ -43,10 +44,16 @@
 //! packets that match no row write nothing. A row that writes takes the
 //! word from the number it read to the next odd one with one cmpxchg, so
 //! it fails if anyone wrote in between; the packet then starts over,
-//! locking first this time. Spins are bounded: a packet that cannot get
-//! the word gets the default action and is counted in the `contention`
-//! counter; no update is ever lost. Global registers use an atomic add
-//! (`g = g + e`) or a bounded cmpxchg loop. `bpf_spin_lock` is not used:
+//! locking first this time. A packet waits for a busy entry as long as it
+//! takes: after a few spins it starts over (a new lookup: the entry may
+//! have been deleted), in a loop through `may_goto` (kernel >= 6.9) whose
+//! budget is the kernel's (x86-64 since 6.15: a quarter second per run,
+//! measured 252 ms; elsewhere 8M iterations). Only a packet that spends
+//! it (an entry left locked, which no writer does) gets the default
+//! action and is counted in the `contention` counter; no update is ever
+//! lost. Global registers use an atomic add (`g = g + e`) or a cmpxchg
+//! loop through `may_goto` (a write that spends the budget is dropped).
+//! `bpf_spin_lock` is not used:
 //! it is refused in LRU maps. Loads are kept in order by x86 (TSO), which
 //! the seqlock read relies on. Known limit: an entry deleted (elision) or
 //! evicted (LRU) while another CPU works on it can be reused by a new flow
@@ -69,7 +76,7 @@ pub use layout::{EntryView, Event, Layout};
 /// after processing a million instructions; on large tables it processes
 /// 4 to 6 per slot (measured on 6.18: 2,000 rows with a commit each,
 /// 121k slots, 496k processed; 20,000 exact rows sharing one commit,
-/// 96k slots, 580k; 5,000 rows testing a register, 76k slots, 424k; see
+/// 96k slots, 580k; 5,000 rows testing a register, 76k slots, 556k; see
 /// `examples/verifier_cost.rs`). This limit keeps room for shapes that
 /// cost more per slot; a program past it is refused before the kernel
 /// sees it.
@@ -215,10 +222,7 @@ fn compile_staging(
     }
     let name = layout::c_name(&program.name);
     let object = object::build(program, &layout, hook, &name, &code)?;
-    let listing = name_long_jumps(
-        flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string()),
-        &code,
-    );
+    let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
     Ok(Output {
         object,
         program_name: name,
@@ -251,30 +255,6 @@ pub fn check_limits(program: &Program) -> Result<(), Vec<String>> {
     } else {
         Err(problems)
     }
-}
-
-/// Writes `gotol` lines, which flowstate-asm's disassembler does not
-/// know (it prints `<unknown>`), as `gotol +off <target>`.
-fn name_long_jumps(listing: String, code: &flowstate_asm::Program) -> String {
-    let mut out = String::with_capacity(listing.len());
-    for line in listing.lines() {
-        let long = line
-            .split_once(':')
-            .filter(|(_, text)| text.trim_start().starts_with("<unknown>"))
-            .and_then(|(slot, _)| slot.trim().parse::<usize>().ok())
-            .and_then(|slot| Some((slot, code.insns.get(slot)?)))
-            .filter(|(_, insn)| insn.code == emit::GOTOL);
-        match long {
-            Some((slot, insn)) => {
-                let target = slot as i64 + 1 + i64::from(insn.imm);
-                let (head, _) = line.split_once(':').unwrap_or((line, ""));
-                out.push_str(&format!("{head}: gotol {:+#x} <{target}>", insn.imm));
-            }
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
 }
 
 fn too_many_insns(count: usize) -> String {
