@@ -57,10 +57,13 @@ const PRESENCE: Reg = R9;
 /// expressions never touch it.
 const POOL: [Reg; EVAL_REGISTERS] = [R1, R2, R3, R4, R5, R0];
 
-/// Attempts at a flow's lock (or at an unlocked copy of its entry) before
-/// the packet starts over from the lookup, which it does until the run's
-/// `may_goto` budget is spent (see [`Emitter::restart_block`]).
+/// Attempts at an unlocked copy of a flow's entry before the packet
+/// starts over, locking first (and then waits as long as it takes).
 pub(crate) const LOCK_TRIES: usize = 8;
+/// The state word of an entry its lock holder is deleting (no state has
+/// this number: state ids are 16 bits). A packet waiting for the lock of
+/// an entry marked so stops waiting for a lock no one will release.
+pub(crate) const DEAD_STATE: i32 = 0x7fff_ffff;
 
 const BPF_NOEXIST: i32 = 1;
 const EEXIST: i32 = 17;
@@ -439,38 +442,57 @@ impl<'a> Emitter<'a> {
     }
 
     /// Takes the entry's lock word (a sequence number, odd while a writer
-    /// holds it) by spinning; after [`LOCK_TRIES`] the packet starts over
-    /// (a new lookup: the entry may be gone). Keeps the value taken in the
-    /// `seq` slot for [`Emitter::unlock_entry`].
+    /// holds it), spinning until it is even; the default action, counted
+    /// as contention, once the run's `may_goto` budget is spent (in
+    /// practice never: a holder keeps the lock for a few dozen
+    /// instructions). Keeps the value taken in the `seq` slot for
+    /// [`Emitter::unlock_entry`].
     fn lock_entry(&mut self) {
         if !self.target.atomic {
             return;
         }
+        let spin = self.label();
+        let busy = self.label();
         let locked = self.label();
         self.asm
-            .annotate("lock the entry (spin: even -> odd by cmpxchg; then start over)");
-        // Unrolled: the verifier prunes every try's success against the
-        // first, where a loop here makes it walk the rest of the program
-        // again from the later tries. Waiting longer is the restart loop's.
-        for _ in 0..LOCK_TRIES {
-            let next = self.label();
-            self.emit(Insn::ldx(Size::W, R0, ENTRY, LOCK_OFFSET as i16));
-            self.jmp(JmpOp::Set, R0, 1, next);
-            self.emit(Insn::mov64(R3, R0));
-            self.emit(Insn::mov64(R1, R0));
-            self.emit(Insn::add64(R1, 1));
-            self.emit(Insn::atomic32(
-                AtomicOp::CmpXchg,
-                ENTRY,
-                R1,
-                LOCK_OFFSET as i16,
-            ));
-            self.jmp(JmpOp::Eq, R0, R3, locked);
-            self.asm.bind(next);
-        }
-        self.restart();
-        self.asm.bind(locked);
+            .annotate("lock the entry (spin while odd, then even -> odd by cmpxchg)");
+        // A loop through `may_goto`: the verifier checks one iteration and
+        // finds the next at the same state (the word is read from the map
+        // again, an unknown number, and nothing counts). Success falls
+        // through, so the verifier walks the rest of the program from the
+        // first iteration, before the loop, and prunes the later ones.
+        self.asm.bind(spin);
+        self.emit(Insn::ldx(Size::W, R0, ENTRY, LOCK_OFFSET as i16));
+        self.jmp(JmpOp::Set, R0, 1, busy);
+        self.emit(Insn::mov64(R3, R0));
+        self.emit(Insn::mov64(R1, R0));
+        self.emit(Insn::add64(R1, 1));
+        self.emit(Insn::atomic32(
+            AtomicOp::CmpXchg,
+            ENTRY,
+            R1,
+            LOCK_OFFSET as i16,
+        ));
+        self.jmp(JmpOp::Ne, R0, R3, busy);
         self.store_stack(self.frame.seq, R3);
+        self.goto(locked);
+        self.asm.bind(busy);
+        if self.deletes_locked() {
+            // The holder is deleting the entry: no one will release it.
+            self.emit(Insn::ldx(Size::W, R1, ENTRY, STATE_OFFSET as i16));
+            let restart = self.restart;
+            self.jmp(JmpOp::Eq, R1, DEAD_STATE, restart);
+        }
+        let contention = self.contention;
+        self.budget_spent(contention);
+        self.goto(spin);
+        self.asm.bind(locked);
+    }
+
+    /// Whether a packet deletes entries while holding their lock (elision
+    /// with one key), so that waiting packets must look for [`DEAD_STATE`].
+    fn deletes_locked(&self) -> bool {
+        self.target.atomic && self.same_keys && self.program.elides_initial_entries()
     }
 
     /// `if the run's loop budget is spent goto target`, at any distance:
@@ -574,8 +596,8 @@ impl<'a> Emitter<'a> {
         }
     }
 
-    /// Starts the packet over from the lookup, locking first (until the
-    /// run's loop budget is spent; then contention).
+    /// Starts the packet over from the lookup, locking first (once; then
+    /// contention).
     fn restart(&mut self) {
         let restart = self.restart;
         self.goto(restart);
@@ -584,20 +606,18 @@ impl<'a> Emitter<'a> {
     /// The one block every restart goes through. It resets the scratch
     /// slots to constants, so that the verifier sees the same state at
     /// `again` from every restart site and walks the program once more,
-    /// not once per site; the loop back to `again` goes through
-    /// `may_goto`, where the verifier finds the third pass's state equal
-    /// to the second's and stops. A packet starts over as often as it
-    /// takes (another CPU holds the entry, or wrote it between this
-    /// packet's read and its cmpxchg, or inserted the flow first), until
-    /// the kernel's loop budget for the run is spent (x86-64: a quarter
-    /// second; 8M iterations elsewhere): then it gets the default action,
-    /// counted as contention.
+    /// not once per site. A packet starts over once: the second pass
+    /// locks first, and waits for the lock as long as it takes (see
+    /// [`Emitter::lock_entry`]), so nothing overtakes it again.
     fn restart_block(&mut self) {
         let frame = self.frame;
         let restart = self.restart;
         self.asm.bind(restart);
         self.asm
-            .annotate("start over, locking first (until the loop budget is spent)");
+            .annotate("start over, locking first (once; then contention)");
+        self.load_stack(R1, frame.retried);
+        let contention = self.contention;
+        self.jmp(JmpOp::Ne, R1, 0, contention);
         self.emit(Insn::st(Size::DW, R10, frame.retried, 1));
         let mut slots: Vec<i16> = Vec::new();
         slots.extend(
@@ -615,16 +635,17 @@ impl<'a> Emitter<'a> {
         for slot in slots {
             self.emit(Insn::st(Size::DW, R10, slot, 0));
         }
+        // Row 0 leaves zero in the row index, other rows a number the
+        // verifier keeps no track of: one value for all restart sites.
+        self.emit(Insn::st(Size::W, R10, frame.row_index + 4, -1));
         // The row tests of this pass narrowed the field slots to the
         // values one row matched. An atomic add of zero keeps each value
         // and makes the verifier forget it (it tracks no value through an
-        // atomic on the stack), so every restart site reaches `again` in
-        // one state, the second pass's decisions do not make the verifier
-        // track those values back into the shared commits, and the third
-        // pass's state at the loop's `may_goto` equals the second's.
-        // Row 0 leaves zero in the row index, other rows a number the
-        // verifier keeps no track of; one value for all.
-        self.emit(Insn::st(Size::W, R10, frame.row_index + 4, -1));
+        // atomic on the stack; 6.18 tracks 4-byte stores, so storing the
+        // halves back no longer does), so every restart site reaches
+        // `again` in one state, and the second pass's decisions do not
+        // make the verifier track those values back into the shared
+        // commits.
         self.emit(Insn::mov64(R1, 0));
         for &field in &frame.fields {
             let words = if field.bits() > 64 { 2 } else { 1 };
@@ -636,8 +657,6 @@ impl<'a> Emitter<'a> {
         for reg in [R0, R1, R2, R3, R4, R5, ENTRY] {
             self.emit(Insn::mov64(reg, 0));
         }
-        let contention = self.contention;
-        self.budget_spent(contention);
         let again = self.again;
         self.goto(again);
     }
@@ -1546,9 +1565,12 @@ impl<'a> Emitter<'a> {
             if self.same_keys {
                 self.jmp(JmpOp::Eq, ENTRY, 0, after_write);
                 // Delete only what the view saw (the lock stays taken: the
-                // element is freed with it; packets waiting for it start
-                // over and find the flow gone).
+                // element is freed with it). Marked dead first, so that
+                // packets waiting for the lock stop waiting.
                 self.lock_if_unchanged(changed);
+                if self.target.atomic {
+                    self.emit(Insn::st(Size::W, ENTRY, STATE_OFFSET as i16, DEAD_STATE));
+                }
                 self.asm.ld_map_fd(R1, MAPS.flows);
                 self.stack_ptr(R2, frame.lookup_key);
             } else {
@@ -1747,7 +1769,11 @@ impl<'a> Emitter<'a> {
         self.emit(Insn::atomic64(AtomicOp::CmpXchg, R1, R2, offset));
         self.load_stack(R1, frame.old_global(gi));
         self.add_const(R1, bias, R3);
-        self.jmp(JmpOp::Eq, R0, R1, done);
+        // Success falls through (see `lock_entry`).
+        let conflict = self.label();
+        self.jmp(JmpOp::Ne, R0, R1, conflict);
+        self.goto(done);
+        self.asm.bind(conflict);
         self.budget_spent(done);
         // Someone else wrote it: recompute from the value they left.
         self.add_const(R0, self.global_init(gi), R3);

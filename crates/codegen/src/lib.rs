@@ -27,10 +27,11 @@
 //! that paths of different rows look alike where they meet, so it prunes
 //! them there: the row index of a shared commit is written where the
 //! verifier tracks no constant, the binary search does not narrow the
-//! field's slot, and the restart path (the second, locked pass) makes the
-//! verifier forget the field slots' values, so that the restart loop's
-//! third pass looks like its second and is not walked. 5,000 exact rows:
-//! 19k slots, 89k instructions processed (the limit is a million).
+//! field's slot, the restart path (the second, locked pass) makes the
+//! verifier forget the field slots' values, and the `may_goto` spins fall
+//! through on success, so the program after them is walked from their
+//! first iteration. 5,000 exact rows: 19k slots, 89k instructions
+//! processed (the limit is a million).
 //! - [`object`]: the ELF object through flowstate-obj.
 //!
 //! Per packet, the program follows DESIGN.md section 1 and the reference
@@ -44,17 +45,18 @@
 //! packets that match no row write nothing. A row that writes takes the
 //! word from the number it read to the next odd one with one cmpxchg, so
 //! it fails if anyone wrote in between; the packet then starts over,
-//! locking first this time. A packet waits for a busy entry as long as it
-//! takes: after a few spins it starts over (a new lookup: the entry may
-//! have been deleted), in a loop through `may_goto` (kernel >= 6.9) whose
-//! budget is the kernel's (x86-64 since 6.15: a quarter second per run,
-//! measured 252 ms; elsewhere 8M iterations). Only a packet that spends
-//! it (an entry left locked, which no writer does) gets the default
-//! action and is counted in the `contention` counter; no update is ever
-//! lost. Global registers use an atomic add (`g = g + e`) or a cmpxchg
+//! locking first this time (an unlocked copy that a writer keeps
+//! disturbing for 8 tries also starts over). Locking waits as long as it
+//! takes: the spin loops through `may_goto` (kernel >= 6.9), whose budget
+//! is the kernel's (x86-64 since 6.15: a quarter second per run, measured
+//! 252 ms; elsewhere 8M iterations). Only a packet that spends it (an
+//! entry left locked, which no writer does) gets the default action and
+//! is counted in the `contention` counter; no update is ever lost. A
+//! holder that deletes the entry (elision) marks its state word dead
+//! first: a packet waiting on it stops waiting and counts as contention
+//! (a rare race, not worth a quarter second). Global registers use an atomic add (`g = g + e`) or a cmpxchg
 //! loop through `may_goto` (a write that spends the budget is dropped).
-//! `bpf_spin_lock` is not used:
-//! it is refused in LRU maps. Loads are kept in order by x86 (TSO), which
+//! `bpf_spin_lock` is not used: it is refused in LRU maps. Loads are kept in order by x86 (TSO), which
 //! the seqlock read relies on. Known limit: an entry deleted (elision) or
 //! evicted (LRU) while another CPU works on it can be reused by a new flow
 //! before that CPU notices; its write may then land in the new flow.
@@ -76,7 +78,7 @@ pub use layout::{EntryView, Event, Layout};
 /// after processing a million instructions; on large tables it processes
 /// 4 to 6 per slot (measured on 6.18: 2,000 rows with a commit each,
 /// 121k slots, 496k processed; 20,000 exact rows sharing one commit,
-/// 96k slots, 580k; 5,000 rows testing a register, 76k slots, 556k; see
+/// 96k slots, 580k; 5,000 rows testing a register, 76k slots, 513k; see
 /// `examples/verifier_cost.rs`). This limit keeps room for shapes that
 /// cost more per slot; a program past it is refused before the kernel
 /// sees it.
@@ -181,6 +183,10 @@ pub mod testing {
         /// up waiting, take the default action and write nothing.
         Holder,
     }
+
+    /// The state word a lock holder writes into an entry it is about to
+    /// delete; packets waiting for that entry's lock stop waiting.
+    pub const DEAD_STATE: u32 = crate::emit::DEAD_STATE as u32;
 
     /// [`crate::compile`] with a staged conflict.
     pub fn compile_with_conflict(

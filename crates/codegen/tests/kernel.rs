@@ -1019,6 +1019,51 @@ fn a_lock_held_across_the_restart_gives_up_and_writes_nothing() {
     assert_eq!(count(3), 1);
 }
 
+/// A holder deleting the entry (elision) marks it dead before it drops
+/// the element with the lock still taken: a packet waiting for that lock
+/// stops at once (default action, counted as contention) instead of
+/// spending the quarter second of its `may_goto` budget.
+#[test]
+fn a_packet_waiting_on_an_entry_being_deleted_stops_waiting() {
+    if skip("a_packet_waiting_on_an_entry_being_deleted_stops_waiting") {
+        return;
+    }
+    let p = program(RACE);
+    assert!(p.elides_initial_entries(), "RACE deletes entries back in A");
+    let output = compile(&p, &test_options()).unwrap();
+    let loaded = load_output(&output);
+    let layout = &output.layout;
+    let name = &output.program_name;
+    let key = [10, 0, 0, 1];
+    let flows = loaded.map("flows").unwrap();
+    let mut value = layout.encode_entry(&flowstate_codegen::EntryView {
+        state: flowstate_lang::ir::StateId(1),
+        registers: vec![5],
+        created: 100,
+        last_seen: 100,
+    });
+    value[..4].copy_from_slice(&7u32.to_le_bytes());
+    value[4..8].copy_from_slice(&flowstate_codegen::testing::DEAD_STATE.to_le_bytes());
+    flows
+        .update(&key, &value, flowstate_runtime::UpdateMode::Any)
+        .unwrap();
+    loaded
+        .map("clock")
+        .unwrap()
+        .array_set(0, &200i64.to_le_bytes())
+        .unwrap();
+    let counters = loaded.map(layout.counters_map).unwrap();
+    let count = |i: u32| counters.sum_u64_per_cpu(&i.to_le_bytes()).unwrap().unwrap()[0];
+
+    let started = std::time::Instant::now();
+    let got = loaded.test_run(name, &udp(key, 1), 1).unwrap().retval;
+    let waited = started.elapsed();
+    assert_eq!(got, XDP_DROP, "the default action");
+    assert!(waited < std::time::Duration::from_millis(100), "{waited:?}");
+    assert_eq!(count(layout.counter_contention), 1);
+    assert_eq!(flows.lookup(&key).unwrap(), Some(value), "nothing written");
+}
+
 /// Rows that test the same conditions, both ways, in different orders
 /// (what a row's failure teaches the rows after it is reused): the kernel
 /// still picks the interpreter's row for every combination.
