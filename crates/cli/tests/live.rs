@@ -432,6 +432,13 @@ fn reload_under_traffic_keeps_open_flows_open_and_loses_nothing() {
     );
     live.knock();
     assert_eq!(client_state(&name).as_deref(), Some("OPEN"));
+    // Retransmissions must mean a lost segment, not a late ACK on a busy
+    // machine: tail loss probes (sent after ~10 ms without an ACK) count as
+    // retransmissions, so turn them off for the client.
+    live.lab
+        .client
+        .sysctl("net.ipv4.tcp_early_retrans", "0")
+        .unwrap();
 
     // Traffic during the reloads: one long TCP stream of small writes, and
     // a new connection every 10 ms (each SYN must get through at once).
