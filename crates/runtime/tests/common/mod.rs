@@ -249,6 +249,16 @@ impl Netns {
         let _ = run("ip", &["netns", "del", &name]);
         run("ip", &["netns", "add", &name]).expect("ip netns add");
         let netns = Netns { name };
+        // No IPv6: the stack's own router solicitations and DAD probes
+        // would reach the programs and spoil the packet counts.
+        for key in ["all", "default"] {
+            netns
+                .exec(
+                    "sysctl",
+                    &["-q", "-w", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
+                )
+                .expect("disable IPv6");
+        }
         netns
             .exec(
                 "ip",
