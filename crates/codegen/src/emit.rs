@@ -662,12 +662,7 @@ impl<'a> Emitter<'a> {
     }
 
     fn row_text(&self, row: &Row) -> String {
-        format!(
-            "{} {} => {}",
-            print::state_pattern(self.program, &row.state),
-            print::row_items(self.program, row),
-            print::row_effects(self.program, row)
-        )
+        print::row(self.program, row)
     }
 
     // ---- entry: parse, clock, globals, keys ----
