@@ -145,6 +145,19 @@ impl Drop for TempProgram {
     }
 }
 
+/// Runs `program` on the network's host interface under `name`; the guard
+/// stops it (and removes its pins) when dropped.
+fn start(net: &Net, program: &Path, name: &str) -> Running {
+    run(&RunSpec {
+        program_path: program.to_path_buf(),
+        dev: net.host.clone(),
+        attach: None,
+        name: Some(name.to_string()),
+    })
+    .unwrap();
+    Running(name.to_string())
+}
+
 fn unique(tag: &str) -> String {
     format!("t{}-{tag}", std::process::id())
 }
@@ -321,14 +334,7 @@ fn flows_edits_globals_and_stats_on_real_packets() {
     let net = Net::new(4);
     let prog = TempProgram::new("ctl", CTL);
     let name = unique("edit");
-    run(&RunSpec {
-        program_path: prog.0.clone(),
-        dev: net.host.clone(),
-        attach: None,
-        name: Some(name.clone()),
-    })
-    .unwrap();
-    let _guard = Running(name.clone());
+    let _guard = start(&net, &prog.0, &name);
     let handle = open(&name).unwrap();
     assert_eq!(handle.globals().unwrap(), [("total".to_string(), 5)]);
 
@@ -583,14 +589,7 @@ fn controller_events_stream_with_decoded_heads() {
          \x20 SEEN * => pass\nend\n",
     );
     let name = unique("ev");
-    run(&RunSpec {
-        program_path: prog.0.clone(),
-        dev: net.host.clone(),
-        attach: None,
-        name: Some(name.clone()),
-    })
-    .unwrap();
-    let _guard = Running(name.clone());
+    let _guard = start(&net, &prog.0, &name);
     let handle = open(&name).unwrap();
     let mut events = handle.events().unwrap();
     assert_eq!(
@@ -643,14 +642,7 @@ fn reload_under_traffic_drops_no_packet_of_an_open_flow() {
         &GATE.replace("default pass", "registers n = 0\ndefault pass"),
     );
     let name = unique("gate");
-    run(&RunSpec {
-        program_path: v1.0.clone(),
-        dev: net.host.clone(),
-        attach: None,
-        name: Some(name.clone()),
-    })
-    .unwrap();
-    let _guard = Running(name.clone());
+    let _guard = start(&net, &v1.0, &name);
     // The receiver: a UDP socket on the host side, behind the program.
     let socket = std::net::UdpSocket::bind(format!("{}:5000", net.host_ip)).unwrap();
     socket
