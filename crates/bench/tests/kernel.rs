@@ -11,12 +11,7 @@ use flowstate_obj::ProgramSection;
 use flowstate_runtime::{load, LoadOptions, Loaded};
 
 fn skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIP {test}: needs root (CAP_BPF, CAP_NET_ADMIN)");
-    }
-    !root
+    flowstate_testkit::skip_if(test, flowstate_testkit::not_root())
 }
 
 fn loaded(section: ProgramSection, helper: Option<Helper>, verdict: i32) -> Loaded {

@@ -223,8 +223,10 @@ fn compile_writes_an_elf_object_and_disasm_names_source_lines() {
 
 #[test]
 fn verify_reports_verifier_acceptance() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP verify_reports_verifier_acceptance: needs root (CAP_BPF) to load programs");
+    if flowstate_testkit::skip_if(
+        "verify_reports_verifier_acceptance",
+        flowstate_testkit::not_root(),
+    ) {
         return;
     }
     for (file, hook) in [("portknock.fsm", "xdp"), ("tokenbucket.fsm", "tc")] {

@@ -16,16 +16,17 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn skip(test: &str) -> bool {
-    if let Some(reason) = flowstate_netlab::skip_reason() {
-        eprintln!("SKIP {test}: {reason}");
+    if flowstate_testkit::skip_if(test, flowstate_netlab::skip_reason()) {
         return true;
     }
     for tool in ["ip", "tc", "bpftool"] {
         let found = Command::new(tool).arg("-V").output().is_ok()
             || Command::new(tool).arg("version").output().is_ok();
         if !found {
-            eprintln!("SKIP {test}: {tool} is not installed (run .ci/install-deps)");
-            return true;
+            return flowstate_testkit::skip(
+                test,
+                format!("{tool} is not installed (run .ci/install-deps)"),
+            );
         }
     }
     false

@@ -32,13 +32,7 @@ fn skip(test: &str) -> bool {
             .err()
             .map(|e| format!("no bpffs: {e}"))
     });
-    match reason {
-        Some(reason) => {
-            eprintln!("SKIP {test}: {reason}");
-            true
-        }
-        None => false,
-    }
+    flowstate_testkit::skip_if(test, reason)
 }
 
 /// bpffs is mounted (the control plane mounts it when needed, but a

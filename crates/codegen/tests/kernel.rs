@@ -22,13 +22,7 @@ fn skip(test: &str) -> bool {
             .err()
             .map(|e| format!("no bpffs: {e}"))
     };
-    match reason {
-        Some(reason) => {
-            eprintln!("SKIP {test}: {reason}");
-            true
-        }
-        None => false,
-    }
+    flowstate_testkit::skip_if(test, reason)
 }
 
 fn program(source: &str) -> Program {
@@ -320,99 +314,6 @@ fn signed_arithmetic_matches_binop_eval() {
                 );
             }
         }
-    }
-}
-
-/// A program that only returns `verdict`: the baseline for the figures.
-fn bare(hook: Hook, verdict: i32) -> (Vec<u8>, &'static str) {
-    use flowstate_obj::{ObjectBuilder, ProgramDef, ProgramSection};
-    let insns = [
-        flowstate_asm::Insn::mov64(flowstate_asm::Reg::R0, verdict),
-        flowstate_asm::Insn::exit(),
-    ];
-    let mut builder = ObjectBuilder::new();
-    builder.add_program(ProgramDef {
-        name: "bare".into(),
-        section: if hook == Hook::Xdp {
-            ProgramSection::Xdp
-        } else {
-            ProgramSection::Classifier
-        },
-        insns: flowstate_asm::encode_all(&insns),
-        map_relocs: vec![],
-    });
-    (builder.build().unwrap(), "bare")
-}
-
-/// Mean ns per packet over `repeat` runs of `frame`, best of three.
-fn ns_per_packet(loaded: &Loaded, program: &str, frame: &[u8], repeat: u32) -> u32 {
-    (0..3)
-        .map(|_| loaded.test_run(program, frame, repeat).unwrap().duration_ns)
-        .min()
-        .unwrap_or(u32::MAX)
-}
-
-/// BPF_PROG_TEST_RUN figures (repeat = 1,000,000, 60-byte frames) with
-/// the kernel clock, printed with `--nocapture`.
-#[test]
-fn speed_figures() {
-    if skip("speed_figures") {
-        return;
-    }
-    const REPEAT: u32 = 1_000_000;
-    let a = [10, 0, 0, 1];
-    let mut knock = vec![udp(a, 1111), udp(a, 2222), udp(a, 3333), udp(a, 4444)];
-    let mut ssh = tcp(a, 22);
-    ssh.resize(60, 0);
-    for frame in &mut knock {
-        frame.resize(60, 0);
-    }
-    let mut dns = udp([192, 168, 0, 1], 53);
-    dns.resize(60, 0);
-
-    let mut report = Vec::new();
-    for hook in [Hook::Xdp, Hook::TcIngress] {
-        let (object, name) = bare(hook, if hook == Hook::Xdp { 2 } else { 0 });
-        let loaded = load(&object, &LoadOptions::default()).unwrap();
-        let base = ns_per_packet(&loaded, name, &ssh, REPEAT);
-
-        let p = program(include_str!("../../../examples/portknock.fsm"));
-        let options = Options {
-            hook: Some(hook),
-            ..Options::default()
-        };
-        let output = compile(&p, &options).unwrap();
-        let loaded = load_output(&output);
-        for frame in &knock {
-            loaded.test_run(&output.program_name, frame, 1).unwrap();
-        }
-        let open = loaded.test_run(&output.program_name, &ssh, 1).unwrap();
-        assert_eq!(open.retval, if hook == Hook::Xdp { 2 } else { 0 });
-        let portknock = ns_per_packet(&loaded, &output.program_name, &ssh, REPEAT);
-
-        let p = program(include_str!("../../../examples/tokenbucket.fsm"));
-        let output = compile(&p, &options).unwrap();
-        let loaded = load_output(&output);
-        loaded.test_run(&output.program_name, &dns, 100).unwrap();
-        let dropping = loaded.test_run(&output.program_name, &dns, 1).unwrap();
-        assert_eq!(dropping.retval, if hook == Hook::Xdp { 1 } else { 2 });
-        let tokenbucket = ns_per_packet(&loaded, &output.program_name, &dns, REPEAT);
-
-        let ratio = |x: u32| f64::from(x) / f64::from(base.max(1));
-        report.push(format!(
-            "{hook:?}: bare {base} ns, portknock OPEN tcp/22 {portknock} ns ({:.2}x), \
-             tokenbucket dropping {tokenbucket} ns ({:.2}x)",
-            ratio(portknock),
-            ratio(tokenbucket)
-        ));
-        // DESIGN.md measured the bare program at 22-25 ns; here it is
-        // often 6 ns, less than `bpf_ktime_get_ns` alone (about 30 ns),
-        // so the floor is checked as the design's absolute budget:
-        // 4 x 25 ns.
-        assert!(portknock < 100 && tokenbucket < 100, "{report:?}");
-    }
-    for line in report {
-        eprintln!("{line}");
     }
 }
 
@@ -816,11 +717,6 @@ fn exact_tables_of_1000_and_5000_rows_load_and_agree() {
             pair.step(frame, 1000 + i as i64);
         }
         pair.check_counters();
-
-        let name = pair.output.program_name.clone();
-        let first = ns_per_packet(&pair.loaded, &name, &udp(a, 10_000), 100_000);
-        let last = ns_per_packet(&pair.loaded, &name, &udp(a, last), 100_000);
-        eprintln!("{rows} exact rows: first row {first} ns, last row {last} ns");
     }
 }
 

@@ -172,13 +172,7 @@ fn skip_reason() -> Option<&'static str> {
 }
 
 fn skip(test: &str) -> bool {
-    match skip_reason() {
-        Some(reason) => {
-            eprintln!("SKIP {test}: {reason}");
-            true
-        }
-        None => false,
-    }
+    flowstate_testkit::skip_if(test, skip_reason())
 }
 
 /// The ifindex BPF_PROG_TEST_RUN reports without a context: loopback.

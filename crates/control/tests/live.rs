@@ -33,8 +33,7 @@ fn skip_reason() -> Option<String> {
 
 macro_rules! require_root {
     ($name:expr) => {
-        if let Some(reason) = skip_reason() {
-            println!("SKIP {}: {reason}", $name);
+        if flowstate_testkit::skip_if($name, skip_reason()) {
             return;
         }
     };

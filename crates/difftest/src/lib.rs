@@ -687,13 +687,7 @@ pub fn kernel_unavailable() -> Option<String> {
 /// `true` (after printing `SKIP <test>: <reason>`) when kernel tests cannot
 /// run here.
 pub fn skip(test: &str) -> bool {
-    match kernel_unavailable() {
-        Some(reason) => {
-            eprintln!("SKIP {test}: {reason}");
-            true
-        }
-        None => false,
-    }
+    flowstate_testkit::skip_if(test, kernel_unavailable())
 }
 
 /// Pin the calling thread to `cpu` (`sched_setaffinity`).

@@ -80,8 +80,7 @@ fn needs_two_cpus(test: &str) -> bool {
         return true;
     }
     if cpus() < THREADS {
-        eprintln!("SKIP {test}: needs {THREADS} CPUs, have {}", cpus());
-        return true;
+        return flowstate_testkit::skip(test, format!("needs {THREADS} CPUs, have {}", cpus()));
     }
     false
 }

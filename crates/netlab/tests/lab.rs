@@ -10,13 +10,7 @@ use std::time::Duration;
 use flowstate_netlab::{send_udp, skip_reason, Netns, SwitchLab, TcpServer, Topology, UdpSink};
 
 fn skip(test: &str) -> bool {
-    match skip_reason() {
-        Some(reason) => {
-            eprintln!("SKIP {test}: {reason}");
-            true
-        }
-        None => false,
-    }
+    flowstate_testkit::skip_if(test, skip_reason())
 }
 
 #[test]

@@ -13,8 +13,10 @@ fn tools_missing(test: &str) -> bool {
     }
     for tool in ["ip", "tc", "bpftool"] {
         if run(tool, &["-V"]).is_err() && run(tool, &["version"]).is_err() {
-            eprintln!("SKIP {test}: {tool} not installed (run .ci/install-deps)");
-            return true;
+            return flowstate_testkit::skip(
+                test,
+                format!("{tool} not installed (run .ci/install-deps)"),
+            );
         }
     }
     false

@@ -30,13 +30,7 @@ pub fn skip_reason() -> Option<String> {
 
 /// Prints a SKIP line and returns true when the kernel tests cannot run.
 pub fn skip(test: &str) -> bool {
-    match skip_reason() {
-        Some(reason) => {
-            eprintln!("SKIP {test}: {reason}");
-            true
-        }
-        None => false,
-    }
+    flowstate_testkit::skip_if(test, skip_reason())
 }
 
 pub mod insn {
