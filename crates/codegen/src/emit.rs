@@ -64,6 +64,20 @@ pub(crate) const LOCK_TRIES: usize = 8;
 /// this number: state ids are 16 bits). A packet waiting for the lock of
 /// an entry marked so stops waiting for a lock no one will release.
 pub(crate) const DEAD_STATE: i32 = 0x7fff_ffff;
+/// The state word of a placeholder: an entry a packet's locked pass (or
+/// the editor) inserted, held, for a flow that had none. Its holder
+/// either writes the entry or deletes it; no one else ever sees it
+/// unlocked.
+pub(crate) const PLACEHOLDER_STATE: i32 = 0x7fff_fffe;
+
+/// What [`Emitter::lock_loop`] does when the key has no entry.
+#[derive(Clone, Copy)]
+pub(crate) enum Missing {
+    /// Jump there with `ENTRY` = 0.
+    Goto(Label),
+    /// Insert a held placeholder and jump there holding it.
+    Placeholder(Label),
+}
 
 const BPF_NOEXIST: i32 = 1;
 const EEXIST: i32 = 17;
@@ -441,27 +455,41 @@ impl<'a> Emitter<'a> {
         label
     }
 
-    /// Takes the entry's lock word (a sequence number, odd while a writer
-    /// holds it), spinning until it is even; the default action, counted
-    /// as contention, once the run's `may_goto` budget is spent (in
-    /// practice never: a holder keeps the lock for a few dozen
-    /// instructions). Keeps the value taken in the `seq` slot for
-    /// [`Emitter::unlock_entry`].
-    fn lock_entry(&mut self) {
-        if !self.target.atomic {
-            return;
-        }
+    /// Finds the flow under the key at `key` and takes its lock, as one
+    /// `may_goto` loop that starts from the lookup each time round: an
+    /// entry deleted or replaced while the packet waits is looked up
+    /// again, never waited on. The lock word is a sequence number, odd
+    /// while a writer holds it; it is taken from even to odd by cmpxchg,
+    /// and then verified: the key must still lead to this element (map
+    /// elements are recycled at once, so a pointer from an earlier lookup
+    /// may now be another flow's or free) and the word must still be the
+    /// one taken; if not, the word is given back by cmpxchg and the loop
+    /// goes round. Falls through holding the lock (`ENTRY` the element,
+    /// the `seq` slot the even number taken) when the entry exists. A
+    /// missing entry, per `missing`: jump away with `ENTRY` = 0, or
+    /// insert a held placeholder (state [`PLACEHOLDER_STATE`]) with
+    /// `BPF_NOEXIST`, which a concurrent insert makes fail (then round
+    /// again), and jump to the label holding it. The default action,
+    /// counted as contention, only once the run's `may_goto` budget is
+    /// spent (a holder keeps a lock for a few dozen instructions).
+    fn lock_loop(&mut self, key: i16, missing: Missing) {
+        let frame = self.frame;
         let spin = self.label();
         let busy = self.label();
+        let release = self.label();
+        let absent = self.label();
         let locked = self.label();
         self.asm
-            .annotate("lock the entry (spin while odd, then even -> odd by cmpxchg)");
+            .annotate("find and lock the entry (spin: lookup, even -> odd by cmpxchg, verify)");
         // A loop through `may_goto`: the verifier checks one iteration and
         // finds the next at the same state (the word is read from the map
         // again, an unknown number, and nothing counts). Success falls
         // through, so the verifier walks the rest of the program from the
         // first iteration, before the loop, and prunes the later ones.
         self.asm.bind(spin);
+        self.lookup(MAPS.flows, key);
+        self.jmp(JmpOp::Eq, R0, 0, absent);
+        self.emit(Insn::mov64(ENTRY, R0));
         self.emit(Insn::ldx(Size::W, R0, ENTRY, LOCK_OFFSET as i16));
         self.jmp(JmpOp::Set, R0, 1, busy);
         self.emit(Insn::mov64(R3, R0));
@@ -474,25 +502,101 @@ impl<'a> Emitter<'a> {
             LOCK_OFFSET as i16,
         ));
         self.jmp(JmpOp::Ne, R0, R3, busy);
-        self.store_stack(self.frame.seq, R3);
+        self.store_stack(frame.seq, R3);
+        self.asm
+            .annotate("still this flow's element, and still our word?");
+        self.lookup(MAPS.flows, key);
+        self.jmp(JmpOp::Eq, R0, 0, release);
+        self.jmp(JmpOp::Ne, R0, ENTRY, release);
+        self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
+        self.load_stack(R2, frame.seq);
+        self.emit(Insn::add64(R2, 1));
+        // Not our word: an insert overwrote it; the element is not ours.
+        self.jmp(JmpOp::Ne, R1, R2, busy);
         self.goto(locked);
-        self.asm.bind(busy);
-        if self.deletes_locked() {
-            // The holder is deleting the entry: no one will release it.
-            self.emit(Insn::ldx(Size::W, R1, ENTRY, STATE_OFFSET as i16));
-            let restart = self.restart;
-            self.jmp(JmpOp::Eq, R1, DEAD_STATE, restart);
+        self.asm.bind(release);
+        self.asm
+            .annotate("another flow's (or a free) element: give the word back");
+        self.give_back_lock();
+        self.goto(busy);
+
+        self.asm.bind(absent);
+        match missing {
+            Missing::Goto(label) => {
+                self.emit(Insn::mov64(ENTRY, 0));
+                self.goto(label);
+            }
+            Missing::Placeholder(taken) => {
+                self.asm
+                    .annotate("missing: insert a held placeholder, then hold it");
+                self.call(Helper::GET_PRANDOM_U32);
+                self.emit(Insn::or64(R0, 1));
+                self.emit(Insn::stx(Size::W, R10, R0, frame.view_at(LOCK_OFFSET)));
+                self.emit(Insn::st(
+                    Size::W,
+                    R10,
+                    frame.view_at(STATE_OFFSET),
+                    PLACEHOLDER_STATE,
+                ));
+                self.store_stack(frame.view_at(layout::CREATED_OFFSET), NOW);
+                self.store_stack(frame.view_at(layout::LAST_SEEN_OFFSET), NOW);
+                self.asm.ld_map_fd(R1, MAPS.flows);
+                self.stack_ptr(R2, key);
+                self.stack_ptr(R3, frame.view);
+                self.emit(Insn::mov64(R4, BPF_NOEXIST));
+                self.call(Helper::MAP_UPDATE_ELEM);
+                self.jmp(JmpOp::Eq, R0, -EEXIST, busy);
+                let table_full = self.table_full;
+                self.jmp(JmpOp::Ne, R0, 0, table_full);
+                self.lookup(MAPS.flows, key);
+                self.jmp(JmpOp::Eq, R0, 0, busy);
+                self.emit(Insn::mov64(ENTRY, R0));
+                self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
+                self.emit(Insn::ldx(Size::W, R2, R10, frame.view_at(LOCK_OFFSET)));
+                self.jmp(JmpOp::Ne, R1, R2, busy);
+                self.emit(Insn::add64(R2, -1));
+                self.store_stack(frame.seq, R2);
+                self.goto(taken);
+            }
         }
+
+        self.asm.bind(busy);
         let contention = self.contention;
         self.budget_spent(contention);
         self.goto(spin);
         self.asm.bind(locked);
     }
 
-    /// Whether a packet deletes entries while holding their lock (elision
-    /// with one key), so that waiting packets must look for [`DEAD_STATE`].
-    fn deletes_locked(&self) -> bool {
-        self.target.atomic && self.same_keys && self.program.elides_initial_entries()
+    /// Gives back a lock word taken from the `seq` slot's number (odd
+    /// `seq + 1` back to `seq`, by cmpxchg: if something else wrote the
+    /// word since, it stays as written). Clobbers R0-R1.
+    fn give_back_lock(&mut self) {
+        self.load_stack(R0, self.frame.seq);
+        self.emit(Insn::add64(R0, 1));
+        self.load_stack(R1, self.frame.seq);
+        self.emit(Insn::atomic32(
+            AtomicOp::CmpXchg,
+            ENTRY,
+            R1,
+            LOCK_OFFSET as i16,
+        ));
+    }
+
+    /// Inserts the entry built in the view under the key at `key` with
+    /// `BPF_NOEXIST`, its lock word a random even number (so that a packet
+    /// holding a pointer to the element's earlier life, and the sequence
+    /// number it read there, fails its cmpxchg instead of taking the new
+    /// entry). Leaves the helper's result in R0.
+    fn insert_new(&mut self, key: i16) {
+        let frame = self.frame;
+        self.call(Helper::GET_PRANDOM_U32);
+        self.emit(Insn::and64(R0, -2));
+        self.emit(Insn::stx(Size::W, R10, R0, frame.view_at(LOCK_OFFSET)));
+        self.asm.ld_map_fd(R1, MAPS.flows);
+        self.stack_ptr(R2, key);
+        self.stack_ptr(R3, frame.view);
+        self.emit(Insn::mov64(R4, BPF_NOEXIST));
+        self.call(Helper::MAP_UPDATE_ELEM);
     }
 
     /// `if the run's loop budget is spent goto target`, at any distance:
@@ -527,6 +631,18 @@ impl<'a> Emitter<'a> {
         ));
         self.load_stack(R1, self.frame.seq);
         self.jmp(JmpOp::Ne, R0, R1, on_changed);
+        if self.program.elides_initial_entries() {
+            // Packets delete entries: the element may have been freed and
+            // taken by another flow, with its word by chance still even
+            // and the same, since the lookup. The key must still lead to it.
+            let ours = self.label();
+            self.asm.annotate("still this flow's element?");
+            self.lookup(MAPS.flows, self.frame.lookup_key);
+            self.jmp(JmpOp::Eq, R0, ENTRY, ours);
+            self.give_back_lock();
+            self.goto(on_changed);
+            self.asm.bind(ours);
+        }
         self.asm.bind(held);
     }
 
@@ -582,8 +698,32 @@ impl<'a> Emitter<'a> {
         }
         self.load_stack(R1, self.frame.retried);
         self.jmp(JmpOp::Eq, R1, 0, skip);
+        if !entry_known {
+            // A placeholder this packet inserted and writes nothing to:
+            // the flow stays missing.
+            let unlock = self.label();
+            self.emit(Insn::ldx(Size::W, R1, ENTRY, STATE_OFFSET as i16));
+            self.jmp(JmpOp::Ne, R1, PLACEHOLDER_STATE, unlock);
+            self.delete_held(self.frame.lookup_key);
+            self.goto(skip);
+            self.asm.bind(unlock);
+        }
         self.unlock_entry();
         self.asm.bind(skip);
+    }
+
+    /// Deletes the entry at `ENTRY`, whose lock this packet holds and
+    /// which the key at `key` leads to: its state word marked dead first
+    /// (packets of programs compiled before the lock loop wait on the
+    /// lock of an entry unless it is so marked), then deleted by key; the
+    /// element is freed with its word odd, so no stale cmpxchg takes it.
+    fn delete_held(&mut self, key: i16) {
+        if self.target.atomic {
+            self.emit(Insn::st(Size::W, ENTRY, STATE_OFFSET as i16, DEAD_STATE));
+        }
+        self.asm.ld_map_fd(R1, MAPS.flows);
+        self.stack_ptr(R2, key);
+        self.call(Helper::MAP_DELETE_ELEM);
     }
 
     /// Releases the lock: the next even sequence number. A plain store:
@@ -828,13 +968,22 @@ impl<'a> Emitter<'a> {
         let missing = self.label();
         let decide = self.label();
         let reset = self.label();
+        let copied = self.label();
+        let locked_pass = self.label();
         let again = self.again;
         self.asm.bind(again);
+        if self.target.atomic {
+            // After a restart the packet locks first: it cannot be
+            // overtaken again, so busy flows still make progress.
+            self.load_stack(R1, frame.retried);
+            self.jmp(JmpOp::Ne, R1, 0, locked_pass);
+        }
         self.asm.annotate("look the flow up");
         self.lookup(MAPS.flows, frame.lookup_key);
         self.emit(Insn::mov64(ENTRY, R0));
         self.jmp(JmpOp::Eq, ENTRY, 0, missing);
         self.snapshot();
+        self.asm.bind(copied);
         self.emit(Insn::st(Size::DW, R10, frame.fresh, 0));
         // Expired entries read as their rollback state, registers reset.
         let mut expired = Vec::new();
@@ -863,6 +1012,18 @@ impl<'a> Emitter<'a> {
             self.goto(reset);
         }
 
+        if self.target.atomic {
+            self.asm.bind(locked_pass);
+            self.asm.annotate("second pass: lock first, then copy");
+            if self.same_keys {
+                self.lock_loop(frame.lookup_key, Missing::Placeholder(missing));
+                self.copy_entry();
+            } else {
+                self.read_loop(frame.lookup_key, missing);
+            }
+            self.goto(copied);
+        }
+
         self.asm.bind(missing);
         self.asm.annotate("no entry: the initial state");
         self.emit(Insn::st(Size::W, R10, frame.view_at(LOCK_OFFSET), 0));
@@ -884,6 +1045,52 @@ impl<'a> Emitter<'a> {
         self.asm.bind(decide);
     }
 
+    /// `view = *ENTRY`, the whole entry.
+    fn copy_entry(&mut self) {
+        for at in (0..self.layout.value_size).step_by(8) {
+            self.emit(Insn::ldx(Size::DW, R3, ENTRY, at as i16));
+            self.store_stack(self.frame.view_at(at), R3);
+        }
+    }
+
+    /// A seqlock read of the flow under the key at `key` that waits as
+    /// long as it takes, as one `may_goto` loop starting from the lookup
+    /// (an entry deleted meanwhile is looked up again), and checks after
+    /// the copy that the key still leads to the element. `missing` with
+    /// `ENTRY` = 0 when there is none; falls through with the view copied
+    /// and its even sequence number in `seq`.
+    fn read_loop(&mut self, key: i16, missing: Label) {
+        let frame = self.frame;
+        let spin = self.label();
+        let busy = self.label();
+        let done = self.label();
+        let absent = self.label();
+        self.asm
+            .annotate("copy the entry (seqlock read, waiting through may_goto)");
+        self.asm.bind(spin);
+        self.lookup(MAPS.flows, key);
+        self.jmp(JmpOp::Eq, R0, 0, absent);
+        self.emit(Insn::mov64(ENTRY, R0));
+        self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
+        self.jmp(JmpOp::Set, R1, 1, busy);
+        self.store_stack(frame.seq, R1);
+        self.copy_entry();
+        self.emit(Insn::ldx(Size::W, R3, ENTRY, LOCK_OFFSET as i16));
+        self.load_stack(R1, frame.seq);
+        self.jmp(JmpOp::Ne, R1, R3, busy);
+        self.lookup(MAPS.flows, key);
+        self.jmp(JmpOp::Ne, R0, ENTRY, busy);
+        self.goto(done);
+        self.asm.bind(absent);
+        self.emit(Insn::mov64(ENTRY, 0));
+        self.goto(missing);
+        self.asm.bind(busy);
+        let contention = self.contention;
+        self.budget_spent(contention);
+        self.goto(spin);
+        self.asm.bind(done);
+    }
+
     /// Copies the entry at R7 to the view without locking it: a seqlock
     /// read (the lock word before and after must be the same even
     /// number), retried while a writer holds it. x86 keeps loads in order,
@@ -903,20 +1110,9 @@ impl<'a> Emitter<'a> {
             return;
         }
         let done = self.label();
-        if self.same_keys {
-            // After a restart the packet locks first: it cannot be
-            // overtaken again, so busy flows still make progress.
-            let optimistic = self.label();
-            self.load_stack(R1, frame.retried);
-            self.jmp(JmpOp::Eq, R1, 0, optimistic);
-            self.lock_entry();
-            copy(self);
-            self.goto(done);
-            self.asm.bind(optimistic);
-        }
         self.asm
             .annotate("copy the entry to the stack view (seqlock read, no lock taken)");
-        // Unrolled, as in `lock_entry`; then start over, locking first.
+        // Unrolled; then start over, locking first (`lock_loop`).
         for _ in 0..LOCK_TRIES {
             let busy = self.label();
             self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
@@ -1560,19 +1756,20 @@ impl<'a> Emitter<'a> {
             if self.same_keys {
                 self.jmp(JmpOp::Eq, ENTRY, 0, after_write);
                 // Delete only what the view saw (the lock stays taken: the
-                // element is freed with it). Marked dead first, so that
-                // packets waiting for the lock stop waiting.
+                // element is freed with it).
                 self.lock_if_unchanged(changed);
-                if self.target.atomic {
-                    self.emit(Insn::st(Size::W, ENTRY, STATE_OFFSET as i16, DEAD_STATE));
-                }
-                self.asm.ld_map_fd(R1, MAPS.flows);
-                self.stack_ptr(R2, frame.lookup_key);
+                self.delete_held(frame.lookup_key);
             } else {
-                self.asm.ld_map_fd(R1, MAPS.flows);
-                self.stack_ptr(R2, frame.update_key.unwrap_or(frame.lookup_key));
+                let update_key = frame.update_key.unwrap_or(frame.lookup_key);
+                if self.target.atomic {
+                    self.lock_loop(update_key, Missing::Goto(after_write));
+                    self.delete_held(update_key);
+                } else {
+                    self.asm.ld_map_fd(R1, MAPS.flows);
+                    self.stack_ptr(R2, update_key);
+                    self.call(Helper::MAP_DELETE_ELEM);
+                }
             }
-            self.call(Helper::MAP_DELETE_ELEM);
             self.goto(after_write);
             self.asm.bind(write);
         }
@@ -1607,18 +1804,29 @@ impl<'a> Emitter<'a> {
                 e.store_stack(frame.view_register(i), R1);
             }
         };
-        let insert = |e: &mut Emitter, key: i16, retry: Label| {
-            e.asm.ld_map_fd(R1, MAPS.flows);
-            e.stack_ptr(R2, key);
-            e.stack_ptr(R3, frame.view);
-            e.emit(Insn::mov64(R4, BPF_NOEXIST));
-            e.call(Helper::MAP_UPDATE_ELEM);
+        // `retry`: where a packet goes when another CPU inserted the flow
+        // meanwhile (`None`: start over).
+        let insert = |e: &mut Emitter, key: i16, retry: Option<Label>| {
+            if e.target.atomic {
+                e.insert_new(key);
+            } else {
+                e.asm.ld_map_fd(R1, MAPS.flows);
+                e.stack_ptr(R2, key);
+                e.stack_ptr(R3, frame.view);
+                e.emit(Insn::mov64(R4, BPF_NOEXIST));
+                e.call(Helper::MAP_UPDATE_ELEM);
+            }
             e.jmp(JmpOp::Eq, R0, 0, after_write);
             let table_full = e.table_full;
             e.jmp(JmpOp::Ne, R0, -EEXIST, table_full);
-            // Another CPU inserted this flow meanwhile: start over.
-            let _ = retry;
-            e.restart();
+            match retry {
+                Some(label) => {
+                    let contention = e.contention;
+                    e.budget_spent(contention);
+                    e.goto(label);
+                }
+                None => e.restart(),
+            }
         };
         if self.same_keys {
             let new_entry = self.label();
@@ -1639,8 +1847,7 @@ impl<'a> Emitter<'a> {
             self.asm.annotate("insert a new entry");
             self.stage_insert_conflict(frame.lookup_key);
             build_in_view(self);
-            let again = self.again;
-            insert(self, frame.lookup_key, again);
+            insert(self, frame.lookup_key, None);
         } else {
             let update_key = frame.update_key.unwrap_or(frame.lookup_key);
             self.asm.annotate("write under the update key");
@@ -1649,10 +1856,13 @@ impl<'a> Emitter<'a> {
             let expired = self.label();
             let fresh_enough = self.label();
             self.asm.bind(again2);
-            self.lookup(MAPS.flows, update_key);
-            self.emit(Insn::mov64(ENTRY, R0));
-            self.jmp(JmpOp::Eq, ENTRY, 0, new_entry);
-            self.lock_entry();
+            if self.target.atomic {
+                self.lock_loop(update_key, Missing::Goto(new_entry));
+            } else {
+                self.lookup(MAPS.flows, update_key);
+                self.emit(Insn::mov64(ENTRY, R0));
+                self.jmp(JmpOp::Eq, ENTRY, 0, new_entry);
+            }
             self.expiry_check(ENTRY, 0, &mut |_, _| expired);
             self.goto(fresh_enough);
             self.asm.bind(expired);
@@ -1671,7 +1881,7 @@ impl<'a> Emitter<'a> {
             self.emit(Insn::st(Size::W, R10, frame.view_at(LOCK_OFFSET), 0));
             self.store_stack(frame.view_at(layout::CREATED_OFFSET), NOW);
             build_in_view(self);
-            insert(self, update_key, again2);
+            insert(self, update_key, Some(again2));
         }
         if self.same_keys && self.target.atomic {
             // The entry changed after the view was copied: decide again.
