@@ -915,13 +915,15 @@ fn a_lock_held_across_the_restart_gives_up_and_writes_nothing() {
     assert_eq!(count(3), 1);
 }
 
-/// A holder deleting the entry (elision) marks it dead before it drops
-/// the element with the lock still taken: a packet waiting for that lock
-/// stops at once (default action, counted as contention) instead of
-/// spending the quarter second of its `may_goto` budget.
+/// An entry left held in the map (odd word; here also marked dead, as
+/// a deleter marks it) is never taken: the locked pass looks the flow up
+/// again each time round its `may_goto` loop (a deleted entry is found
+/// gone, see `concurrency.rs::two_cpus_toggle_through_elision`), but one
+/// that stays held is waited on until the run's budget is spent; then
+/// the default action, counted as contention, and nothing written.
 #[test]
-fn a_packet_waiting_on_an_entry_being_deleted_stops_waiting() {
-    if skip("a_packet_waiting_on_an_entry_being_deleted_stops_waiting") {
+fn a_held_entry_is_never_taken() {
+    if skip("a_held_entry_is_never_taken") {
         return;
     }
     let p = program(RACE);
@@ -951,11 +953,8 @@ fn a_packet_waiting_on_an_entry_being_deleted_stops_waiting() {
     let counters = loaded.map(layout.counters_map).unwrap();
     let count = |i: u32| counters.sum_u64_per_cpu(&i.to_le_bytes()).unwrap().unwrap()[0];
 
-    let started = std::time::Instant::now();
     let got = loaded.test_run(name, &udp(key, 1), 1).unwrap().retval;
-    let waited = started.elapsed();
     assert_eq!(got, XDP_DROP, "the default action");
-    assert!(waited < std::time::Duration::from_millis(100), "{waited:?}");
     assert_eq!(count(layout.counter_contention), 1);
     assert_eq!(flows.lookup(&key).unwrap(), Some(value), "nothing written");
 }
