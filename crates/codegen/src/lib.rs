@@ -39,27 +39,51 @@
 //! conventions and the control flow.
 //!
 //! Concurrency (DESIGN.md 1.9): the first word of a flow entry is a
-//! sequence number, odd while a writer holds it. A packet copies the entry
-//! without locking (a seqlock read: same even number before and after);
-//! a row that changes nothing but `last_seen` then stores it directly, and
-//! packets that match no row write nothing. A row that writes takes the
-//! word from the number it read to the next odd one with one cmpxchg, so
-//! it fails if anyone wrote in between; the packet then starts over,
-//! locking first this time (an unlocked copy that a writer keeps
-//! disturbing for 8 tries also starts over). Locking waits as long as it
-//! takes: the spin loops through `may_goto` (kernel >= 6.9), whose budget
-//! is the kernel's (x86-64 since 6.15: a quarter second per run, measured
-//! 252 ms; elsewhere 8M iterations). Only a packet that spends it (an
-//! entry left locked, which no writer does) gets the default action and
-//! is counted in the `contention` counter; no update is ever lost. A
-//! holder that deletes the entry (elision) marks its state word dead
-//! first: a packet waiting on it stops waiting and counts as contention
-//! (a rare race, not worth a quarter second). Global registers use an atomic add (`g = g + e`) or a cmpxchg
-//! loop through `may_goto` (a write that spends the budget is dropped).
-//! `bpf_spin_lock` is not used: it is refused in LRU maps. Loads are kept in order by x86 (TSO), which
-//! the seqlock read relies on. Known limit: an entry deleted (elision) or
-//! evicted (LRU) while another CPU works on it can be reused by a new flow
-//! before that CPU notices; its write may then land in the new flow.
+//! sequence number, odd while a writer holds it. Hash and LRU map
+//! elements are recycled at once (preallocated free lists), so a pointer
+//! from a lookup may, a moment later, be a free element or another
+//! flow's; the protocol makes such a pointer harmless:
+//! - Insert: a new entry's word is a random even number (so a packet that
+//!   read the element's earlier life fails its cmpxchg), inserted with
+//!   `BPF_NOEXIST`.
+//! - Read (first pass): a seqlock copy without locking (same even number
+//!   before and after, 8 tries, then start over); a row that changes
+//!   nothing but `last_seen` stores it directly (an aligned 8-byte store:
+//!   at worst, into an element just recycled, it writes a `now` a few
+//!   nanoseconds old), and packets that match no row write nothing.
+//! - Write (first pass): one cmpxchg from the number read to the next odd
+//!   one, so it fails if anyone wrote in between; programs that delete
+//!   entries (elision) then check that the key still leads to the element
+//!   (else the word is given back by cmpxchg). A failure starts over, once.
+//! - Locked pass (after a restart, and every update-key write): one
+//!   `may_goto` loop from the lookup: take the word even -> odd by
+//!   cmpxchg, then verify that the key still leads to the element and the
+//!   word is still ours (else give it back and go round). A missing flow
+//!   gets a held placeholder (state word `PLACEHOLDER_STATE`, random odd
+//!   lock word, `BPF_NOEXIST`; a concurrent insert makes it fail and the
+//!   loop goes round); the holder writes it, or deletes it when its row
+//!   writes nothing or leaves an entry equal to a missing one. The wait
+//!   lasts as long as it takes: the loop's budget is the kernel's (x86-64
+//!   since 6.15: a quarter second per run); only a packet that spends it
+//!   (an entry left held, which no writer does) gets the default action,
+//!   counted in the `contention` counter.
+//! - Delete (elision): only under the lock, the state word marked
+//!   `DEAD_STATE` first (programs compiled before the locked-pass loop
+//!   waited on a lock unless the entry was so marked), then deleted by
+//!   key; the element is freed with its word odd, so no stale cmpxchg
+//!   takes it.
+//! Anyone else who writes a flows map (the control plane, a migration)
+//! must follow the same rules: take the word even -> odd by cmpxchg (or
+//! insert with `BPF_NOEXIST`), never replace an element with
+//! `BPF_ANY`, delete only while holding the word. Global registers use
+//! an atomic add (`g = g + e`) or a cmpxchg loop through `may_goto` (a
+//! write that spends the budget is dropped). `bpf_spin_lock` is not
+//! used: it is refused in LRU maps. Loads are kept in order by x86
+//! (TSO), which the seqlock read relies on. Known limits: an LRU eviction
+//! frees an element without its lock, so a packet working on an evicted
+//! flow can write into the element's next life; a stale pointer whose
+//! element was recycled with, by chance, the same random word (1 in 2^31)
+//! is taken for the old entry.
 //!
 //! Panic rule: [`compile`] and [`check_limits`] never panic on a program
 //! produced by `flowstate_lang::compile`.
