@@ -72,6 +72,7 @@
 //!   waited on a lock unless the entry was so marked), then deleted by
 //!   key; the element is freed with its word odd, so no stale cmpxchg
 //!   takes it.
+//!
 //! Anyone else who writes a flows map (the control plane, a migration)
 //! must follow the same rules: take the word even -> odd by cmpxchg (or
 //! insert with `BPF_NOEXIST`), never replace an element with
