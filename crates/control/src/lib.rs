@@ -27,8 +27,10 @@
 //! names, metadata files).
 
 mod handle;
+pub mod journal;
 mod kernel;
 pub mod keytext;
+pub mod lock;
 pub mod meta;
 mod paths;
 mod reload;
@@ -42,9 +44,12 @@ use flowstate_lang::ir::{Hook, Program};
 use serde::{Deserialize, Serialize};
 
 pub use handle::{open, Event, Events, FlowRow, Handle, RowStat, Stats};
+pub use journal::{Outcome, Repaired};
+pub use lock::InstanceLock;
 pub use paths::{meta_dir, pin_root};
 pub use reload::{reload, FlowsMigration, ReloadReport};
 
+use journal::{Journal, Op};
 use meta::Meta;
 
 /// How an XDP program attaches.
@@ -184,6 +189,16 @@ pub enum ControlError {
     Metadata { path: PathBuf, message: String },
     #[error("{what}: {message}")]
     Kernel { what: String, message: String },
+    /// Another command holds the instance lock (see [`lock`]).
+    #[error(
+        "another flowstate command{holder} is changing {name} and did not finish within \
+         {waited:?}: try again later (FLOWSTATE_LOCK_TIMEOUT sets the wait, in seconds)"
+    )]
+    Busy {
+        name: String,
+        holder: String,
+        waited: std::time::Duration,
+    },
 }
 
 impl ControlError {
@@ -197,6 +212,11 @@ impl ControlError {
 
 /// Compiles, loads, attaches and pins a program. It keeps running after the
 /// calling process exits, until [`stop`].
+///
+/// Holds the instance lock throughout and journals each step
+/// ([`journal::RUN_STEPS`]): a `run` killed before its link is pinned is
+/// undone by the next command on the name (nothing stays pinned or
+/// attached), one killed after it is finished (its metadata written).
 pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
     if let Some(name) = &spec.name {
         paths::check_name(name)?;
@@ -207,31 +227,37 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
     paths::check_name(&name)?;
     check_privileges()?;
     let ifindex = kernel::ifindex(&spec.dev)?;
-    if paths::pin_dir(&name).exists() || paths::meta_path(&name).exists() {
-        return Err(ControlError::NameTaken(name));
-    }
     let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
     let output = codegen(&program, attach.hook())?;
 
+    let _lock = InstanceLock::acquire(&name)?;
+    journal::repair_locked(&name)?;
+    if paths::pin_dir(&name).exists() || paths::meta_path(&name).exists() {
+        return Err(ControlError::NameTaken(name));
+    }
     flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
         .map_err(|e| ControlError::kernel("mounting bpffs", e))?;
     let pin_dir = paths::pin_dir(&name);
     let maps_dir = pin_dir.join("maps");
+    let mut journal = Journal::new(&name, Op::Run { meta: None });
+    journal.step("pin-maps")?;
+    // From here on, a failure removes every pin made so far and the
+    // journal; dropping the unpinned link (if any) detaches the program.
+    let mut guard = paths::RemoveOnDrop::new(pin_dir.clone());
+    let mut journal_guard = JournalOnDrop(Some(name.clone()));
     std::fs::create_dir_all(&maps_dir)
         .map_err(|e| ControlError::kernel(format!("creating {}", maps_dir.display()), e))?;
-    // From here on, a failure removes every pin made so far; dropping the
-    // unpinned link (if any) detaches the program.
-    let mut guard = paths::RemoveOnDrop::new(pin_dir.clone());
 
     let pins: Vec<(&'static str, PathBuf)> = map_names(&output.layout)
         .into_iter()
         .map(|m| (m, maps_dir.join(m)))
         .collect();
     let mut loaded = kernel::load(&output.object, &output.program_name, &pins)?;
+    journal.step("pin-prog")?;
     loaded.pin_program(&pin_dir.join("prog"))?;
     let prog_id = loaded.prog_id()?;
+    journal.step("attach")?;
     let (link, mode) = loaded.attach(&spec.dev, attach)?;
-    let pinned_link = kernel::pin_link(link, &pin_dir.join("link"))?;
 
     let started = SystemTime::now();
     let meta = Meta::new(
@@ -246,10 +272,81 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
         &source,
         &output.program_name,
     );
+    journal.op = Op::Run {
+        meta: Some(meta.clone()),
+    };
+    journal.step("pin-link")?;
+    let pinned_link = kernel::pin_link(link, &pin_dir.join("link"))?;
+    journal.step("write-meta")?;
     meta.save(&paths::meta_path(&name))?;
     guard.disarm();
+    journal_guard.0 = None;
+    journal.finish()?;
     drop(pinned_link);
     Ok(instance_of(&meta, 0, None))
+}
+
+/// Removes the journal of a failed step (the failure undid the change).
+struct JournalOnDrop(Option<String>);
+
+impl Drop for JournalOnDrop {
+    fn drop(&mut self) {
+        if let Some(name) = &self.0 {
+            let _ = journal::remove(name);
+        }
+    }
+}
+
+/// Repairs an interrupted `run` (see [`run`]).
+pub(crate) fn repair_run(journal: &Journal) -> Result<Outcome, ControlError> {
+    let name = &journal.name;
+    if let Op::Run { meta: Some(meta) } = &journal.op {
+        let link = paths::pin_dir(name).join("link");
+        if journal.reached(journal::RUN_STEPS, "pin-link")
+            && kernel::link_program_id(&link).ok() == Some(meta.prog_id)
+        {
+            meta.save(&paths::meta_path(name))?;
+            return Ok(Outcome::Finished);
+        }
+    }
+    stop_steps(name, None)?;
+    Ok(Outcome::Undone)
+}
+
+/// Finishes or undoes the change interrupted on instance `name` (a command
+/// killed mid-way), waiting for the instance lock; `None` when there was
+/// none. Every command that changes an instance does this first.
+pub fn repair(name: &str) -> Result<Option<Repaired>, ControlError> {
+    paths::check_name(name)?;
+    if !paths::journal_path(name).exists() {
+        return Ok(None);
+    }
+    check_privileges()?;
+    let _lock = InstanceLock::acquire(name)?;
+    journal::repair_locked(name)
+}
+
+/// [`repair`] for every instance with a journal whose lock is free now
+/// (a locked one is being changed by a running command: left to it).
+pub fn repair_all() -> Result<Vec<Repaired>, ControlError> {
+    let mut out = Vec::new();
+    for name in paths::journal_names() {
+        check_privileges()?;
+        if let Some(_lock) = InstanceLock::try_acquire(&name)? {
+            out.extend(journal::repair_locked(&name)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Takes the lock of instance `name` for a change made outside this crate's
+/// commands (live edits), after repairing an interrupted change.
+pub fn lock(name: &str) -> Result<InstanceLock, ControlError> {
+    paths::check_name(name)?;
+    check_privileges()?;
+    let lock = InstanceLock::acquire(name)?;
+    journal::repair_locked(name)?;
+    Ok(lock)
 }
 
 /// Every program started by [`run`], with the pins cross-checked against
@@ -257,7 +354,10 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
 pub fn list() -> Result<Vec<Instance>, ControlError> {
     let mut out = Vec::new();
     let mut names = paths::meta_names()?;
-    for orphan in paths::pin_names()? {
+    for orphan in paths::pin_names()?
+        .into_iter()
+        .chain(paths::journal_names())
+    {
         if !names.contains(&orphan) {
             names.push(orphan);
         }
@@ -270,6 +370,25 @@ pub fn list() -> Result<Vec<Instance>, ControlError> {
 }
 
 fn inspect(name: &str) -> Instance {
+    let mut instance = inspect_pins(name);
+    if let Some(journal) = paths::journal_path(name)
+        .exists()
+        .then(|| Journal::load(name))
+    {
+        let what = match journal {
+            Ok(Some(j)) => format!("{} (pid {}) at step {}", j.op_name(), j.pid, j.step),
+            Ok(None) => "a change".to_string(),
+            Err(e) => format!("a change ({e})"),
+        };
+        instance.problem = Some(format!(
+            "{what} is in progress or was interrupted: `flowstate repair {name}` finishes or \
+             undoes it"
+        ));
+    }
+    instance
+}
+
+fn inspect_pins(name: &str) -> Instance {
     let meta = match Meta::load(&paths::meta_path(name)) {
         Ok(meta) => meta,
         Err(e) => {
@@ -337,25 +456,57 @@ fn instance_of(meta: &Meta, flows: usize, problem: Option<String>) -> Instance {
 }
 
 /// Detaches the program and removes its pins and metadata: the interface
-/// is left as it was before [`run`]. Also cleans up stale entries.
+/// is left as it was before [`run`]. Also cleans up stale entries, and
+/// first repairs an interrupted change (which may leave nothing to stop).
 pub fn stop(name: &str) -> Result<(), ControlError> {
     paths::check_name(name)?;
-    let pin_dir = paths::pin_dir(name);
-    let meta_path = paths::meta_path(name);
-    if !pin_dir.exists() && !meta_path.exists() {
+    let exists = || {
+        paths::pin_dir(name).exists()
+            || paths::meta_path(name).exists()
+            || paths::journal_path(name).exists()
+    };
+    if !exists() {
         return Err(ControlError::NotRunning(name.to_string()));
     }
     check_privileges()?;
+    let lock = InstanceLock::acquire(name)?;
+    journal::repair_locked(name)?;
+    if !exists() {
+        lock.remove_file();
+        return Err(ControlError::NotRunning(name.to_string()));
+    }
+    let mut journal = Journal::new(name, Op::Stop);
+    stop_steps(name, Some(&mut journal))?;
+    journal.finish()?;
+    lock.remove_file();
+    Ok(())
+}
+
+/// The steps of `stop` ([`journal::STOP_STEPS`]), journalled when
+/// `journal` is given; each is a no-op when already done.
+pub(crate) fn stop_steps(
+    name: &str,
+    mut journal: Option<&mut Journal>,
+) -> Result<(), ControlError> {
+    let mut step = |s: &str| match journal.as_deref_mut() {
+        Some(j) => j.step(s),
+        None => Ok(()),
+    };
+    let pin_dir = paths::pin_dir(name);
+    let meta_path = paths::meta_path(name);
     // The link is the only thing keeping the program attached; once its
     // pin is gone and no process holds its fd, the kernel detaches it.
+    step("unpin-link")?;
     let link = pin_dir.join("link");
     if link.exists() {
         kernel::unpin_link(&link)?;
     }
+    step("remove-pins")?;
     if pin_dir.exists() {
         std::fs::remove_dir_all(&pin_dir)
             .map_err(|e| ControlError::kernel(format!("removing {}", pin_dir.display()), e))?;
     }
+    step("remove-meta")?;
     if meta_path.exists() {
         std::fs::remove_file(&meta_path)
             .map_err(|e| ControlError::kernel(format!("removing {}", meta_path.display()), e))?;

@@ -22,6 +22,36 @@ pub(crate) fn meta_path(name: &str) -> PathBuf {
     meta_dir().join(format!("{name}.json"))
 }
 
+/// The instance lock file, `/run/flowstate/NAME.lock` (see [`crate::lock`]).
+pub(crate) fn lock_path(name: &str) -> PathBuf {
+    meta_dir().join(format!("{name}.lock"))
+}
+
+/// The journal of an interrupted change, `/run/flowstate/NAME.journal`
+/// (see [`crate::journal`]).
+pub(crate) fn journal_path(name: &str) -> PathBuf {
+    meta_dir().join(format!("{name}.journal"))
+}
+
+/// Names that have a journal: changes interrupted (or in progress).
+pub(crate) fn journal_names() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(meta_dir()) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let name = file.strip_suffix(".journal")?;
+            check_name(name).is_ok().then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// A pin name unique to one reload attempt: `next_<attempt>_<what>`.
+pub(crate) fn staged_name(attempt: &str, what: &str) -> String {
+    format!("next_{attempt}_{what}")
+}
+
 /// Names become file names on bpffs, which refuses dots: letters, digits,
 /// `_` and `-` only.
 pub(crate) fn check_name(name: &str) -> Result<(), ControlError> {

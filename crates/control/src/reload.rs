@@ -29,6 +29,8 @@ use flowstate_lang::ir::{Program, StateId};
 use flowstate_runtime::{RawMap, UpdateMode};
 
 use crate::handle::{initial_registers, row_text};
+use crate::journal::{self, Journal, Op, Outcome, ReloadPlan};
+use crate::lock::InstanceLock;
 use crate::meta::{source_hash, Meta};
 use crate::{kernel, paths, ControlError};
 
@@ -78,22 +80,49 @@ impl Drop for NextPins {
     }
 }
 
+/// Removes the journal of a reload that failed before its swap (the
+/// failure undid it: the staged pins went with [`NextPins`]).
+struct JournalOnDrop<'a>(Option<&'a str>);
+
+impl Drop for JournalOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.0 {
+            let _ = journal::remove(name);
+        }
+    }
+}
+
+/// A name no other reload attempt uses: pid and time, in hex.
+fn attempt_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+}
+
 /// Replaces the program of instance `name` by the one in `program_path`,
 /// atomically, keeping its state (see the module doc).
+///
+/// Holds the instance lock throughout (a concurrent reload waits, then
+/// reloads the program this one left) and journals each step
+/// ([`journal::RELOAD_STEPS`]): one killed before its swap is undone by
+/// the next command, one killed after it is finished.
 pub fn reload(
     name: &str,
     program_path: &Path,
     reset_state: bool,
 ) -> Result<ReloadReport, ControlError> {
     paths::check_name(name)?;
+    let source = crate::read_source(program_path)?;
+    let new = crate::compile_source(program_path, &source)?;
+    crate::check_privileges()?;
+    let _lock = InstanceLock::acquire(name)?;
+    journal::repair_locked(name)?;
     let meta_path = paths::meta_path(name);
     if !meta_path.exists() {
         return Err(ControlError::NotRunning(name.to_string()));
     }
-    let mut meta = Meta::load(&meta_path)?;
-    let source = crate::read_source(program_path)?;
-    let new = crate::compile_source(program_path, &source)?;
-    crate::check_privileges()?;
+    let meta = Meta::load(&meta_path)?;
     let old = crate::compile_source(&meta.source_path, &meta.source)?;
     if old.lookup_key != new.lookup_key && !reset_state {
         let show = |p: &Program| {
@@ -144,9 +173,9 @@ pub fn reload(
         _ => Plan::New,
     };
 
+    let attempt = attempt_id();
     let pin_dir = paths::pin_dir(name);
     let maps_dir = pin_dir.join("maps");
-    let mut next = NextPins(Vec::new());
     let mut pins = Vec::new();
     let mut renames = Vec::new();
     for map in crate::map_names(new_layout) {
@@ -154,28 +183,54 @@ pub fn reload(
         match plan_of(map) {
             Plan::Reuse => pins.push((map, current)),
             Plan::New => {
-                let staged = maps_dir.join(format!("next_{map}"));
-                // A leftover from a crashed reload would be reused by aya.
-                let _ = std::fs::remove_file(&staged);
-                next.0.push(staged.clone());
+                let staged = maps_dir.join(paths::staged_name(&attempt, map));
                 pins.push((map, staged.clone()));
                 renames.push((staged, current));
             }
         }
     }
-    let mut loaded = kernel::load(&output.object, &output.program_name, &pins)?;
-    let prog_next = pin_dir.join("next_prog");
-    let _ = std::fs::remove_file(&prog_next);
-    next.0.push(prog_next.clone());
-    loaded.pin_program(&prog_next)?;
-    let new_prog_id = loaded.prog_id()?;
-
-    let open = |path: &Path| {
-        RawMap::from_pin(path)
-            .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))
+    let kept = crate::map_names(new_layout);
+    let dropped = crate::map_names(&old_layout)
+        .into_iter()
+        .filter(|m| !kept.contains(m))
+        .map(|m| maps_dir.join(m))
+        .collect();
+    let prog_staged = pin_dir.join(paths::staged_name(&attempt, "prog"));
+    let mut new_meta = meta.clone();
+    new_meta.prog_id = 0;
+    new_meta.source = source;
+    new_meta.source_hash = source_hash(&new_meta.source);
+    new_meta.source_path =
+        std::fs::canonicalize(program_path).unwrap_or_else(|_| program_path.to_path_buf());
+    new_meta.program_symbol = output.program_name.clone();
+    new_meta.reloads += 1;
+    let migrate = flows_plan == Plan::New && !reset_state;
+    let mut plan = ReloadPlan {
+        attempt,
+        old: meta.clone(),
+        new: new_meta,
+        renames: renames.clone(),
+        prog_staged: prog_staged.clone(),
+        dropped,
+        migrate,
+        bridge: None,
     };
-    let new_flows = open(&pin_of(&pins, new_layout.flows_map))?;
-    let old_flows = open(&maps_dir.join(old_layout.flows_map))?;
+    let mut journal = Journal::new(name, Op::Reload(Box::new(plan.clone())));
+    journal.step("stage")?;
+    // Until the swap, a failure removes the staged pins and the journal.
+    let mut next = NextPins(renames.iter().map(|(staged, _)| staged.clone()).collect());
+    next.0.push(prog_staged.clone());
+    let mut journal_guard = JournalOnDrop(Some(name));
+
+    let mut loaded = kernel::load(&output.object, &output.program_name, &pins)?;
+    loaded.pin_program(&prog_staged)?;
+    let new_prog_id = loaded.prog_id()?;
+    plan.new.prog_id = new_prog_id;
+    journal.op = Op::Reload(Box::new(plan.clone()));
+    journal.step("migrate")?;
+
+    let new_flows = open_map(&pin_of(&pins, new_layout.flows_map))?;
+    let old_flows = open_map(&maps_dir.join(old_layout.flows_map))?;
     let migration = Migration {
         old: &old,
         new: &new,
@@ -183,56 +238,41 @@ pub fn reload(
         new_layout,
     };
     let mut tally = Tally::default();
-    if flows_plan == Plan::New && !reset_state {
+    if migrate {
         migration.copy_flows(&old_flows, &new_flows, &mut tally, false)?;
     }
     if let (Some(map), Plan::New) = (new_layout.globals_map, globals_plan) {
-        let new_globals = open(&pin_of(&pins, map))?;
+        let new_globals = open_map(&pin_of(&pins, map))?;
         let old_globals = match old_layout.globals_map {
-            Some(m) if !reset_state => Some(open(&maps_dir.join(m))?),
+            Some(m) if !reset_state => Some(open_map(&maps_dir.join(m))?),
             _ => None,
         };
         migration.copy_globals(old_globals.as_ref(), &new_globals)?;
     }
 
-    // The swap: from here on the new program runs.
+    // The swap: from here on the new program runs, and the reload can only
+    // go forward (a failure leaves the journal for the next command).
+    journal.step("swap")?;
     loaded.replace(&pin_dir.join("link"), meta.attach)?;
-
-    if flows_plan == Plan::New && !reset_state {
-        // Entries the old program created or touched while we copied.
-        migration.copy_flows(&old_flows, &new_flows, &mut tally, true)?;
-    }
-    for (staged, current) in &renames {
-        let _ = std::fs::remove_file(current);
-        std::fs::rename(staged, current)
-            .map_err(|e| ControlError::kernel(format!("renaming {}", staged.display()), e))?;
-    }
-    // Maps the new program no longer has (e.g. no more `controller`).
-    let kept = crate::map_names(new_layout);
-    for map in crate::map_names(&old_layout) {
-        if !kept.contains(&map) {
-            let _ = std::fs::remove_file(maps_dir.join(map));
-        }
-    }
-    let prog = pin_dir.join("prog");
-    let _ = std::fs::remove_file(&prog);
-    std::fs::rename(&prog_next, &prog)
-        .map_err(|e| ControlError::kernel(format!("renaming {}", prog_next.display()), e))?;
     next.0.clear();
+    journal_guard.0 = None;
+    drop(loaded);
 
-    let old_prog_id = meta.prog_id;
-    meta.prog_id = new_prog_id;
-    meta.source = source;
-    meta.source_hash = source_hash(&meta.source);
-    meta.source_path =
-        std::fs::canonicalize(program_path).unwrap_or_else(|_| program_path.to_path_buf());
-    meta.program_symbol = output.program_name.clone();
-    meta.reloads += 1;
-    meta.save(&meta_path)?;
+    roll_forward(
+        name,
+        &plan,
+        Some(&mut journal),
+        "sweep",
+        &migration,
+        &mut tally,
+    )?;
+    journal.finish()?;
 
-    let flows_carried = new_flows.keys().map_or(0, |k| k.len());
+    let flows_carried = open_map(&maps_dir.join(new_layout.flows_map))?
+        .keys()
+        .map_or(0, |k| k.len());
     Ok(ReloadReport {
-        old_prog_id,
+        old_prog_id: meta.prog_id,
         new_prog_id,
         flows: match flows_plan {
             Plan::Reuse => FlowsMigration::Reused,
@@ -243,8 +283,121 @@ pub fn reload(
         flows_remapped: tally.remapped.len(),
         flows_lost: tally.lost,
         counters_reset: counters_plan == Plan::New,
-        source_hash: meta.source_hash,
+        source_hash: plan.new.source_hash,
     })
+}
+
+fn open_map(path: &Path) -> Result<RawMap, ControlError> {
+    RawMap::from_pin(path)
+        .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))
+}
+
+/// The steps after the swap, from `from` on (each one idempotent, so a
+/// repair may run again the step it was interrupted at).
+fn roll_forward(
+    name: &str,
+    plan: &ReloadPlan,
+    mut journal: Option<&mut Journal>,
+    from: &str,
+    migration: &Migration,
+    tally: &mut Tally,
+) -> Result<(), ControlError> {
+    let pin_dir = paths::pin_dir(name);
+    let maps_dir = pin_dir.join("maps");
+    let steps = journal::RELOAD_STEPS;
+    let begin = steps.iter().position(|s| *s == from).unwrap_or(0);
+    for step in &steps[begin..] {
+        if let Some(j) = journal.as_deref_mut() {
+            j.step(step)?;
+        }
+        match *step {
+            "sweep" if plan.migrate => {
+                // Entries the old program created or touched while we
+                // copied.
+                let flows = migration.new_layout.flows_map;
+                let current = maps_dir.join(flows);
+                let staged = plan
+                    .renames
+                    .iter()
+                    .find(|(_, c)| *c == current)
+                    .map(|(s, _)| s.clone());
+                if let Some(staged) = staged.filter(|s| s.exists()) {
+                    let old_flows = open_map(&maps_dir.join(migration.old_layout.flows_map))?;
+                    let new_flows = open_map(&staged)?;
+                    migration.copy_flows(&old_flows, &new_flows, tally, true)?;
+                }
+            }
+            "rename" => {
+                for (staged, current) in &plan.renames {
+                    if staged.exists() {
+                        let _ = std::fs::remove_file(current);
+                        std::fs::rename(staged, current).map_err(|e| {
+                            ControlError::kernel(format!("renaming {}", staged.display()), e)
+                        })?;
+                    }
+                }
+                // Maps the new program no longer has (e.g. no more
+                // `controller`).
+                for path in &plan.dropped {
+                    let _ = std::fs::remove_file(path);
+                }
+                if plan.prog_staged.exists() {
+                    let prog = pin_dir.join("prog");
+                    let _ = std::fs::remove_file(&prog);
+                    std::fs::rename(&plan.prog_staged, &prog).map_err(|e| {
+                        ControlError::kernel(format!("renaming {}", plan.prog_staged.display()), e)
+                    })?;
+                }
+            }
+            "write-meta" => plan.new.save(&paths::meta_path(name))?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Finishes or undoes an interrupted reload: finished when the link runs
+/// the new program (the swap happened), undone when it runs the old one.
+pub(crate) fn repair(
+    name: &str,
+    journal: &Journal,
+    plan: &ReloadPlan,
+) -> Result<Outcome, ControlError> {
+    let link = paths::pin_dir(name).join("link");
+    let running = kernel::link_program_id(&link)?;
+    let swapped = plan.new.prog_id != 0 && running == plan.new.prog_id;
+    if !swapped {
+        if running != plan.old.prog_id {
+            return Err(ControlError::kernel(
+                format!("repairing {name}"),
+                format!(
+                    "the link runs program {running}, neither the old ({}) nor the new ({}) one",
+                    plan.old.prog_id, plan.new.prog_id
+                ),
+            ));
+        }
+        for (staged, _) in &plan.renames {
+            let _ = std::fs::remove_file(staged);
+        }
+        let _ = std::fs::remove_file(&plan.prog_staged);
+        return Ok(Outcome::Undone);
+    }
+    let old = crate::compile_source(&plan.old.source_path, &plan.old.source)?;
+    let new = crate::compile_source(&plan.new.source_path, &plan.new.source)?;
+    let (old_layout, new_layout) = (Layout::new(&old, false), Layout::new(&new, false));
+    let migration = Migration {
+        old: &old,
+        new: &new,
+        old_layout: &old_layout,
+        new_layout: &new_layout,
+    };
+    let from = if journal.reached(journal::RELOAD_STEPS, "sweep") {
+        journal.step.as_str()
+    } else {
+        "sweep"
+    };
+    roll_forward(name, plan, None, from, &migration, &mut Tally::default())?;
+    Ok(Outcome::Finished)
 }
 
 fn pin_of(pins: &[(&'static str, PathBuf)], map: &str) -> PathBuf {

@@ -1,6 +1,11 @@
 //! The control commands: run programs on interfaces and steer them
-//! (`run`, `list`, `stop`, `reload`, `flows`, `flow`, `flush`, `globals`,
-//! `stats`, `events`). Glue over `flowstate-control`.
+//! (`run`, `list`, `stop`, `repair`, `reload`, `flows`, `flow`, `flush`,
+//! `globals`, `stats`, `events`). Glue over `flowstate-control`.
+//!
+//! Locking: `run`, `stop`, `reload`, `repair` and the edits (`flow`,
+//! `flush`, `globals set`) hold the instance lock; a second one waits
+//! ("waiting for another flowstate command on NAME" on stderr) up to
+//! FLOWSTATE_LOCK_TIMEOUT seconds (60). Readers take no lock.
 
 mod show;
 
@@ -31,6 +36,9 @@ pub enum ControlCommand {
     /// List the running programs: name, interface, hook, mode, program id,
     /// uptime, source and hash of the program text, flows in the table.
     ///
+    /// First repairs changes that killed commands left half done (see
+    /// `flowstate repair`), saying so on stderr.
+    ///
     /// A PROBLEM column flags stale entries (pins without metadata, an
     /// interface that disappeared, a link running another program); `flowstate
     /// stop NAME` cleans them up.
@@ -44,6 +52,19 @@ pub enum ControlCommand {
     Stop {
         /// The running instance (see `flowstate list`).
         name: String,
+    },
+    /// Finish or undo a change that a killed `run`, `reload` or `stop` left
+    /// half done (all instances, or NAME).
+    ///
+    /// Every command that changes an instance journals its steps in
+    /// /run/flowstate/NAME.journal; the next command on that instance
+    /// (and `list`) repairs it by itself, so this is rarely needed. An
+    /// interrupted `run` is undone unless its link was already pinned; an
+    /// interrupted `reload` is finished if the new program was swapped in,
+    /// undone otherwise; an interrupted `stop` is finished.
+    Repair {
+        /// One instance; default: every instance with a journal.
+        name: Option<String>,
     },
     /// Replace a running program by a new version, atomically, keeping its state.
     ///
@@ -216,6 +237,7 @@ pub fn run(command: ControlCommand) -> anyhow::Result<ExitCode> {
             println!("stopped {name}");
             Ok(ExitCode::SUCCESS)
         }
+        ControlCommand::Repair { name } => repair(name.as_deref()),
         ControlCommand::Reload {
             name,
             program,
@@ -229,6 +251,7 @@ pub fn run(command: ControlCommand) -> anyhow::Result<ExitCode> {
         } => flows(&name, json, state.as_deref(), limit),
         ControlCommand::Flow { name, key, action } => flow(&name, &key, &action),
         ControlCommand::Flush { name } => {
+            let _lock = flowstate_control::lock(&name)?;
             let removed = flowstate_control::open(&name)?.flush()?;
             println!("{name}: removed {removed} flow(s)");
             Ok(ExitCode::SUCCESS)
@@ -302,7 +325,36 @@ fn xdp_mode(arg: XdpModeArg) -> XdpMode {
     }
 }
 
+fn repair(name: Option<&str>) -> anyhow::Result<ExitCode> {
+    let repaired = match name {
+        Some(name) => flowstate_control::repair(name)?.into_iter().collect(),
+        None => flowstate_control::repair_all()?,
+    };
+    if repaired.is_empty() {
+        println!("nothing to repair");
+    }
+    for r in repaired {
+        println!("{r}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Readers go without the lock, but first let an interrupted change be
+/// repaired, so they read a consistent instance.
+fn repaired_for_reading(name: &str) -> anyhow::Result<()> {
+    if let Some(r) = flowstate_control::repair(name)? {
+        eprintln!("{r}");
+    }
+    Ok(())
+}
+
 fn list(json: bool) -> anyhow::Result<ExitCode> {
+    // Repairs need root; a user who cannot repair still gets the listing.
+    if let Ok(repaired) = flowstate_control::repair_all() {
+        for r in repaired {
+            eprintln!("{r}");
+        }
+    }
     let instances = flowstate_control::list()?;
     if json {
         let all: Vec<_> = instances.iter().map(show::instance_json).collect();
@@ -387,6 +439,7 @@ fn flows(
     state: Option<&str>,
     limit: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
+    repaired_for_reading(name)?;
     let handle = flowstate_control::open(name)?;
     let rows = handle.flows(state, limit)?;
     if json {
@@ -440,6 +493,7 @@ fn assignment(text: &str) -> anyhow::Result<(&str, i64)> {
 }
 
 fn flow(name: &str, key: &str, action: &FlowAction) -> anyhow::Result<ExitCode> {
+    let _lock = flowstate_control::lock(name)?;
     let handle = flowstate_control::open(name)?;
     match action {
         FlowAction::SetState { state } => handle.set_state(key, state)?,
@@ -465,6 +519,13 @@ fn flow(name: &str, key: &str, action: &FlowAction) -> anyhow::Result<ExitCode> 
 }
 
 fn globals(name: &str, action: Option<&GlobalsAction>, json: bool) -> anyhow::Result<ExitCode> {
+    let _lock = match action {
+        Some(_) => Some(flowstate_control::lock(name)?),
+        None => {
+            repaired_for_reading(name)?;
+            None
+        }
+    };
     let handle = flowstate_control::open(name)?;
     if let Some(GlobalsAction::Set { assignment: a }) = action {
         let (global, value) = assignment(a)?;
@@ -490,6 +551,7 @@ fn stats(name: &str, watch: bool, json: bool, interval: f64) -> anyhow::Result<E
         bail!("--interval must be between 0 and 3600 seconds");
     }
     let interval = Duration::from_secs_f64(interval);
+    repaired_for_reading(name)?;
     let handle = flowstate_control::open(name)?;
     let mut before = handle.stats()?;
     loop {
@@ -518,6 +580,7 @@ fn events(
     count: Option<u64>,
     timeout: Option<f64>,
 ) -> anyhow::Result<ExitCode> {
+    repaired_for_reading(name)?;
     let handle = flowstate_control::open(name)?;
     let mut events = handle.events()?;
     let wait = match timeout {
