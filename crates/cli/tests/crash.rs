@@ -21,6 +21,17 @@ use flowstate_control::journal::{RELOAD_STEPS, RUN_STEPS};
 use flowstate_netlab::{send_udp, Netns, Topology};
 use serde_json::Value;
 
+/// One test at a time: `flowstate list` (and every locking command) repairs
+/// any instance whose lock is free, so one test's command would finish the
+/// interrupted change another test is about to inspect.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 const DEV: &str = "crsw";
 const PEER_DEV: &str = "crpeer";
 const SW_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -294,6 +305,7 @@ fn unique(tag: &str) -> String {
 
 #[test]
 fn run_killed_at_each_step_is_undone_or_finished() {
+    let _serial = one_at_a_time();
     if skip("run_killed_at_each_step_is_undone_or_finished") {
         return;
     }
@@ -409,6 +421,7 @@ fn reload_killed_at_each_step(tag: &str, new_text: &str) {
 
 #[test]
 fn reused_reload_killed_at_each_step_is_undone_or_finished() {
+    let _serial = one_at_a_time();
     if skip("reused_reload_killed_at_each_step_is_undone_or_finished") {
         return;
     }
@@ -417,6 +430,7 @@ fn reused_reload_killed_at_each_step_is_undone_or_finished() {
 
 #[test]
 fn migrating_reload_killed_at_each_step_is_undone_or_finished() {
+    let _serial = one_at_a_time();
     if skip("migrating_reload_killed_at_each_step_is_undone_or_finished") {
         return;
     }
@@ -425,6 +439,7 @@ fn migrating_reload_killed_at_each_step_is_undone_or_finished() {
 
 #[test]
 fn concurrent_reloads_serialise_and_keep_state() {
+    let _serial = one_at_a_time();
     if skip("concurrent_reloads_serialise_and_keep_state") {
         return;
     }
@@ -487,6 +502,7 @@ fn concurrent_reloads_serialise_and_keep_state() {
 
 #[test]
 fn a_command_waits_for_the_lock_or_gives_up_clearly() {
+    let _serial = one_at_a_time();
     if skip("a_command_waits_for_the_lock_or_gives_up_clearly") {
         return;
     }
