@@ -141,8 +141,8 @@ impl Live {
         }
     }
 
-    /// Programs attached to the switch's client-facing interface, as
-    /// `bpftool net` lists them (empty: none).
+    /// Programs attached to the switch's client-facing interface, as the
+    /// kernel reports them (empty: none).
     fn attached(&self) -> Vec<String> {
         attached(&self.lab.switch)
     }
@@ -160,16 +160,14 @@ impl Live {
     }
 }
 
-/// XDP programs as `bpftool net` lists them, and TCX programs from the
-/// kernel's TCX query (this bpftool predates TCX).
+/// XDP programs as the kernel reports them on the link (netlink IFLA_XDP),
+/// and TCX programs from the kernel's TCX query.
 fn attached(switch: &Netns) -> Vec<String> {
-    let out = switch
-        .exec("bpftool", &["net", "show", "dev", DEV])
-        .expect("bpftool net show");
-    let mut found: Vec<String> = out
-        .lines()
-        .filter(|l| l.starts_with(DEV))
-        .map(|l| format!("xdp {}", l.trim()))
+    let mut found: Vec<String> = switch
+        .xdp_programs(DEV)
+        .expect("netlink XDP query")
+        .into_iter()
+        .map(|xdp| format!("xdp id {} ({})", xdp.prog_id, xdp.mode))
         .collect();
     for (direction, label) in [
         (TcDirection::Ingress, "tcx/ingress"),
@@ -632,6 +630,60 @@ fn sigkill_of_a_command_leaves_the_program_running() {
     assert!(live.connects(), "TCP 22 filtered after stop");
 }
 
+/// The program ids the demo printed (`attached: program id N, ...`).
+fn demo_program_ids(stdout: &str) -> Vec<u32> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split("attached: program id ").nth(1))
+        .filter_map(|rest| rest.split(',').next()?.trim().parse().ok())
+        .collect()
+}
+
+/// The demo with process id `pid`, which printed `stdout`, left nothing
+/// behind: no namespace, no pin, no program (so no link), no temp copy.
+fn assert_demo_left_nothing(pid: u32, stdout: &str) {
+    let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("fs-demo-{pid}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let pins: Vec<String> = std::fs::read_dir("/sys/fs/bpf/flowstate")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(&format!("-{pid}")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(pins.is_empty(), "{pins:?}");
+    let ids = demo_program_ids(stdout);
+    assert!(
+        !ids.is_empty(),
+        "no program id in the demo's output:\n{stdout}"
+    );
+    // A program is freed a moment after its last link or pin goes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let loaded = loop {
+        let loaded: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| flowstate_runtime::program_loaded(id).unwrap())
+            .collect();
+        if loaded.is_empty() || Instant::now() > deadline {
+            break loaded;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(loaded.is_empty(), "programs still loaded: {loaded:?}");
+    assert!(!std::env::temp_dir()
+        .join(format!("flowstate-demo-{pid}"))
+        .exists());
+}
+
 #[test]
 fn demo_runs_end_to_end() {
     if skip("demo_runs_end_to_end") {
@@ -661,24 +713,55 @@ fn demo_runs_end_to_end() {
         start.elapsed()
     );
     // Nothing left: the demo's namespaces carry its pid, its pins its name.
-    let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("fs-demo-{pid}-")))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
-    let pins: Vec<String> = std::fs::read_dir("/sys/fs/bpf/flowstate")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(&format!("-{pid}")))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(pins.is_empty(), "{pins:?}");
+    assert_demo_left_nothing(pid, &stdout);
+}
+
+/// The README's demo command on a machine with no iproute2, procps or
+/// bpftool: with nothing on PATH, any command the demo ran would fail to
+/// start (and its check with it). It asks the kernel itself whether each
+/// program is attached, then detached and unloaded.
+#[test]
+fn demo_needs_no_command_on_path() {
+    if skip("demo_needs_no_command_on_path") {
+        return;
+    }
+    let child = flowstate()
+        .args(["demo", "--idle", "1", "--burst", "20"])
+        .env("PATH", "/nonexistent")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("observations as expected"), "{stdout}");
+    assert!(!stdout.contains('✘'), "{stdout}");
+    // Both programs were seen on the interface by the kernel, then gone.
+    let ids = demo_program_ids(&stdout);
+    assert_eq!(ids.len(), 2, "{stdout}");
+    assert!(
+        stdout.contains(&format!("the kernel reports on {DEV}: xdp id {} ", ids[0])),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("the kernel reports on {DEV}: tcx/ingress ")),
+        "{stdout}"
+    );
+    for id in &ids {
+        assert!(
+            stdout.contains(&format!("program id {id} is unloaded")),
+            "{stdout}"
+        );
+    }
+    assert_eq!(
+        stdout.matches("has no program attached").count(),
+        2,
+        "{stdout}"
+    );
+    assert_demo_left_nothing(pid, &stdout);
 }
 
 #[test]
@@ -711,22 +794,13 @@ fn ctrl_c_during_the_demo_removes_everything() {
         program_pins.exists(),
         "the program is running at this point"
     );
+    let ids = demo_program_ids(&seen);
+    assert_eq!(ids.len(), 1, "{seen}");
+    assert!(flowstate_runtime::program_loaded(ids[0]).unwrap());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{status}");
     assert!(!program_pins.exists(), "pins left after Ctrl-C");
-    let prefix = format!("fs-demo-{pid}-");
-    let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert!(!std::env::temp_dir()
-        .join(format!("flowstate-demo-{pid}"))
-        .exists());
+    assert_demo_left_nothing(pid, &seen);
 }

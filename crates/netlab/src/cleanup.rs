@@ -11,8 +11,10 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use crate::netns::{check_name, run, MAX_IFNAME};
-use crate::{Netns, Result};
+use crate::netns::{check_name, MAX_IFNAME};
+use crate::rtnl::Rtnl;
+use crate::{NetlabError, Netns, Result};
+use std::os::fd::AsRawFd;
 
 type Action = Box<dyn FnOnce() + Send>;
 
@@ -109,11 +111,12 @@ impl Topology {
     /// under test), and registers its deletion.
     pub fn add_netns(&mut self, role: &str) -> Result<Netns> {
         check_name("role", role, 16)?;
-        let netns = Netns::from_name(&format!("{}{role}", self.prefix))?;
-        run("ip", &["netns", "add", netns.name()])?;
-        let name = netns.name().to_string();
-        self.on_cleanup(format!("delete namespace {name}"), move || {
-            let _gone_already = run("ip", &["netns", "del", &name]);
+        let netns = Netns::create(&format!("{}{role}", self.prefix))?;
+        let handle = netns.clone();
+        self.on_cleanup(format!("delete namespace {}", netns.name()), move || {
+            if let Err(e) = handle.delete() {
+                eprintln!("netlab: {e}");
+            }
         });
         self.namespaces.push(netns.clone());
         netns.set_up("lo")?;
@@ -128,18 +131,20 @@ impl Topology {
     pub fn add_veth(&mut self, a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> Result<()> {
         check_name("interface", a_dev, MAX_IFNAME)?;
         check_name("interface", b_dev, MAX_IFNAME)?;
-        a.ip(&[
-            "link",
-            "add",
-            a_dev,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_dev,
-            "netns",
-            b.name(),
-        ])?;
+        let peer_netns = std::fs::File::open(b.path())
+            .map_err(|e| NetlabError::io(format!("opening namespace {}", b.name()), e))?;
+        let peer_fd = peer_netns.as_raw_fd();
+        a.run_in(|| Rtnl::open().and_then(|mut rtnl| rtnl.add_veth(a_dev, b_dev, peer_fd)))?
+            .map_err(|e| {
+                NetlabError::io(
+                    format!(
+                        "creating veth {a_dev} in {} with peer {b_dev} in {}",
+                        a.name(),
+                        b.name()
+                    ),
+                    e,
+                )
+            })?;
         a.set_up(a_dev)?;
         b.set_up(b_dev)?;
         Ok(())

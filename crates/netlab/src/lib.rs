@@ -1,9 +1,12 @@
 //! flowstate-netlab: small private networks for the live demo and the
 //! live-traffic tests, built from network namespaces and veth pairs.
 //!
-//! * [`Netns`] names one namespace: configure it with `ip -n`, run
-//!   commands in it (keeping bpffs visible), and run Rust code in it on a thread
-//!   that entered it with `setns` ([`Netns::run_in`]). A socket created
+//! * [`Netns`] names one namespace (made and deleted as `ip netns` does,
+//!   so both see the same namespaces): configure its links, addresses,
+//!   routes and sysctls (rtnetlink and `/proc/sys`, no external command),
+//!   ask which XDP programs a link has, run commands in it (keeping bpffs
+//!   visible), and run Rust code in it on a thread that entered it with
+//!   `setns` ([`Netns::run_in`]). A socket created
 //!   there stays in that namespace wherever it is used afterwards, which is
 //!   how the demo talks from "client" to "server" with real sockets.
 //! * [`Topology`] is the guard that owns what it created: namespaces (and
@@ -18,17 +21,21 @@
 //! namespaces: no interface is created in, or moved to, the caller's
 //! namespace.
 //!
-//! Needs root (CAP_SYS_ADMIN for namespaces, CAP_NET_ADMIN) and `ip` from
-//! iproute2; [`skip_reason`] says why not, for tests that must skip.
+//! Needs root (CAP_SYS_ADMIN for namespaces, CAP_NET_ADMIN) and nothing
+//! else: no iproute2, procps or bpftool. [`skip_reason`] says why it cannot
+//! run, for tests that must skip; [`missing_tool`] for tests that check
+//! interoperability with such tools.
 
 mod cleanup;
 mod lab;
 mod netns;
+mod rtnl;
 mod traffic;
 
 pub use cleanup::Topology;
 pub use lab::SwitchLab;
 pub use netns::{sweep_stale, Netns};
+pub use rtnl::{XdpAttachMode, XdpAttachment};
 pub use traffic::{send_udp, TcpServer, UdpSink};
 
 use std::io;
@@ -69,15 +76,29 @@ impl NetlabError {
 
 pub type Result<T, E = NetlabError> = std::result::Result<T, E>;
 
-/// Why live networking cannot run here, if it cannot: not root, or no `ip`.
+/// Why live networking cannot run here, if it cannot: not root, or no
+/// network namespaces.
 pub fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)".into());
     }
-    match std::process::Command::new("ip").arg("-V").output() {
-        Ok(out) if out.status.success() => None,
-        Ok(_) => Some("`ip -V` failed: iproute2 is not usable".into()),
-        Err(e) => Some(format!("no `ip` command (iproute2): {e}")),
+    if !std::path::Path::new("/proc/thread-self/ns/net").exists() {
+        return Some("no network namespaces (/proc/thread-self/ns/net)".into());
+    }
+    None
+}
+
+/// Why `program` cannot be run, if it cannot (not on `PATH`, or it does
+/// not start): for tests that check interoperability with it.
+pub fn missing_tool(program: &str) -> Option<String> {
+    match std::process::Command::new(program)
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        Ok(_) => None,
+        Err(e) => Some(format!("no `{program}` command: {e}")),
     }
 }

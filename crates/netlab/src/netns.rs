@@ -1,15 +1,21 @@
-//! One network namespace: `ip` commands against it, commands and Rust code
-//! run inside it.
+//! One network namespace: created and deleted as iproute2 does (a bind
+//! mount on `/run/netns/NAME`), configured through rtnetlink and
+//! `/proc/sys` from a thread inside it, commands and Rust code run inside
+//! it. Nothing here runs an external program except [`Netns::ip`],
+//! [`Netns::exec`] and [`Netns::command`], which run what the caller asks.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::JoinHandle;
 
+use crate::rtnl::{Rtnl, XdpAttachment};
 use crate::{NetlabError, Result};
 
 /// Where `ip netns add` keeps the namespace handles.
@@ -53,7 +59,9 @@ impl Netns {
         self.path().exists()
     }
 
-    /// Runs `ip -n NAME ARGS...`, returning its standard output.
+    /// Runs `ip -n NAME ARGS...` (iproute2 must be installed), returning
+    /// its standard output: for tests of interoperability with iproute2.
+    /// netlab itself never needs `ip`.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         let mut full = vec!["-n", self.name.as_str()];
         full.extend_from_slice(args);
@@ -95,48 +103,108 @@ impl Netns {
         )
     }
 
+    /// Creates a namespace named `name` as `ip netns add` does (a new
+    /// network namespace bind-mounted on `/run/netns/NAME`), so `ip netns`,
+    /// `flowstate run --netns` and this crate all see it. No guard: the
+    /// caller deletes it with [`Netns::delete`]; [`crate::Topology`] is
+    /// the guard that does so on drop, panic and signals.
+    pub fn create(name: &str) -> Result<Netns> {
+        let netns = Netns::from_name(name)?;
+        create_namespace(&netns.path())?;
+        Ok(netns)
+    }
+
+    /// Deletes the namespace as `ip netns del` does: unmounts and removes
+    /// its handle file. Its interfaces go when nothing else holds the
+    /// namespace (a thread or process still inside it keeps it alive).
+    pub fn delete(&self) -> Result<()> {
+        delete_namespace(&self.path())
+    }
+
     /// Brings `dev` up.
     pub fn set_up(&self, dev: &str) -> Result<()> {
         check_name("interface", dev, MAX_IFNAME)?;
-        self.ip(&["link", "set", "dev", dev, "up"]).map(drop)
+        self.rtnl(&format!("setting {dev} up"), |rtnl| {
+            rtnl.set_up(index_of(dev)?)
+        })
+    }
+
+    /// Whether `dev` is administratively up.
+    pub fn is_up(&self, dev: &str) -> Result<bool> {
+        check_name("interface", dev, MAX_IFNAME)?;
+        self.rtnl(&format!("reading the flags of {dev}"), |rtnl| {
+            rtnl.is_up(index_of(dev)?)
+        })
     }
 
     /// Adds `address/prefix_len` to `dev`.
     pub fn add_address(&self, dev: &str, address: Ipv4Addr, prefix_len: u8) -> Result<()> {
         check_name("interface", dev, MAX_IFNAME)?;
-        let cidr = format!("{address}/{prefix_len}");
-        self.ip(&["addr", "add", &cidr, "dev", dev]).map(drop)
+        if prefix_len > 32 {
+            return Err(NetlabError::io(
+                format!("adding {address}/{prefix_len} to {dev}"),
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            ));
+        }
+        self.rtnl(&format!("adding {address}/{prefix_len} to {dev}"), |rtnl| {
+            rtnl.add_address(index_of(dev)?, address, prefix_len)
+        })
     }
 
     /// Adds a default route through `gateway`.
     pub fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
-        self.ip(&["route", "add", "default", "via", &gateway.to_string()])
-            .map(drop)
+        self.rtnl(&format!("adding a default route via {gateway}"), |rtnl| {
+            rtnl.add_default_route(gateway)
+        })
     }
 
-    /// Sets a sysctl inside the namespace (`net.*` keys are per namespace).
+    /// Moves `dev` from this namespace into `to`, keeping its name.
+    pub fn move_link(&self, dev: &str, to: &Netns) -> Result<()> {
+        check_name("interface", dev, MAX_IFNAME)?;
+        let target = to.open()?;
+        let fd = target.as_raw_fd();
+        self.rtnl(&format!("moving {dev} to namespace {}", to.name), |rtnl| {
+            rtnl.move_link(index_of(dev)?, fd)
+        })
+    }
+
+    /// The XDP programs attached to `dev` (kernel ids and modes), as the
+    /// kernel reports them in the link's IFLA_XDP attribute; empty when
+    /// none is attached.
+    pub fn xdp_programs(&self, dev: &str) -> Result<Vec<XdpAttachment>> {
+        check_name("interface", dev, MAX_IFNAME)?;
+        self.rtnl(&format!("querying XDP on {dev}"), |rtnl| {
+            rtnl.xdp_programs(index_of(dev)?)
+        })
+    }
+
+    /// Sets a sysctl inside the namespace (`net.*` keys are per namespace)
+    /// by writing `/proc/sys/KEY` from a thread inside it, as `sysctl -w`
+    /// does. `KEY` uses dots (or slashes) between its parts.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")])
-            .map(drop)
+        let path = sysctl_path(key)?;
+        let context = format!("setting {key}={value} in namespace {}", self.name);
+        self.run_in(|| std::fs::write(&path, format!("{value}\n")))?
+            .map_err(|e| NetlabError::io(context, e))
+    }
+
+    /// Runs `f` with a route-netlink socket of this namespace (on a thread
+    /// inside it, where interface names resolve too).
+    fn rtnl<T: Send>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Rtnl) -> std::io::Result<T> + Send,
+    ) -> Result<T> {
+        self.run_in(|| Rtnl::open().and_then(|mut rtnl| f(&mut rtnl)))?
+            .map_err(|e| NetlabError::io(format!("{what} in namespace {}", self.name), e))
     }
 
     /// The interface index of `dev` inside the namespace.
     pub fn ifindex(&self, dev: &str) -> Result<u32> {
         check_name("interface", dev, MAX_IFNAME)?;
-        // check_name ruled out NUL bytes.
-        let name = std::ffi::CString::new(dev).expect("no NUL in a checked name");
         // Asked from inside: the index depends on the namespace.
-        let index = self.run_in(|| {
-            // SAFETY: a valid NUL-terminated string.
-            unsafe { libc::if_nametoindex(name.as_ptr()) }
-        })?;
-        if index == 0 {
-            return Err(NetlabError::io(
-                format!("no interface {dev} in namespace {}", self.name),
-                std::io::Error::from(std::io::ErrorKind::NotFound),
-            ));
-        }
-        Ok(index)
+        self.run_in(|| index_of(dev))?
+            .map_err(|e| NetlabError::io(format!("in namespace {}", self.name), e))
     }
 
     /// Runs `f` on a new thread that entered the namespace, and returns
@@ -231,10 +299,194 @@ pub fn sweep_stale(tag: &str) -> Result<Vec<String>> {
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        run("ip", &["netns", "del", &name])?;
+        Netns::from_name(&name)?.delete()?;
         deleted.push(name);
     }
     Ok(deleted)
+}
+
+/// Creates the namespace handle `path` the way iproute2 does, so that
+/// either side sees the other's namespaces: `/run/netns` made a shared
+/// mount point (a bind mount onto itself the first time), so handles
+/// mounted there propagate to other mount namespaces; then an empty file,
+/// a new network namespace (unshared by a short-lived thread) and a bind
+/// mount of that thread's namespace onto the file.
+fn create_namespace(path: &Path) -> Result<()> {
+    prepare_netns_dir()?;
+    let context = || format!("creating namespace {}", path.display());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(path)
+        .map_err(|e| NetlabError::io(context(), e))?;
+    let target = c_path(path)?;
+    // The namespace lives as long as the mount: the thread that made it
+    // ends right after, taking no other reference with it.
+    let mounted = std::thread::spawn(move || -> std::io::Result<()> {
+        // SAFETY: unshare affects the calling thread only for
+        // CLONE_NEWNET; mount gets valid NUL-terminated strings. The
+        // thread's own namespace is named through /proc/thread-self:
+        // /proc/self would name the main thread's.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let source = c"/proc/thread-self/ns/net";
+            if libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                c"none".as_ptr(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")));
+    if let Err(e) = mounted {
+        let _ = std::fs::remove_file(path);
+        return Err(NetlabError::io(context(), e));
+    }
+    Ok(())
+}
+
+/// Makes `/run/netns` exist and be a shared mount point, as `ip netns
+/// add` does. Serialised between processes of this crate with a lock on
+/// the directory, so two first runs never stack two bind mounts.
+fn prepare_netns_dir() -> Result<()> {
+    let dir = Path::new(NETNS_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| NetlabError::io(format!("creating {NETNS_DIR}"), e))?;
+    let lock = File::open(dir).map_err(|e| NetlabError::io(format!("opening {NETNS_DIR}"), e))?;
+    // SAFETY: a valid fd; the lock goes with the file at the end of scope.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(NetlabError::io(
+            format!("locking {NETNS_DIR}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let target = c_path(dir)?;
+    let make_shared = || {
+        // SAFETY: valid NUL-terminated strings; a propagation change only.
+        unsafe {
+            libc::mount(
+                c"".as_ptr(),
+                target.as_ptr(),
+                c"none".as_ptr(),
+                libc::MS_SHARED | libc::MS_REC,
+                std::ptr::null(),
+            )
+        }
+    };
+    if make_shared() == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EINVAL) {
+        return Err(NetlabError::io(format!("making {NETNS_DIR} shared"), error));
+    }
+    // EINVAL: not a mount point yet. Bind it onto itself, then share it.
+    // SAFETY: valid NUL-terminated strings.
+    let bound = unsafe {
+        libc::mount(
+            target.as_ptr(),
+            target.as_ptr(),
+            c"none".as_ptr(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if bound != 0 || make_shared() != 0 {
+        return Err(NetlabError::io(
+            format!("making {NETNS_DIR} a shared mount point"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes the namespace handle `path` as `ip netns del` does: a lazy
+/// unmount (the namespace ends once nothing is inside it), then the file.
+fn delete_namespace(path: &Path) -> Result<()> {
+    let target = c_path(path)?;
+    // SAFETY: a valid NUL-terminated string.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let error = std::io::Error::last_os_error();
+        // EINVAL: not mounted (a half-made handle); ENOENT: gone already.
+        if !matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) {
+            return Err(NetlabError::io(
+                format!("unmounting namespace {}", path.display()),
+                error,
+            ));
+        }
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NetlabError::io(
+            format!("removing namespace {}", path.display()),
+            e,
+        )),
+    }
+}
+
+fn c_path(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        NetlabError::io(
+            format!("path {}", path.display()),
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        )
+    })
+}
+
+/// The index of interface `dev` in the calling thread's namespace.
+fn index_of(dev: &str) -> std::io::Result<u32> {
+    let name =
+        CString::new(dev).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no interface {dev}"),
+        )),
+        index => Ok(index),
+    }
+}
+
+/// `/proc/sys/...` for a sysctl key (`net.ipv4.ip_forward` or
+/// `net/ipv4/ip_forward`), refusing keys that would leave `/proc/sys`.
+fn sysctl_path(key: &str) -> Result<PathBuf> {
+    let parts: Vec<&str> = if key.contains('/') {
+        key.split('/').collect()
+    } else {
+        key.split('.').collect()
+    };
+    let valid = parts.iter().all(|part| {
+        !part.is_empty()
+            && *part != "."
+            && *part != ".."
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    });
+    if !valid {
+        return Err(NetlabError::InvalidName {
+            what: "sysctl",
+            name: key.to_string(),
+            max: 255,
+        });
+    }
+    Ok(parts
+        .iter()
+        .fold(PathBuf::from("/proc/sys"), |path, part| path.join(part)))
 }
 
 /// The pid in `PREFIX<pid>-...`, if `name` has that shape.
@@ -300,6 +552,29 @@ mod tests {
             );
         }
         assert!(Netns::from_name("../etc").is_err());
+    }
+
+    #[test]
+    fn sysctl_keys_map_into_proc_sys_only() {
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward").unwrap(),
+            Path::new("/proc/sys/net/ipv4/ip_forward")
+        );
+        // Slashes let a part hold a dot (a VLAN interface's name).
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.100/forwarding").unwrap(),
+            Path::new("/proc/sys/net/ipv4/conf/eth0.100/forwarding")
+        );
+        for bad in [
+            "",
+            "net..ipv4",
+            "../etc/passwd",
+            "net/../../etc",
+            "net.ipv4 x",
+            "/net",
+        ] {
+            assert!(sysctl_path(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 mod attach;
 mod map;
+mod query;
 mod sys;
 
 use std::io;
@@ -24,6 +25,7 @@ pub use attach::{ensure_bpffs, tcx_programs, ProgramLink, TcDirection, BPFFS_ROO
 pub use aya::programs::XdpMode;
 pub use aya::VerifierLogLevel;
 pub use map::{Entry, RawMap, UpdateMode};
+pub use query::program_loaded;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -346,20 +346,43 @@ fn start(
         ),
         "attached",
     );
+    // What the kernel itself says is on the interface: the same query that
+    // later shows the program gone, so that check cannot pass by seeing
+    // nothing at all.
+    let dev = SwitchLab::SWITCH_CLIENT_DEV;
+    let attached = programs_on(&lab.switch, dev).unwrap_or_else(|e| e.to_string());
+    let expected = match attach {
+        AttachPoint::Xdp { .. } => Some(format!("xdp id {} ", instance.prog_id)),
+        AttachPoint::TcIngress if instance.mode == "tcx" => Some("tcx/ingress ".to_string()),
+        AttachPoint::TcEgress if instance.mode == "tcx" => Some("tcx/egress ".to_string()),
+        // A clsact filter (kernels before TCX) is not in the TCX query.
+        _ => None,
+    };
+    if let Some(expected) = expected {
+        story.check(
+            attached.contains(&expected),
+            &format!("the kernel reports on {dev}: {attached}"),
+            &format!("{expected}on {dev}"),
+        );
+    }
     Ok(instance)
 }
 
-/// `flowstate stop`, then checks that the interface has no program left.
+/// `flowstate stop`, then asks the kernel whether the interface has no
+/// program left and the program itself is gone (no link, pin or fd of it
+/// remains).
 fn stop(story: &mut Story, lab: &SwitchLab, instance: &Instance) -> anyhow::Result<()> {
     story.step(&format!("flowstate stop {}", instance.name));
     flowstate_control::stop(&instance.name)?;
     let dev = SwitchLab::SWITCH_CLIENT_DEV;
     let mut attached = String::new();
-    // The kernel detaches a link when its last reference goes, which can
-    // come a moment after the pin is removed.
-    wait_until(Duration::from_secs(2), || {
+    let mut loaded = Ok(true);
+    // The kernel detaches a link and frees its program when the last
+    // reference goes, which can come a moment after the pin is removed.
+    wait_until(Duration::from_secs(3), || {
         attached = programs_on(&lab.switch, dev).unwrap_or_else(|e| e.to_string());
-        attached.is_empty()
+        loaded = flowstate_runtime::program_loaded(instance.prog_id);
+        attached.is_empty() && matches!(loaded, Ok(false))
     });
     story.check(
         attached.is_empty(),
@@ -370,18 +393,26 @@ fn stop(story: &mut Story, lab: &SwitchLab, instance: &Instance) -> anyhow::Resu
         },
         "no program",
     );
+    story.check(
+        matches!(loaded, Ok(false)),
+        &match &loaded {
+            Ok(false) => format!("program id {} is unloaded", instance.prog_id),
+            Ok(true) => format!("program id {} is still loaded", instance.prog_id),
+            Err(e) => format!("program id {}: {e}", instance.prog_id),
+        },
+        "unloaded",
+    );
     Ok(())
 }
 
-/// The programs attached to `dev`, `; `-separated (empty: none): XDP as
-/// `bpftool net` lists it, and TCX (which this bpftool predates) from the
-/// kernel's TCX query.
+/// The programs the kernel reports on `dev` in the switch, `; `-separated
+/// (empty: none): XDP from the link's netlink attributes (any attach
+/// method), TCX from the kernel's TCX query.
 fn programs_on(netns: &Netns, dev: &str) -> anyhow::Result<String> {
-    let out = netns.exec("bpftool", &["net", "show", "dev", dev])?;
-    let mut found: Vec<String> = out
-        .lines()
-        .filter(|l| l.starts_with(dev))
-        .map(|l| format!("xdp {}", l.trim()))
+    let mut found: Vec<String> = netns
+        .xdp_programs(dev)?
+        .into_iter()
+        .map(|xdp| format!("xdp id {} ({})", xdp.prog_id, xdp.mode))
         .collect();
     for (direction, label) in [
         (TcDirection::Ingress, "tcx/ingress"),
