@@ -639,26 +639,24 @@ fn demo_program_ids(stdout: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The names in `dir` that `keep` accepts (none when `dir` is absent).
+fn names_in(dir: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| keep(n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The demo with process id `pid`, which printed `stdout`, left nothing
 /// behind: no namespace, no pin, no program (so no link), no temp copy.
 fn assert_demo_left_nothing(pid: u32, stdout: &str) {
-    let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("fs-demo-{pid}-")))
-                .collect()
-        })
-        .unwrap_or_default();
+    let leftovers = names_in("/run/netns", |n| n.starts_with(&format!("fs-demo-{pid}-")));
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let pins: Vec<String> = std::fs::read_dir("/sys/fs/bpf/flowstate")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(&format!("-{pid}")))
-                .collect()
-        })
-        .unwrap_or_default();
+    let pins = names_in("/sys/fs/bpf/flowstate", |n| n.ends_with(&format!("-{pid}")));
     assert!(pins.is_empty(), "{pins:?}");
     let ids = demo_program_ids(stdout);
     assert!(
