@@ -30,8 +30,17 @@
 //! field's slot, the restart path (the second, locked pass) makes the
 //! verifier forget the field slots' values, and the `may_goto` spins fall
 //! through on success, so the program after them is walked from their
-//! first iteration. 5,000 exact rows: 19k slots, 89k instructions
-//! processed (the limit is a million).
+//! first iteration, and tests read field and register slots through a
+//! copy the verifier does not link back to the slot (so a range test does
+//! not narrow the slot for the rows after it). 5,000 exact rows: 19k
+//! slots, 89k instructions processed (the limit is a million); 5,000
+//! range rows: 140k.
+//!
+//! The verifier also gives up on a path with more than 8,192 branches
+//! pending, whatever its instruction budget: runs of rows testing one
+//! field for values, ranges or sets are binary searches, and [`walk`]
+//! estimates the pending branches of what is left so that `check_limits`
+//! refuses a chain the kernel would.
 //! - [`object`]: the ELF object through flowstate-obj.
 //!
 //! Per packet, the program follows DESIGN.md section 1 and the reference
@@ -94,6 +103,7 @@ pub mod layout;
 pub mod lower;
 pub mod object;
 pub mod parse;
+pub mod walk;
 
 use flowstate_lang::ir::{Hook, Program};
 
@@ -251,6 +261,13 @@ fn compile_staging(
     if code.insns.len() > MAX_INSNS {
         return Err(CodegenError::Limits(vec![too_many_insns(code.insns.len())]));
     }
+    let pending = walk::pending_branches(&code.insns);
+    if std::env::var_os("FLOWSTATE_DEBUG_WALK").is_some() {
+        eprintln!("pending branches (estimate): {pending}");
+    }
+    if pending > walk::PENDING_LIMIT {
+        return Err(CodegenError::Limits(vec![too_many_pending(pending)]));
+    }
     let name = layout::c_name(&program.name);
     let object = object::build(program, &layout, hook, &name, &code)?;
     let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
@@ -292,6 +309,16 @@ fn too_many_insns(count: usize) -> String {
     format!(
         "compiles to {count} eBPF instructions (limit {MAX_INSNS}): split the table or use \
          fewer states with wildcard rows"
+    )
+}
+
+fn too_many_pending(pending: usize) -> String {
+    format!(
+        "one path through its table tests too many rows one after the other: the kernel's \
+         verifier would keep about {pending} branches pending (it gives up past {}); rows that \
+         each test one field for a value, a range or a set are searched, not chained, so group \
+         rows by field, or split the table",
+        walk::VERIFIER_PENDING_LIMIT
     )
 }
 
