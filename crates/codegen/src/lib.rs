@@ -89,6 +89,7 @@
 //! Panic rule: [`compile`] and [`check_limits`] never panic on a program
 //! produced by `flowstate_lang::compile`.
 
+pub mod editor;
 pub mod emit;
 pub mod layout;
 pub mod lower;
