@@ -13,6 +13,7 @@ use crate::{RawMap, RuntimeError, TestRunResult};
 
 // `enum bpf_cmd`, `enum bpf_prog_type`.
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `BPF_LD | BPF_DW | BPF_IMM`, the first slot of a map load.
@@ -48,6 +49,18 @@ struct ProgLoadAttr {
 
 // SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
 unsafe impl BpfAttr for ProgLoadAttr {}
+
+/// The `BPF_OBJ_GET` member of `union bpf_attr`, up to `file_flags`.
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+// SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
+unsafe impl BpfAttr for ObjGetAttr {}
 
 /// The `BPF_PROG_TEST_RUN` member of `union bpf_attr`, up to `batch_size`.
 #[repr(C)]
@@ -164,6 +177,28 @@ impl RawProgram {
         }
     }
 
+    /// Opens a program pinned on bpffs (e.g. a running instance's
+    /// `prog`), to test-run it.
+    pub fn from_pin(path: impl AsRef<std::path::Path>) -> Result<RawProgram, RuntimeError> {
+        let path = path.as_ref();
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            RuntimeError::BadInstructions(format!("{}: NUL in path", path.display()))
+        })?;
+        let mut attr = ObjGetAttr {
+            pathname: c_path.as_ptr() as u64,
+            ..ObjGetAttr::default()
+        };
+        let fd = sys::bpf(BPF_OBJ_GET, &mut attr)
+            .map_err(|io| RuntimeError::syscall("BPF_OBJ_GET", io))?;
+        // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(RawProgram {
+            name: path.display().to_string(),
+            fd,
+            verified_insns: None,
+        })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -175,6 +210,12 @@ impl RawProgram {
 
     /// Runs the program once on `data` with `BPF_PROG_TEST_RUN`.
     pub fn test_run(&self, data: &[u8]) -> Result<TestRunResult, RuntimeError> {
+        self.test_run_repeat(data, 1)
+    }
+
+    /// Runs the program `repeat` times (at least once) on `data`; the
+    /// result is the last run's.
+    pub fn test_run_repeat(&self, data: &[u8], repeat: u32) -> Result<TestRunResult, RuntimeError> {
         let mut data_out = vec![0u8; data.len() + DATA_OUT_SLACK];
         let mut attr = TestRunAttr {
             prog_fd: self.fd.as_fd().as_raw_fd() as u32,
@@ -182,7 +223,7 @@ impl RawProgram {
             data_size_out: data_out.len() as u32,
             data_in: data.as_ptr() as u64,
             data_out: data_out.as_mut_ptr() as u64,
-            repeat: 1,
+            repeat: repeat.max(1),
             ..TestRunAttr::default()
         };
         sys::bpf(BPF_PROG_TEST_RUN, &mut attr)
