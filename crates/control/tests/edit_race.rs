@@ -20,8 +20,14 @@ use flowstate_wire::build::{mac, PacketBuilder};
 const PROGRAM: &str = "program edits\nhook xdp\nflow ip.src\nstates A, B\n\
                        registers n = 0, mark = 0\nglobals total = 0, other = 0\n\
                        flows 16 refuse\ndefault drop\n\ntable\n\
-                       \x20 * * => pass, n = n + 1, total = total + 1\nend\n";
+                       \x20 * udp.dport == 53 => pass, n = n + 1, total = total + 1\n\
+                       \x20 A * => pass, next B\n\
+                       \x20 B * => pass, next A\nend\n";
+/// The flow every test edits; its packets count in `n`.
 const FLOW: &str = "10.0.0.1";
+/// A flow whose packets only toggle its state (its entry comes and goes:
+/// B is kept, A is the initial entry, elided). Its `n` must stay 0.
+const TOGGLER: &str = "10.0.0.9";
 
 /// Test runs per thread, and packets per test run.
 const CALLS: u32 = 20;
@@ -125,25 +131,35 @@ fn pin_to_cpu(cpu: usize) {
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
 }
 
-/// Runs the flow's packet `TOTAL` times from two pinned CPUs while `edit`
-/// is called over and over (with the round number) on this thread; returns
+fn frame(src: [u8; 4], dport: u16) -> Vec<u8> {
+    PacketBuilder::eth(mac(1), mac(2))
+        .ipv4(src, [10, 0, 0, 2])
+        .udp(40000, dport)
+        .build()
+}
+
+/// Runs `FLOW`'s packet `TOTAL` times from two pinned CPUs (with
+/// `togglers` packets of `TOGGLER` after each test run) while `edit` is
+/// called over and over (with the round number) on this thread; returns
 /// the rounds made while packets were running.
-fn hammer_while(instance: &Instance, mut edit: impl FnMut(u64)) -> u64 {
+fn hammer_while(instance: &Instance, togglers: u32, mut edit: impl FnMut(u64)) -> u64 {
     let program = instance.program();
-    let frame = PacketBuilder::eth(mac(1), mac(2))
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 2])
-        .udp(40000, 53)
-        .build();
+    let frame_of_flow = frame([10, 0, 0, 1], 53);
+    let toggler = frame([10, 0, 0, 9], 7);
     let running = AtomicUsize::new(THREADS);
     let mut rounds = 0;
     std::thread::scope(|s| {
         for cpu in 0..THREADS {
-            let (program, frame, running) = (&program, &frame, &running);
+            let (program, running) = (&program, &running);
+            let (frame, toggler) = (&frame_of_flow, &toggler);
             s.spawn(move || {
                 pin_to_cpu(cpu);
                 for _ in 0..CALLS {
                     let result = program.test_run_repeat(frame, REPEAT);
                     assert_eq!(result.unwrap().retval, 2, "XDP_PASS from the row");
+                    if togglers > 0 {
+                        program.test_run_repeat(toggler, togglers).unwrap();
+                    }
                 }
                 running.fetch_sub(1, Ordering::SeqCst);
             });
@@ -199,7 +215,7 @@ fn register_and_state_edits_lose_no_packet_update() {
     let instance = Instance::start('r');
     let handle = instance.handle();
     let mut last = (0, "A");
-    let rounds = hammer_while(&instance, |round| {
+    let rounds = hammer_while(&instance, 0, |round| {
         let state = if round % 2 == 0 { "B" } else { "A" };
         handle.set_register(FLOW, "mark", round as i64 + 1).unwrap();
         handle.set_state(FLOW, state).unwrap();
@@ -223,7 +239,7 @@ fn global_edits_lose_no_packet_addition() {
     let instance = Instance::start('g');
     let handle = instance.handle();
     let mut last = 0;
-    let rounds = hammer_while(&instance, |round| {
+    let rounds = hammer_while(&instance, 0, |round| {
         last = -(round as i64);
         handle.set_global("other", last).unwrap();
     });
@@ -243,7 +259,7 @@ fn deletes_and_flushes_leave_no_entry_held() {
     let instance = Instance::start('d');
     let handle = instance.handle();
     let deleted = AtomicUsize::new(0);
-    let rounds = hammer_while(&instance, |round| {
+    let rounds = hammer_while(&instance, 1001, |round| {
         let removed = if round % 2 == 0 {
             handle.delete_flow(FLOW).map_or(0, |()| 1)
         } else {
@@ -259,15 +275,20 @@ fn deletes_and_flushes_leave_no_entry_held() {
     );
     assert_no_entry_held(&instance);
     assert_every_packet_counted(&handle);
+    // A packet of `FLOW` holding its entry while the entry was deleted
+    // would write `n` into the element's next life: often the toggler's.
+    if let Some(toggler) = handle.flow(TOGGLER).unwrap() {
+        assert_eq!(
+            toggler.registers[0].1, 0,
+            "a write to a deleted flow landed in the toggler's entry: {toggler:?}"
+        );
+        assert_eq!(toggler.state, "B", "only B is kept");
+    }
     // The flow still counts from where the last delete left it, and one
     // more packet is one more.
     let before = handle.flow(FLOW).unwrap().map_or(0, |f| f.registers[0].1);
     assert!(before <= TOTAL, "n = {before}");
-    let program = instance.program();
-    let frame = PacketBuilder::eth(mac(1), mac(2))
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 2])
-        .udp(40000, 53)
-        .build();
-    assert_eq!(program.test_run(&frame).unwrap().retval, 2);
+    let packet = frame([10, 0, 0, 1], 53);
+    assert_eq!(instance.program().test_run(&packet).unwrap().retval, 2);
     assert_eq!(register(&handle, "n"), before + 1);
 }
