@@ -112,7 +112,7 @@ fn model(machine: &mut Machine<'_>, key: &Key, edit: Edit, now: i64) -> Outcome 
         machine.table_mut().remove(key);
         return Outcome::Elided { old };
     }
-    match machine.table_mut().insert(key.clone(), entry) {
+    match machine.table_mut().insert(*key, entry) {
         Err(_) => Outcome::TableFull,
         Ok(_) if created => Outcome::Created { old },
         Ok(_) => Outcome::Written { old },
@@ -173,7 +173,7 @@ fn random_programs_edited_between_packets_agree_with_the_interpreter() {
             if keys.is_empty() || !rng.percent(50) {
                 continue;
             }
-            let key = keys[rng.index(keys.len())].clone();
+            let key = keys[rng.index(keys.len())];
             let edit = random_edit(&mut rng, program);
             let request = match edit {
                 Edit::State(state) => Request::SetState {
