@@ -4,11 +4,10 @@
 //!
 //! Reads copy entries with the map syscalls, without the lock (a copy made
 //! while a packet writes that entry may mix its old and new fields). Edits
-//! never write the maps from user
-//! space: they go through the editor program (`edit.rs`), which takes the
-//! flow's lock word in the kernel exactly as a packet does, so an edit and
-//! a packet of the same flow at the same instant are applied one after
-//! the other, and neither is lost:
+//! never write the maps from user space: they go through the editor
+//! program (`edit.rs`), which takes the flow's lock word in the kernel
+//! exactly as a packet does, so an edit and a packet of the same flow at
+//! the same instant are applied one after the other, and neither is lost:
 //! - `set_state` / `set_register` change that one field of the entry as
 //!   the program would read it now (a missing flow is made in the initial
 //!   state with constant initial registers; one past its timeout is reset
@@ -307,7 +306,8 @@ impl Handle {
         Ok(self.editing.get_or_init(|| editing))
     }
 
-    /// Puts flow `key_text` in `state` (creating the entry if needed).
+    /// Puts flow `key_text` in `state` (creating the entry if needed; see
+    /// the module doc for expiry, `last_seen` and elision).
     pub fn set_state(&self, key_text: &str, state: &str) -> Result<(), ControlError> {
         let key = self.parse_key(key_text)?;
         let state = self.state_id(state)?;
