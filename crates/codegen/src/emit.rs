@@ -48,6 +48,10 @@ use crate::testing::StagedConflict;
 
 use Reg::*;
 
+mod editor;
+
+pub(crate) use editor::emit_editor;
+
 const CTX: Reg = R6;
 const ENTRY: Reg = R7;
 const NOW: Reg = R8;
@@ -273,6 +277,13 @@ impl<'a> Emitter<'a> {
         self.restart_block();
         self.default_blocks();
         self.action_tails();
+        self.finish()
+    }
+
+    /// The end of a pass: jump reaches checked (sites out of 16-bit reach
+    /// send the emission round again, see [`emit`]), then the code
+    /// assembled and the far `goto`s made `gotol`.
+    fn finish(self) -> Result<Pass, Result<String, AsmError>> {
         if let Some(message) = self.error {
             return Err(Ok(message));
         }
@@ -851,29 +862,7 @@ impl<'a> Emitter<'a> {
         );
         self.launder_presence();
 
-        match self.target.clock {
-            Clock::None => {
-                self.asm.annotate("now: unused");
-                self.emit(Insn::mov64(NOW, 0));
-            }
-            Clock::Coarse => {
-                self.asm.annotate("now: coarse clock (timeouts only)");
-                self.call(Helper::KTIME_GET_COARSE_NS);
-                self.emit(Insn::mov64(NOW, R0));
-            }
-            Clock::Precise => {
-                self.asm.annotate("now");
-                self.call(Helper::KTIME_GET_NS);
-                self.emit(Insn::mov64(NOW, R0));
-            }
-            Clock::TestMap => {
-                self.asm.annotate("now: from the clock map (test clock)");
-                self.lookup_index(MAPS.clock, 0);
-                self.emit(Insn::mov64(NOW, 0));
-                self.emit(Insn::jeq(R0, 0, 1));
-                self.emit(Insn::ldx(Size::DW, NOW, R0, 0));
-            }
-        }
+        self.load_now();
 
         if self.layout.globals_map.is_some() {
             self.asm.annotate("the globals");
@@ -907,6 +896,33 @@ impl<'a> Emitter<'a> {
         if let Some(area) = frame.update_key {
             self.asm.annotate("pack the update key");
             self.pack_key(&self.program.update_key, area);
+        }
+    }
+
+    /// `NOW` = the program's clock (see [`Clock`]). Clobbers R0-R5.
+    fn load_now(&mut self) {
+        match self.target.clock {
+            Clock::None => {
+                self.asm.annotate("now: unused");
+                self.emit(Insn::mov64(NOW, 0));
+            }
+            Clock::Coarse => {
+                self.asm.annotate("now: coarse clock (timeouts only)");
+                self.call(Helper::KTIME_GET_COARSE_NS);
+                self.emit(Insn::mov64(NOW, R0));
+            }
+            Clock::Precise => {
+                self.asm.annotate("now");
+                self.call(Helper::KTIME_GET_NS);
+                self.emit(Insn::mov64(NOW, R0));
+            }
+            Clock::TestMap => {
+                self.asm.annotate("now: from the clock map (test clock)");
+                self.lookup_index(MAPS.clock, 0);
+                self.emit(Insn::mov64(NOW, 0));
+                self.emit(Insn::jeq(R0, 0, 1));
+                self.emit(Insn::ldx(Size::DW, NOW, R0, 0));
+            }
         }
     }
 

@@ -42,6 +42,9 @@
 //! estimates the pending branches of what is left so that `check_limits`
 //! refuses a chain the kernel would.
 //! - [`object`]: the ELF object through flowstate-obj.
+//! - [`editor`]: not a stage but a second program for the same layout:
+//!   the editor the control plane edits flows and globals through (see
+//!   "Anyone else who writes" below).
 //!
 //! Per packet, the program follows DESIGN.md section 1 and the reference
 //! interpreter (`flowstate-interp`) exactly; see [`emit`] for the register
@@ -85,9 +88,16 @@
 //! Anyone else who writes a flows map (the control plane, a migration)
 //! must follow the same rules: take the word even -> odd by cmpxchg (or
 //! insert with `BPF_NOEXIST`), never replace an element with
-//! `BPF_ANY`, delete only while holding the word. Global registers use
-//! an atomic add (`g = g + e`) or a cmpxchg loop through `may_goto` (a
-//! write that spends the budget is dropped). `bpf_spin_lock` is not
+//! `BPF_ANY`, delete only while holding the word. User space cannot do
+//! that with the map syscalls (they copy or replace whole values), so the
+//! control plane's edits run in the kernel: [`editor`] generates, for a
+//! program's layout, an XDP program run with `BPF_PROG_TEST_RUN` (request
+//! in, reply out through the packet's bytes) that goes through the same
+//! [`emit`] pieces (`lock_loop` with a held placeholder for a missing
+//! flow, `delete_held`, `unlock_entry`, `expiry_check`). Global registers
+//! use an atomic add (`g = g + e`) or a cmpxchg loop through `may_goto` (a
+//! write that spends the budget is dropped); the editor sets one with an
+//! atomic exchange. `bpf_spin_lock` is not
 //! used: it is refused in LRU maps. Loads are kept in order by x86
 //! (TSO), which the seqlock read relies on. Known limits: an LRU eviction
 //! frees an element without its lock, so a packet working on an evicted
@@ -98,6 +108,7 @@
 //! Panic rule: [`compile`] and [`check_limits`] never panic on a program
 //! produced by `flowstate_lang::compile`.
 
+pub mod editor;
 pub mod emit;
 pub mod layout;
 pub mod lower;
