@@ -18,7 +18,6 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use flowstate_netlab::{Netns, Topology};
-use serde_json::Value;
 
 /// The unprivileged user the hostile steps run as.
 const NOBODY: u32 = 65534;
@@ -29,18 +28,16 @@ const PROGRAM: &str = "program trust\nhook xdp\nflow ip.src\nstates NEW, SEEN\n\
                        default pass\ntable\n  * udp.dport == 9 => pass, next SEEN\nend\n";
 
 fn skip(test: &str) -> bool {
-    let reason = flowstate_netlab::skip_reason().or_else(|| {
-        (!Path::new("/sys/fs/bpf").is_dir()).then(|| "no /sys/fs/bpf".to_string())
-    });
+    let reason = flowstate_netlab::skip_reason()
+        .or_else(|| (!Path::new("/sys/fs/bpf").is_dir()).then(|| "no /sys/fs/bpf".to_string()));
     flowstate_testkit::skip_if(test, reason)
 }
 
 /// A switch namespace with a veth to a peer namespace, and pin and
 /// metadata roots of the test's own.
 struct Lab {
-    topology: Topology,
+    _topology: Topology,
     switch: Netns,
-    peer: Netns,
     pin_root: PathBuf,
     run_dir: PathBuf,
     program: PathBuf,
@@ -76,9 +73,8 @@ impl Lab {
             let _ = std::fs::remove_file(&prog);
         });
         Lab {
-            topology,
+            _topology: topology,
             switch,
-            peer,
             pin_root,
             run_dir,
             program,
@@ -134,16 +130,6 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-
-    fn list(&self) -> Vec<Value> {
-        let out = self.flowstate(&["list", "--json"]);
-        assert!(out.status.success(), "list: {}", text(&out));
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
-    }
 }
 
 fn text(out: &Output) -> String {
@@ -187,7 +173,7 @@ fn a_pin_root_made_by_another_user_is_refused() {
         let stop = lab.flowstate(&["stop", "own"]);
         let left = lab.xdp_ids_settled();
         assert!(
-            !(stop.status.success() && !left.is_empty()),
+            !stop.status.success() || left.is_empty(),
             "after the other user's mv ({}), `stop` said {} while programs {left:?} stay \
              attached",
             moved.status,

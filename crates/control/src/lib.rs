@@ -30,11 +30,13 @@ mod handle;
 pub mod journal;
 mod kernel;
 pub mod keytext;
+mod links;
 pub mod lock;
 pub mod meta;
 mod paths;
 mod reload;
 pub mod summary;
+pub mod trust;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -185,6 +187,27 @@ pub enum ControlError {
     },
     #[error("no flow {0} in the state table")]
     NoSuchFlow(String),
+    /// A pin or metadata directory that another user could change (see
+    /// [`trust`]).
+    #[error("refusing to use {path}: {why}. To fix: {fix}")]
+    Untrusted {
+        path: PathBuf,
+        why: String,
+        fix: String,
+    },
+    /// `stop` could not take the program off its interface.
+    #[error(
+        "{name}: program {prog_id} is still attached (ifindex {ifindex}, link {link}) and \
+         could not be detached: {message}. Its metadata is kept; find the link with `bpftool \
+         link show id {link}`, remove its pins, then run `flowstate stop {name}` again"
+    )]
+    StillAttached {
+        name: String,
+        prog_id: u32,
+        link: u32,
+        ifindex: u32,
+        message: String,
+    },
     #[error("metadata {path}: {message}")]
     Metadata { path: PathBuf, message: String },
     #[error("{what}: {message}")]
@@ -230,13 +253,14 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
     let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
     let output = codegen(&program, attach.hook())?;
 
+    flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
+        .map_err(|e| ControlError::kernel("mounting bpffs", e))?;
+    paths::check_roots(true)?;
     let _lock = InstanceLock::acquire(&name)?;
     journal::repair_locked(&name)?;
     if paths::pin_dir(&name).exists() || paths::meta_path(&name).exists() {
         return Err(ControlError::NameTaken(name));
     }
-    flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
-        .map_err(|e| ControlError::kernel("mounting bpffs", e))?;
     let pin_dir = paths::pin_dir(&name);
     let maps_dir = pin_dir.join("maps");
     let mut journal = Journal::new(&name, Op::Run { meta: None });
@@ -245,8 +269,8 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
     // journal; dropping the unpinned link (if any) detaches the program.
     let mut guard = paths::RemoveOnDrop::new(pin_dir.clone());
     let mut journal_guard = JournalOnDrop(Some(name.clone()));
-    std::fs::create_dir_all(&maps_dir)
-        .map_err(|e| ControlError::kernel(format!("creating {}", maps_dir.display()), e))?;
+    trust::create_private_dir(&pin_dir)?;
+    trust::create_private_dir(&maps_dir)?;
 
     let pins: Vec<(&'static str, PathBuf)> = map_names(&output.layout)
         .into_iter()
@@ -352,6 +376,7 @@ pub fn lock(name: &str) -> Result<InstanceLock, ControlError> {
 /// Every program started by [`run`], with the pins cross-checked against
 /// the metadata (see [`Instance::problem`]).
 pub fn list() -> Result<Vec<Instance>, ControlError> {
+    paths::check_roots(false)?;
     let mut out = Vec::new();
     let mut names = paths::meta_names()?;
     for orphan in paths::pin_names()?
@@ -414,7 +439,12 @@ fn inspect_pins(name: &str) -> Instance {
     let mut problem = None;
     let mut flows = 0;
     match kernel::link_program_id(&pin_dir.join("link")) {
-        Err(e) => problem = Some(format!("link pin unusable: {e}")),
+        Err(e) => {
+            problem = Some(format!(
+                "link pin unusable: {e}{}",
+                attached_elsewhere(&meta)
+            ))
+        }
         Ok(id) if id != meta.prog_id => {
             problem = Some(format!(
                 "the link runs program {id}, the metadata says {}",
@@ -436,6 +466,22 @@ fn inspect_pins(name: &str) -> Instance {
         }
     }
     instance_of(&meta, flows, problem)
+}
+
+/// What the kernel says when the link pin is unusable: whether the
+/// program is still attached through a link pinned elsewhere.
+fn attached_elsewhere(meta: &Meta) -> String {
+    let Ok(found) = links::links_running(meta.prog_id) else {
+        return String::new();
+    };
+    match found.iter().find(|(_, s)| s.attached()) {
+        Some((_, s)) => format!(
+            "; the kernel still runs program {} on ifindex {} through link {} (pinned \
+             elsewhere): `flowstate stop {}` detaches it",
+            meta.prog_id, s.ifindex, s.id, meta.name
+        ),
+        None => "; the program is not attached".to_string(),
+    }
 }
 
 fn instance_of(meta: &Meta, flows: usize, problem: Option<String>) -> Instance {
@@ -498,8 +544,18 @@ pub(crate) fn stop_steps(
     // pin is gone and no process holds its fd, the kernel detaches it.
     step("unpin-link")?;
     let link = pin_dir.join("link");
+    // What the kernel should no longer run afterwards: the program on the
+    // link pin, or the one the metadata names when the pin is missing.
+    let meta = Meta::load(&meta_path).ok();
+    let prog_id = links::state_of_pin(&link)
+        .ok()
+        .map(|s| s.prog_id)
+        .or(meta.as_ref().map(|m| m.prog_id));
     if link.exists() {
         kernel::unpin_link(&link)?;
+    }
+    if let Some(prog_id) = prog_id {
+        detach_elsewhere(name, prog_id, meta.as_ref().map(|m| m.ifindex))?;
     }
     step("remove-pins")?;
     if pin_dir.exists() {
@@ -510,6 +566,49 @@ pub(crate) fn stop_steps(
     if meta_path.exists() {
         std::fs::remove_file(&meta_path)
             .map_err(|e| ControlError::kernel(format!("removing {}", meta_path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Confirms through the kernel that no link runs `prog_id` any more, and
+/// forces off any that still does (its pin was moved or copied: the path
+/// alone cannot be trusted to be the only one). `ifindex`, when known,
+/// limits this to the instance's own interface.
+fn detach_elsewhere(name: &str, prog_id: u32, ifindex: Option<u32>) -> Result<(), ControlError> {
+    use std::os::fd::AsFd;
+    let still = |link: u32, ifindex: u32, message: String| ControlError::StillAttached {
+        name: name.to_string(),
+        prog_id,
+        link,
+        ifindex,
+        message,
+    };
+    let found = links::links_running(prog_id)
+        .map_err(|e| ControlError::kernel("listing the kernel's bpf links", e))?;
+    for (fd, state) in found {
+        if !state.attached() || ifindex.is_some_and(|i| i != state.ifindex) {
+            continue;
+        }
+        links::force_detach(fd.as_fd())
+            .map_err(|e| still(state.id, state.ifindex, e.to_string()))?;
+        match links::state_of(fd.as_fd()) {
+            Ok(after) if !after.attached() => {}
+            Ok(_) => {
+                return Err(still(
+                    state.id,
+                    state.ifindex,
+                    "the kernel still reports it attached".into(),
+                ))
+            }
+            Err(e) => return Err(still(state.id, state.ifindex, e.to_string())),
+        }
+        eprintln!(
+            "note: {name}: link {} of program {prog_id} was pinned outside {} (moved or \
+             copied); it is now detached through the kernel. Its stray pin keeps the detached \
+             link in memory until removed",
+            state.id,
+            paths::pin_dir(name).display()
+        );
     }
     Ok(())
 }

@@ -100,11 +100,13 @@ impl Meta {
             message,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| error(e.to_string()))?;
+            crate::trust::trusted_dir(dir, true)?;
         }
         let text = serde_json::to_string_pretty(self).map_err(|e| error(e.to_string()))?;
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| error(e.to_string()))?;
+        crate::trust::create_private_file(&tmp)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+            .map_err(|e| error(e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             error(e.to_string())

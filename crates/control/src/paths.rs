@@ -34,6 +34,13 @@ fn from_env(var: &str) -> Option<PathBuf> {
     value.is_absolute().then_some(value)
 }
 
+/// Checks the pin root and the run directory (see [`crate::trust`]),
+/// creating them mode 0700 when `create` is set.
+pub(crate) fn check_roots(create: bool) -> Result<(), ControlError> {
+    crate::trust::trusted_dir(&pin_root(), create)?;
+    crate::trust::trusted_dir(&meta_dir(), create)
+}
+
 pub(crate) fn pin_dir(name: &str) -> PathBuf {
     pin_root().join(name)
 }
