@@ -18,6 +18,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use flowstate_netlab::{Netns, Topology};
+use serde_json::Value;
 
 /// The unprivileged user the hostile steps run as.
 const NOBODY: u32 = 65534;
@@ -38,6 +39,7 @@ fn skip(test: &str) -> bool {
 struct Lab {
     _topology: Topology,
     switch: Netns,
+    peer: Netns,
     pin_root: PathBuf,
     run_dir: PathBuf,
     program: PathBuf,
@@ -75,6 +77,7 @@ impl Lab {
         Lab {
             _topology: topology,
             switch,
+            peer,
             pin_root,
             run_dir,
             program,
@@ -106,6 +109,26 @@ impl Lab {
             .env("FLOWSTATE_RUN_DIR", &self.run_dir)
             .env("FLOWSTATE_LOCK_TIMEOUT", "10");
         command
+    }
+
+    /// `flowstate list --json` run by `command` (from the host, or from
+    /// elsewhere), as JSON values.
+    fn list_with(&self, command: Command) -> Vec<Value> {
+        let out = self
+            .with_roots(command)
+            .args(["list", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "list: {}", text(&out));
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn list(&self) -> Vec<Value> {
+        self.list_with(Command::new(env!("CARGO_BIN_EXE_flowstate")))
     }
 
     /// The XDP program ids the kernel reports on the switch's interface.
@@ -249,4 +272,184 @@ fn stop_detaches_through_the_kernel_when_the_pins_were_moved() {
          are attached",
         text(&stop)
     );
+}
+
+/// The one listed instance named `name`.
+fn listed<'a>(all: &'a [Value], name: &str) -> &'a Value {
+    all.iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("{name} listed: {all:?}"))
+}
+
+fn run_json(out: &Output) -> Value {
+    assert!(out.status.success(), "run: {}", text(out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn run_with_netns_attaches_inside_and_keeps_pins_on_the_host() {
+    if skip("run_with_netns_attaches_inside_and_keeps_pins_on_the_host") {
+        return;
+    }
+    let lab = Lab::new("trnetns");
+    let program = lab.program.to_str().unwrap();
+    let netns = lab.switch.name();
+    // From the host: the interface exists only inside the namespace.
+    let run = lab.flowstate(&[
+        "run", program, "--netns", netns, "--dev", DEV, "--name", "nsrun", "--json",
+    ]);
+    let instance = run_json(&run);
+    let prog_id = instance["prog_id"].as_u64().unwrap() as u32;
+    assert_eq!(instance["netns"], netns);
+    // The command has exited: the pins keep it attached.
+    assert_eq!(lab.xdp_ids(), vec![prog_id]);
+    assert!(lab.pin_root.join("nsrun/link").exists());
+
+    let all = lab.list();
+    let mine = listed(&all, "nsrun");
+    assert_eq!(mine["netns"], netns, "{mine}");
+    assert_eq!(mine["problem"], Value::Null, "{mine}");
+    assert_eq!(
+        mine["note"],
+        Value::Null,
+        "checked inside the namespace: {mine}"
+    );
+
+    let stop = lab.flowstate(&["stop", "nsrun"]);
+    assert!(stop.status.success(), "stop: {}", text(&stop));
+    assert_eq!(lab.xdp_ids_settled(), Vec::<u32>::new());
+    assert!(!lab.pin_root.join("nsrun").exists());
+    assert!(!lab.run_dir.join("nsrun.json").exists());
+}
+
+#[test]
+fn ip_netns_exec_keeps_the_program_and_sees_the_host_instances() {
+    let reason = flowstate_netlab::missing_tool("ip");
+    if flowstate_testkit::skip_if(
+        "ip_netns_exec_keeps_the_program_and_sees_the_host_instances",
+        reason,
+    ) || skip("ip_netns_exec_keeps_the_program_and_sees_the_host_instances")
+    {
+        return;
+    }
+    let lab = Lab::new("trexec");
+    let program = lab.program.to_str().unwrap();
+    let ip_netns_exec = |netns: &str| {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_flowstate")]);
+        command
+    };
+    let run = lab
+        .with_roots(ip_netns_exec(lab.switch.name()))
+        .args(["run", program, "--dev", DEV, "--name", "exec", "--json"])
+        .output()
+        .unwrap();
+    let instance = run_json(&run);
+    let prog_id = instance["prog_id"].as_u64().unwrap() as u32;
+    assert_eq!(
+        lab.xdp_ids(),
+        vec![prog_id],
+        "the program outlives `ip netns exec` ({})",
+        text(&run)
+    );
+    assert_eq!(instance["netns"], lab.switch.name(), "recorded by name");
+
+    // Seen, and healthy, from the host and from inside another namespace.
+    for (from, all) in [
+        ("the host", lab.list()),
+        (
+            "ip netns exec peer",
+            lab.list_with(ip_netns_exec(lab.peer.name())),
+        ),
+    ] {
+        let mine = listed(&all, "exec");
+        assert_eq!(mine["problem"], Value::Null, "from {from}: {mine}");
+        assert_eq!(mine["prog_id"], prog_id, "from {from}: {mine}");
+    }
+
+    let stop = lab
+        .with_roots(ip_netns_exec(lab.peer.name()))
+        .args(["stop", "exec"])
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "stop: {}", text(&stop));
+    assert_eq!(lab.xdp_ids_settled(), Vec::<u32>::new());
+    assert!(!lab.run_dir.join("exec.json").exists(), "no stale metadata");
+}
+
+#[test]
+fn list_says_what_it_cannot_see_and_stop_still_works() {
+    let test = "list_says_what_it_cannot_see_and_stop_still_works";
+    if flowstate_testkit::skip_if(test, flowstate_netlab::missing_tool("ip")) || skip(test) {
+        return;
+    }
+    let lab = Lab::new("trblind");
+    let program = lab.program.to_str().unwrap();
+    let netns = lab.switch.name().to_string();
+    let run = lab.flowstate(&[
+        "run", program, "--netns", &netns, "--dev", DEV, "--name", "blind", "--json",
+    ]);
+    let prog_id = run_json(&run)["prog_id"].as_u64().unwrap() as u32;
+    // A thread keeps the namespace alive while its name goes away, so no
+    // command can enter it by name any more.
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let keeper = lab
+        .switch
+        .spawn_in(move || {
+            let _ = wait.recv();
+        })
+        .unwrap();
+    let switch_file = std::fs::File::open(lab.switch.path()).unwrap();
+    lab.switch.delete().unwrap();
+
+    let all = lab.list();
+    let mine = listed(&all, "blind");
+    assert_eq!(mine["problem"], Value::Null, "attached, not gone: {mine}");
+    let note = mine["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&netns) && note.contains("is running"),
+        "the note says which namespace and what the kernel says: {mine}"
+    );
+
+    let stop = lab.flowstate(&["stop", "blind"]);
+    assert!(stop.status.success(), "stop: {}", text(&stop));
+    // Asked inside the (unnamed now) namespace through the kept handle.
+    let ids = {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let ids = xdp_ids_via(&switch_file);
+            if ids.is_empty() || Instant::now() > deadline {
+                break ids;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(ids.is_empty(), "program {prog_id} detached: {ids:?}");
+    let _ = release.send(());
+    keeper.join().unwrap();
+}
+
+/// XDP program ids on `DEV` in the namespace `handle` refers to, asked from
+/// a thread inside it (the namespace has no name any more).
+fn xdp_ids_via(handle: &std::fs::File) -> Vec<u32> {
+    use std::os::fd::AsRawFd;
+    let fd = handle.as_raw_fd();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: a valid namespace fd; only this thread moves.
+                assert_eq!(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }, 0);
+                let ip = Command::new("ip")
+                    .args(["-d", "link", "show", "dev", DEV])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&ip.stdout)
+                    .split("prog/xdp id ")
+                    .skip(1)
+                    .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+                    .collect()
+            })
+            .join()
+            .unwrap()
+    })
 }

@@ -71,7 +71,7 @@ pub(crate) struct Journal {
 pub(crate) enum Op {
     /// `meta`: what the metadata will be, known from `pin-link` on.
     Run {
-        meta: Option<Meta>,
+        meta: Option<Box<Meta>>,
     },
     Reload(Box<ReloadPlan>),
     Stop,

@@ -33,6 +33,7 @@ pub mod keytext;
 mod links;
 pub mod lock;
 pub mod meta;
+pub mod netns;
 mod paths;
 mod reload;
 pub mod summary;
@@ -140,6 +141,14 @@ pub struct Instance {
     /// the interface is gone, or another program took the link. `None`
     /// when everything checks out. `flowstate stop NAME` cleans it up.
     pub problem: Option<String>,
+    /// The network namespace of the interface, by its name under
+    /// /run/netns; `None`: the namespace `run` was called in, unnamed
+    /// (normally the host's).
+    pub netns: Option<String>,
+    /// What `list` could not check from where it runs (e.g. the name of
+    /// an interface in a namespace it cannot enter), with what the kernel
+    /// says instead. Not a problem: nothing to clean up.
+    pub note: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +166,8 @@ pub enum ControlError {
     Codegen(String),
     #[error("no interface named {0:?} (see `ip link`)")]
     NoSuchInterface(String),
+    #[error("no interface named {dev:?} in network namespace {netns} (see `ip -n {netns} link`)")]
+    NoSuchInterfaceIn { dev: String, netns: String },
     #[error(
         "a program named {0:?} is already running: pick another --name, or `flowstate stop {0}`"
     )]
@@ -208,6 +219,21 @@ pub enum ControlError {
         ifindex: u32,
         message: String,
     },
+    #[error(
+        "no network namespace {name:?} ({message}): `ip netns list` shows the names; create \
+         one with `ip netns add NAME`"
+    )]
+    NoSuchNetns { name: String, message: String },
+    /// Under `ip netns exec` (or any private mount namespace without
+    /// bpffs) when the host's mounts cannot be reached (see [`netns`]).
+    #[error(
+        "flowstate runs in a private mount namespace (as `ip netns exec` makes) where bpffs is \
+         not mounted at /sys/fs/bpf, and cannot reach the host's: pins made here would vanish \
+         when the command exits, and the host's instances are invisible. Run flowstate from \
+         the host instead, naming the namespace: `flowstate run PROGRAM --netns NAME --dev \
+         IFACE` (or mount bpffs on the host first: `mount -t bpf bpf /sys/fs/bpf`)"
+    )]
+    PrivateMounts,
     #[error("metadata {path}: {message}")]
     Metadata { path: PathBuf, message: String },
     #[error("{what}: {message}")]
@@ -241,15 +267,35 @@ impl ControlError {
 /// undone by the next command on the name (nothing stays pinned or
 /// attached), one killed after it is finished (its metadata written).
 pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
+    run_in_netns(spec, None)
+}
+
+/// [`run`] on an interface of network namespace `netns` (a name under
+/// /run/netns, as `ip netns` makes): the interface is looked up and the
+/// program attached from inside it, while pins and metadata stay on the
+/// host. `None`: the caller's namespace (recorded by name if it has one).
+pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, ControlError> {
     if let Some(name) = &spec.name {
         paths::check_name(name)?;
     }
+    let target = netns.map(netns::Target::open).transpose()?;
+    let place = match &target {
+        Some(t) => t.place.clone(),
+        None => netns::current_place()?,
+    };
     let source = read_source(&spec.program_path)?;
     let program = compile_source(&spec.program_path, &source)?;
     let name = spec.name.clone().unwrap_or_else(|| program.name.clone());
     paths::check_name(&name)?;
     check_privileges()?;
-    let ifindex = kernel::ifindex(&spec.dev)?;
+    let ifindex =
+        within(target.as_ref(), || kernel::ifindex(&spec.dev))?.map_err(|e| match (e, netns) {
+            (ControlError::NoSuchInterface(dev), Some(netns)) => ControlError::NoSuchInterfaceIn {
+                dev,
+                netns: netns.to_string(),
+            },
+            (e, _) => e,
+        })?;
     let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
     let output = codegen(&program, attach.hook())?;
 
@@ -281,10 +327,10 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
     loaded.pin_program(&pin_dir.join("prog"))?;
     let prog_id = loaded.prog_id()?;
     journal.step("attach")?;
-    let (link, mode) = loaded.attach(&spec.dev, attach)?;
+    let (link, mode) = within(target.as_ref(), || loaded.attach(&spec.dev, attach))??;
 
     let started = SystemTime::now();
-    let meta = Meta::new(
+    let mut meta = Meta::new(
         &name,
         &spec.dev,
         ifindex,
@@ -296,8 +342,10 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
         &source,
         &output.program_name,
     );
+    meta.netns = place.name.clone();
+    meta.netns_inode = place.inode;
     journal.op = Op::Run {
-        meta: Some(meta.clone()),
+        meta: Some(Box::new(meta.clone())),
     };
     journal.step("pin-link")?;
     let pinned_link = kernel::pin_link(link, &pin_dir.join("link"))?;
@@ -308,6 +356,17 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
     journal.finish()?;
     drop(pinned_link);
     Ok(instance_of(&meta, 0, None))
+}
+
+/// Runs `f` inside `target`, or here.
+fn within<T: Send>(
+    target: Option<&netns::Target>,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, ControlError> {
+    match target {
+        Some(target) => target.run(f),
+        None => Ok(f()),
+    }
 }
 
 /// Removes the journal of a failed step (the failure undid the change).
@@ -432,32 +491,67 @@ fn inspect_pins(name: &str) -> Instance {
                 flows: 0,
                 reloads: 0,
                 problem: Some(format!("pins without usable metadata ({e})")),
+                netns: None,
+                note: None,
             }
         }
     };
     let pin_dir = paths::pin_dir(name);
     let mut problem = None;
+    let mut note = None;
     let mut flows = 0;
-    match kernel::link_program_id(&pin_dir.join("link")) {
+    // The kernel's view of the link first: it holds wherever the
+    // interface is, even in a namespace this command cannot enter.
+    let place = meta.place();
+    let where_ = || match &meta.netns {
+        Some(_) => format!(" in {}", place.describe()),
+        None => String::new(),
+    };
+    match links::state_of_pin(&pin_dir.join("link")) {
         Err(e) => {
             problem = Some(format!(
                 "link pin unusable: {e}{}",
                 attached_elsewhere(&meta)
             ))
         }
-        Ok(id) if id != meta.prog_id => {
+        Ok(link) if link.prog_id != meta.prog_id => {
             problem = Some(format!(
-                "the link runs program {id}, the metadata says {}",
-                meta.prog_id
+                "the link runs program {}, the metadata says {}",
+                link.prog_id, meta.prog_id
             ))
         }
-        Ok(_) => {}
-    }
-    if problem.is_none() && kernel::ifindex(&meta.dev).ok() != Some(meta.ifindex) {
-        problem = Some(format!(
-            "interface {} (index {}) is gone",
-            meta.dev, meta.ifindex
-        ));
+        Ok(link) if !link.attached() => {
+            problem = Some(format!(
+                "the kernel detached the link: interface {} (index {}){} is gone",
+                meta.dev,
+                meta.ifindex,
+                where_()
+            ))
+        }
+        Ok(link) if link.ifindex != meta.ifindex => {
+            problem = Some(format!(
+                "the link is on interface index {}, the metadata says {}",
+                link.ifindex, meta.ifindex
+            ))
+        }
+        Ok(link) => match netns::run_at(&place, || kernel::ifindex(&meta.dev).ok()) {
+            Ok(Some(index)) if index == meta.ifindex => {}
+            Ok(_) => {
+                problem = Some(format!(
+                    "interface {} (index {}){} is gone",
+                    meta.dev,
+                    meta.ifindex,
+                    where_()
+                ))
+            }
+            Err(why) => {
+                note = Some(format!(
+                    "{why}; the kernel says link {} is attached to interface index {}, so it \
+                     is running (its name {} was not checked)",
+                    link.id, link.ifindex, meta.dev
+                ))
+            }
+        },
     }
     match flowstate_runtime::RawMap::from_pin(pin_dir.join("maps").join("flows")) {
         Ok(map) => flows = map.keys().map_or(0, |k| k.len()),
@@ -465,7 +559,9 @@ fn inspect_pins(name: &str) -> Instance {
             problem.get_or_insert_with(|| format!("flows map pin unusable: {e}"));
         }
     }
-    instance_of(&meta, flows, problem)
+    let mut instance = instance_of(&meta, flows, problem);
+    instance.note = note;
+    instance
 }
 
 /// What the kernel says when the link pin is unusable: whether the
@@ -498,6 +594,8 @@ fn instance_of(meta: &Meta, flows: usize, problem: Option<String>) -> Instance {
         flows,
         reloads: meta.reloads,
         problem,
+        netns: meta.netns.clone(),
+        note: None,
     }
 }
 

@@ -37,6 +37,14 @@ pub struct Meta {
     pub program_symbol: String,
     /// Hot replacements so far.
     pub reloads: u32,
+    /// The network namespace of the interface: its name under /run/netns,
+    /// if it has one (see [`crate::netns`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// That namespace's inode; 0 in metadata written before namespaces
+    /// were recorded (read as "wherever the reader is").
+    #[serde(default)]
+    pub netns_inode: u64,
 }
 
 impl Meta {
@@ -71,6 +79,16 @@ impl Meta {
             source: source.to_string(),
             program_symbol: program_symbol.to_string(),
             reloads: 0,
+            netns: None,
+            netns_inode: 0,
+        }
+    }
+
+    /// Where the interface is.
+    pub(crate) fn place(&self) -> crate::netns::Place {
+        crate::netns::Place {
+            name: self.netns.clone(),
+            inode: self.netns_inode,
         }
     }
 
