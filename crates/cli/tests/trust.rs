@@ -346,13 +346,6 @@ fn ip_netns_exec_keeps_the_program_and_sees_the_host_instances() {
         .unwrap();
     let instance = run_json(&run);
     let prog_id = instance["prog_id"].as_u64().unwrap() as u32;
-    assert_eq!(
-        lab.xdp_ids(),
-        vec![prog_id],
-        "the program outlives `ip netns exec` ({})",
-        text(&run)
-    );
-    assert_eq!(instance["netns"], lab.switch.name(), "recorded by name");
 
     // Seen, and healthy, from the host and from inside another namespace.
     for (from, all) in [
@@ -366,6 +359,15 @@ fn ip_netns_exec_keeps_the_program_and_sees_the_host_instances() {
         assert_eq!(mine["problem"], Value::Null, "from {from}: {mine}");
         assert_eq!(mine["prog_id"], prog_id, "from {from}: {mine}");
     }
+    // Checked after the lists: a bpffs mounted in the command's private
+    // mount namespace would have been torn down by now.
+    assert_eq!(
+        lab.xdp_ids(),
+        vec![prog_id],
+        "the program outlives `ip netns exec` ({})",
+        text(&run)
+    );
+    assert_eq!(instance["netns"], lab.switch.name(), "recorded by name");
 
     let stop = lab
         .with_roots(ip_netns_exec(lab.peer.name()))

@@ -18,6 +18,10 @@
 //!   even after the source file changed. bpffs holds only BPF objects, and
 //!   `/run` is a tmpfs cleared at boot exactly like bpffs, so pins and
 //!   metadata disappear together.
+//! - Both roots are used only when no other user could change them
+//!   ([`trust`]); `FLOWSTATE_PIN_ROOT` and `FLOWSTATE_RUN_DIR` move them.
+//!   The interface may be in another network namespace ([`netns`],
+//!   [`run_in_netns`]); the pins and metadata stay on the host.
 //!
 //! Failure rule: [`run`] either returns a running instance or leaves no pin,
 //! no metadata and nothing attached. [`reload`] either swaps the program or
