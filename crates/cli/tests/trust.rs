@@ -455,3 +455,44 @@ fn xdp_ids_via(handle: &std::fs::File) -> Vec<u32> {
             .unwrap()
     })
 }
+
+#[test]
+fn ip_netns_exec_with_no_way_back_to_the_host_mounts_is_refused() {
+    let test = "ip_netns_exec_with_no_way_back_to_the_host_mounts_is_refused";
+    let tools =
+        flowstate_netlab::missing_tool("ip").or_else(|| flowstate_netlab::missing_tool("unshare"));
+    if flowstate_testkit::skip_if(test, tools) || skip(test) {
+        return;
+    }
+    let lab = Lab::new("trnoway");
+    let program = lab.program.to_str().unwrap();
+    // In a PID namespace of its own (`ip` execs flowstate as its PID 1),
+    // no process with the host's mounts is in sight.
+    let mut command = Command::new("unshare");
+    command.args([
+        "--mount",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "ip",
+        "netns",
+        "exec",
+    ]);
+    command.args([lab.switch.name(), env!("CARGO_BIN_EXE_flowstate")]);
+    let run = lab
+        .with_roots(command)
+        .args(["run", program, "--dev", DEV, "--name", "noway"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && stderr.contains("--netns"),
+        "refused, pointing to --netns: {}",
+        text(&run)
+    );
+    assert!(lab.xdp_ids().is_empty(), "nothing attached");
+    assert!(
+        !lab.run_dir.join("noway.json").exists(),
+        "no stale metadata"
+    );
+}

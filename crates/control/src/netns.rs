@@ -234,10 +234,14 @@ pub fn use_host_mounts() -> Result<Mounts, ControlError> {
         join_mount_namespace(&proc.join("ns/mnt"))?;
         return Ok(Mounts::Joined { pid });
     }
-    if private {
+    // No process with other mounts to compare with (e.g. in a PID
+    // namespace of our own): a named network namespace without bpffs is
+    // what `ip netns exec` leaves.
+    let in_named_netns = current_place().is_ok_and(|p| p.name.is_some());
+    if private || in_named_netns {
         Err(ControlError::PrivateMounts)
     } else {
-        // Same mounts as the host, which has no bpffs yet: `run` mounts it.
+        // The host's mounts, with no bpffs yet: `run` mounts it.
         Ok(Mounts::Here)
     }
 }

@@ -100,6 +100,9 @@ pub(crate) fn meta_names() -> Result<Vec<String>, ControlError> {
     let dir = match std::fs::read_dir(meta_dir()) {
         Ok(dir) => dir,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ControlError::NeedsRoot)
+        }
         Err(e) => {
             return Err(ControlError::kernel(
                 format!("reading {}", meta_dir().display()),

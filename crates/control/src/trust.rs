@@ -5,8 +5,8 @@
 //! can then rename root's instance directories, and root's commands would
 //! act on whatever the paths lead to. So a root directory is used only
 //! when:
-//! - it is a real directory (not a symbolic link), owned by the user
-//!   running flowstate (root), with no write permission for group or
+//! - it is a real directory (not a symbolic link), owned by root (or by
+//!   the user running flowstate), with no write permission for group or
 //!   others;
 //! - its parent cannot be used to rename it away: owned by root or by us,
 //!   and either not writable by group and others or sticky (like
@@ -101,7 +101,9 @@ fn check_own(dir: &Path) -> Result<(), ControlError> {
     if !meta.is_dir() {
         return Err(untrusted("it is not a directory".into(), remove));
     }
-    if meta.uid() != effective_uid() {
+    // Root's directories are safe for everyone; a non-root user's own are
+    // safe for that user only.
+    if meta.uid() != 0 && meta.uid() != effective_uid() {
         return Err(untrusted(
             format!(
                 "it is owned by uid {}, not {}: another user created it and could rename or \
