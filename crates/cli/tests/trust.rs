@@ -496,3 +496,39 @@ fn ip_netns_exec_with_no_way_back_to_the_host_mounts_is_refused() {
         "no stale metadata"
     );
 }
+
+#[test]
+fn list_names_the_namespace_whose_deletion_detached_the_program() {
+    let test = "list_names_the_namespace_whose_deletion_detached_the_program";
+    if skip(test) {
+        return;
+    }
+    let lab = Lab::new("trgone");
+    let program = lab.program.to_str().unwrap();
+    let netns = lab.switch.name().to_string();
+    let run = lab.flowstate(&[
+        "run", program, "--netns", &netns, "--dev", DEV, "--name", "gone", "--json",
+    ]);
+    run_json(&run);
+    // Nothing else holds the namespace: deleting it destroys the veth,
+    // and the kernel detaches the link (a moment later).
+    lab.switch.delete().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let problem = loop {
+        let all = lab.list();
+        let problem = listed(&all, "gone")["problem"].clone();
+        if !problem.is_null() || Instant::now() > deadline {
+            break problem;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let problem = problem.as_str().unwrap_or_default().to_string();
+    assert!(
+        problem.contains("detached") && problem.contains(&netns),
+        "the problem says the kernel detached it and where it was: {problem:?}"
+    );
+    let stop = lab.flowstate(&["stop", "gone"]);
+    assert!(stop.status.success(), "stop cleans up: {}", text(&stop));
+    assert!(!lab.pin_root.join("gone").exists());
+    assert!(!lab.run_dir.join("gone.json").exists());
+}
