@@ -507,7 +507,7 @@ fn inspect_pins(name: &str) -> Instance {
     // The kernel's view of the link first: it holds wherever the
     // interface is, even in a namespace this command cannot enter.
     let place = meta.place();
-    let where_ = || match &meta.netns {
+    let in_netns = || match &meta.netns {
         Some(_) => format!(" in {}", place.describe()),
         None => String::new(),
     };
@@ -529,7 +529,7 @@ fn inspect_pins(name: &str) -> Instance {
                 "the kernel detached the link: interface {} (index {}){} is gone",
                 meta.dev,
                 meta.ifindex,
-                where_()
+                in_netns()
             ))
         }
         Ok(link) if link.ifindex != meta.ifindex => {
@@ -545,7 +545,7 @@ fn inspect_pins(name: &str) -> Instance {
                     "interface {} (index {}){} is gone",
                     meta.dev,
                     meta.ifindex,
-                    where_()
+                    in_netns()
                 ))
             }
             Err(why) => {
@@ -705,11 +705,11 @@ fn detach_elsewhere(name: &str, prog_id: u32, ifindex: Option<u32>) -> Result<()
             Err(e) => return Err(still(state.id, state.ifindex, e.to_string())),
         }
         eprintln!(
-            "note: {name}: link {} of program {prog_id} was pinned outside {} (moved or \
-             copied); it is now detached through the kernel. Its stray pin keeps the detached \
-             link in memory until removed",
+            "note: {name}: link {} of program {prog_id} was still attached after {} was \
+             removed (pinned elsewhere, or held open by another process); it is now detached \
+             through the kernel. A stray pin keeps the detached link in memory until removed",
             state.id,
-            paths::pin_dir(name).display()
+            paths::pin_dir(name).join("link").display()
         );
     }
     Ok(())
