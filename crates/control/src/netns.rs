@@ -157,25 +157,56 @@ pub(crate) fn run_at<T: Send>(place: &Place, f: impl FnOnce() -> T + Send) -> Re
     if place.inode == 0 || place.inode == here {
         return Ok(f());
     }
-    let Some(name) = &place.name else {
-        return Err(format!(
+    // By name first; else through any process living in it (the host's
+    // namespace has no name, and a name can be deleted while processes
+    // keep the namespace alive).
+    let by_name = match &place.name {
+        Some(name) => match Target::open(name) {
+            Ok(target) if target.place.inode == place.inode => Ok(target),
+            Ok(_) => Err(format!(
+                "network namespace {name} was deleted and made again since the program \
+                 started; the program is in the old one"
+            )),
+            Err(_) => Err(format!(
+                "it is attached in network namespace {name}, which is no longer under \
+                 /run/netns (deleted?)"
+            )),
+        },
+        None => Err(format!(
             "it is attached in {}, which this command cannot enter",
             place.describe()
-        ));
+        )),
     };
-    let target = Target::open(name).map_err(|_| {
-        format!(
-            "it is attached in network namespace {name}, which is no longer under /run/netns \
-             (deleted?)"
-        )
-    })?;
-    if target.place.inode != place.inode {
-        return Err(format!(
-            "network namespace {name} was deleted and made again since the program started; \
-             the program is in the old one"
-        ));
-    }
+    let target = match by_name {
+        Ok(target) => target,
+        Err(why) => Target::of_process_in(place).ok_or(why)?,
+    };
     target.run(f).map_err(|e| e.to_string())
+}
+
+impl Target {
+    /// A process's handle on the namespace of `place`, if any process
+    /// that this one may inspect lives in it.
+    fn of_process_in(place: &Place) -> Option<Target> {
+        let proc = std::fs::read_dir("/proc").ok()?;
+        for entry in proc.flatten() {
+            let pid = entry.file_name();
+            if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let handle = entry.path().join("ns/net");
+            let Ok(file) = File::open(&handle) else {
+                continue;
+            };
+            if file.metadata().is_ok_and(|m| m.ino() == place.inode) {
+                return Some(Target {
+                    file,
+                    place: place.clone(),
+                });
+            }
+        }
+        None
+    }
 }
 
 /// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
