@@ -532,3 +532,40 @@ fn list_names_the_namespace_whose_deletion_detached_the_program() {
     assert!(!lab.pin_root.join("gone").exists());
     assert!(!lab.run_dir.join("gone.json").exists());
 }
+
+#[test]
+fn list_checks_a_namespace_without_a_name_through_a_process_in_it() {
+    let test = "list_checks_a_namespace_without_a_name_through_a_process_in_it";
+    if skip(test) {
+        return;
+    }
+    let lab = Lab::new("trproc");
+    let program = lab.program.to_str().unwrap();
+    let netns = lab.switch.name().to_string();
+    let run = lab.flowstate(&[
+        "run", program, "--netns", &netns, "--dev", DEV, "--name", "proc", "--json",
+    ]);
+    run_json(&run);
+    // A process keeps the namespace (as a container's processes keep
+    // theirs) while its name goes away.
+    let mut resident = lab
+        .switch
+        .command("sleep")
+        .unwrap()
+        .arg("60")
+        .spawn()
+        .unwrap();
+    lab.switch.delete().unwrap();
+    let all = lab.list();
+    let _ = resident.kill();
+    let _ = resident.wait();
+    let mine = listed(&all, "proc");
+    assert_eq!(mine["problem"], Value::Null, "{mine}");
+    assert_eq!(
+        mine["note"],
+        Value::Null,
+        "checked inside, through the process: {mine}"
+    );
+    let stop = lab.flowstate(&["stop", "proc"]);
+    assert!(stop.status.success(), "stop: {}", text(&stop));
+}
