@@ -2,10 +2,13 @@
 //! namespaces: a directory another user made first is refused, another
 //! user cannot rename an instance away, `stop` detaches through the
 //! kernel even when the pins were moved, `run --netns` attaches inside a
-//! namespace while the pins stay on the host, and `ip netns exec` neither
-//! loses the program nor hides the host's instances from `list`.
+//! namespace while the pins stay on the host, `ip netns exec` neither
+//! loses the program nor hides the host's instances from `list` (or is
+//! refused when it cannot reach the host's mounts), and `list` checks an
+//! instance in its own namespace, or says what it cannot see.
 //!
-//! Root with BPF only (else SKIP through flowstate-testkit). Each test has
+//! Root with BPF only (else SKIP through flowstate-testkit); some tests
+//! also run `ip`, `unshare`, `mkdir`, `mv` and `sleep`. Each test has
 //! its own namespaces (flowstate-netlab), its own pin root and run
 //! directory (`FLOWSTATE_PIN_ROOT`, `FLOWSTATE_RUN_DIR`, named with the
 //! pid), all removed on drop and on failure.
