@@ -153,7 +153,7 @@ fn evict_policy_keeps_the_documented_properties() {
         if !lost.is_empty() && before.len() < CAPACITY {
             early_evictions += 1;
         }
-        if let (Some(victim), [lost]) = (step.evicted, lost.as_slice()) {
+        if let ([victim], [lost]) = (step.evicted.as_slice(), lost.as_slice()) {
             if victim.as_bytes() != lost.key {
                 other_victims += 1;
             }
