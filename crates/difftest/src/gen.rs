@@ -15,7 +15,8 @@
 //! field pattern kind, conditions with all six comparisons and negation,
 //! updates with every operator (division and modulo by non-zero constants,
 //! shifts by constants and registers), `next`; actions pass, drop, tx and
-//! controller; a 1024-flow table that evicts or refuses; default pass or
+//! controller; a 1024-flow table, or one of 1-8 flows that the packets
+//! fill, that evicts or refuses; default pass or
 //! drop. Pattern values come from the packet pools ([`crate::packets`]) most
 //! of the time, so rows do match.
 
@@ -31,9 +32,13 @@ use flowstate_wire::Field;
 use crate::packets::field_values;
 use crate::rng::Rng;
 
-/// Flow capacity of generated programs: large enough that the packet pools
-/// never fill it, so the kernel's approximate LRU never evicts.
+/// Flow capacity of most generated programs: large enough that the packet
+/// pools never fill it.
 pub const CAPACITY: u32 = 1024;
+
+/// The largest small table ([`small_table`]): far fewer slots than the
+/// packet pools have flows, so it is full most of the time.
+pub const SMALL_CAPACITY: u64 = 8;
 
 const MAX_STATES: u64 = 6;
 const MAX_REGISTERS: u64 = 4;
@@ -246,7 +251,18 @@ pub fn random_program(rng: &mut Rng) -> Program {
     };
     let row_count = rng.range(1, MAX_ROWS) as usize;
     program.rows = (0..row_count).map(|_| row(rng, &program)).collect();
+    small_table(rng, &mut program);
     program
+}
+
+/// One program in four gets a table of 1 to [`SMALL_CAPACITY`] flows, so
+/// that full tables are compared under both policies: `refuse` exactly,
+/// `evict` under the full-table promise (see the crate doc). Drawn last,
+/// so the rest of a seed's program does not change with it.
+fn small_table(rng: &mut Rng, program: &mut Program) {
+    if rng.percent(25) {
+        program.capacity = rng.range(1, SMALL_CAPACITY) as u32;
+    }
 }
 
 fn keys(rng: &mut Rng) -> (Vec<Field>, Vec<Field>) {
