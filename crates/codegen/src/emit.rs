@@ -32,8 +32,8 @@ use flowstate_asm::{
     Program as AsmProgram, Reg, Size,
 };
 use flowstate_lang::ir::{
-    Action, BinOp, CmpOp, CondMatch, ControllerThen, Expr, FullPolicy, GlobalId, Hook, Pattern,
-    Program, RegTarget, Row, StateId,
+    Action, BinOp, CmpOp, CondMatch, ControllerThen, Expr, GlobalId, Hook, Pattern, Program,
+    RegTarget, Row, StateId,
 };
 use flowstate_lang::print;
 use flowstate_wire::Field;
@@ -610,19 +610,13 @@ impl<'a> Emitter<'a> {
 
     /// Takes the lock only if the entry is still as it was when the view
     /// was copied (same even sequence number); `on_changed` otherwise.
-    /// A packet on the locked pass already holds it; in an `evict` table,
-    /// its flow may have been evicted while it decided (the LRU does not
-    /// take the lock word), and then it goes to `on_evicted` without
-    /// touching the element, which may be another flow's by now: its write
-    /// is ordered before the eviction, which removed it.
-    fn lock_if_unchanged(&mut self, on_changed: Label, on_evicted: Label) {
+    fn lock_if_unchanged(&mut self, on_changed: Label) {
         if !self.target.atomic {
             return;
         }
         self.asm
             .annotate("lock, if unchanged since the view was copied");
         let held = self.label();
-        let locked = self.label();
         self.load_stack(R1, self.frame.retried);
         self.jmp(JmpOp::Ne, R1, 0, held);
         self.stage_conflict();
@@ -637,10 +631,10 @@ impl<'a> Emitter<'a> {
         ));
         self.load_stack(R1, self.frame.seq);
         self.jmp(JmpOp::Ne, R0, R1, on_changed);
-        if self.elements_freed_under_readers() {
-            // The element may have been freed (deleted or evicted) since
-            // the lookup, its word unchanged, or taken by another flow with
-            // the word read. The key must still lead to it.
+        if self.program.elides_initial_entries() {
+            // Packets delete entries: the element may have been freed and
+            // taken by another flow, with its word by chance still even
+            // and the same, since the lookup. The key must still lead to it.
             let ours = self.label();
             self.asm.annotate("still this flow's element?");
             self.lookup(MAPS.flows, self.frame.lookup_key);
@@ -649,14 +643,7 @@ impl<'a> Emitter<'a> {
             self.goto(on_changed);
             self.asm.bind(ours);
         }
-        self.goto(locked);
         self.asm.bind(held);
-        if self.program.full_policy == FullPolicy::EvictLeastRecent {
-            self.asm.annotate("held since the locked pass: not evicted since?");
-            self.lookup(MAPS.flows, self.frame.lookup_key);
-            self.jmp(JmpOp::Ne, R0, ENTRY, on_evicted);
-        }
-        self.asm.bind(locked);
     }
 
     /// Test builds: another CPU finishes a write to the entry (sequence
@@ -996,7 +983,6 @@ impl<'a> Emitter<'a> {
         self.emit(Insn::mov64(ENTRY, R0));
         self.jmp(JmpOp::Eq, ENTRY, 0, missing);
         self.snapshot();
-        self.check_still_ours_after_copy();
         self.asm.bind(copied);
         self.emit(Insn::st(Size::DW, R10, frame.fresh, 0));
         // Expired entries read as their rollback state, registers reset.
@@ -1057,31 +1043,6 @@ impl<'a> Emitter<'a> {
             self.store_stack(frame.view_register(index), R1);
         }
         self.asm.bind(decide);
-    }
-
-    /// Whether a flow's element can be freed, and at once taken by another
-    /// flow, while a packet holds a pointer to it without its lock: when
-    /// packets delete entries (elision), and in `evict` tables, whose LRU
-    /// evicts without taking the lock word.
-    fn elements_freed_under_readers(&self) -> bool {
-        self.program.elides_initial_entries()
-            || self.program.full_policy == FullPolicy::EvictLeastRecent
-    }
-
-    /// After the first pass's copy: if the element may have been freed and
-    /// taken by another flow since the lookup (the copy is then another
-    /// flow's entry, consistent in itself), the key must still lead to it;
-    /// else start over.
-    fn check_still_ours_after_copy(&mut self) {
-        if !(self.target.atomic && self.elements_freed_under_readers()) {
-            return;
-        }
-        let ours = self.label();
-        self.asm.annotate("copied from this flow's element?");
-        self.lookup(MAPS.flows, self.frame.lookup_key);
-        self.jmp(JmpOp::Eq, R0, ENTRY, ours);
-        self.restart();
-        self.asm.bind(ours);
     }
 
     /// `view = *ENTRY`, the whole entry.
@@ -1796,7 +1757,7 @@ impl<'a> Emitter<'a> {
                 self.jmp(JmpOp::Eq, ENTRY, 0, after_write);
                 // Delete only what the view saw (the lock stays taken: the
                 // element is freed with it).
-                self.lock_if_unchanged(changed, after_write);
+                self.lock_if_unchanged(changed);
                 self.delete_held(frame.lookup_key);
             } else {
                 let update_key = frame.update_key.unwrap_or(frame.lookup_key);
@@ -1870,7 +1831,7 @@ impl<'a> Emitter<'a> {
         if self.same_keys {
             let new_entry = self.label();
             self.jmp(JmpOp::Eq, ENTRY, 0, new_entry);
-            self.lock_if_unchanged(changed, after_write);
+            self.lock_if_unchanged(changed);
             self.asm.annotate("write in place");
             write_in_place(self);
             self.load_stack(R1, frame.view_at(layout::CREATED_OFFSET));
