@@ -9,8 +9,8 @@
 //! exactly. Needs root and bpffs: prints `SKIP <test>: <reason>` otherwise.
 
 use flowstate_difftest::{
-    check, compare_loaded_with, hex, pin_to_cpu, skip, test_options, Kernel, Packet, Stats,
-    TEST_RUN_IFINDEX,
+    check, compare_loaded_with, hex, pin_to_cpu, skip, test_options, FlowRecord, Kernel, Packet,
+    Stats, TEST_RUN_IFINDEX,
 };
 use flowstate_interp::Machine;
 use flowstate_lang::ir::Program;
@@ -80,8 +80,9 @@ fn cpu_for(run: usize, index: usize) -> usize {
 }
 
 /// Load `program` and compare it on `packets`, moving to CPU
-/// `cpu_for(run, i)` before packet `i`.
-fn compare_on_cpus(program: &Program, packets: &[Packet], run: usize) -> Stats {
+/// `cpu_for(run, i)` before packet `i`; what it saw, and the kernel's
+/// table at the end.
+fn compare_on_cpus(program: &Program, packets: &[Packet], run: usize) -> (Stats, Vec<FlowRecord>) {
     let kernel = Kernel::load(program, &test_options(true)).unwrap();
     let cpus = cpus();
     let outcome = compare_loaded_with(program, &kernel, packets, &mut |i| {
@@ -89,7 +90,7 @@ fn compare_on_cpus(program: &Program, packets: &[Packet], run: usize) -> Stats {
         Ok(())
     });
     match outcome {
-        Ok(Ok(stats)) => stats,
+        Ok(Ok(stats)) => (stats, kernel.table().unwrap()),
         Ok(Err(divergence)) => panic!("run {run}: {divergence}"),
         Err(e) => panic!("run {run}: {e}"),
     }
@@ -131,7 +132,7 @@ fn evict_policy_keeps_the_promise_from_both_cpus() {
     let packets = packets();
     let mut total = Stats::default();
     for run in 0..6 {
-        total.add(&compare_on_cpus(&program, &packets, run));
+        total.add(&compare_on_cpus(&program, &packets, run).0);
     }
     // 10 flows through 4 slots: most new flows make room.
     assert!(total.evictions >= 6 * 20, "{total:?}");
@@ -150,22 +151,11 @@ fn issue_7_scenario_keeps_the_promise_on_every_run() {
     let packets = issue_7_packets();
     let mut outcomes: Vec<(String, usize)> = Vec::new();
     for run in 0..12 {
-        let stats = compare_on_cpus(&program, &packets, run);
+        let (stats, table) = compare_on_cpus(&program, &packets, run);
         // Sources 5, 6 and 7 are new with the table full (or nearly).
         assert!(stats.evictions >= 3, "run {run}: {stats:?}");
         // What the kernel kept, for the record.
-        let kernel = Kernel::load(&program, &test_options(true)).unwrap();
-        let cpus = cpus();
-        for (i, p) in packets.iter().enumerate() {
-            pin_to_cpu(cpu_for(run, i) % cpus).unwrap();
-            kernel.run(&p.frame, p.now).unwrap();
-        }
-        let kept: Vec<String> = kernel
-            .table()
-            .unwrap()
-            .iter()
-            .map(|r| format!("{}", r.key[3]))
-            .collect();
+        let kept: Vec<String> = table.iter().map(|r| r.key[3].to_string()).collect();
         let kept = format!("kept {} (cpu pattern {})", kept.join(" "), run % 3);
         match outcomes.iter_mut().find(|(k, _)| *k == kept) {
             Some((_, n)) => *n += 1,
