@@ -423,14 +423,18 @@ impl<'a> Emitter<'a> {
         self.emit(Insn::ldx(Size::DW, reg, R10, offset));
     }
 
-    /// Loads a field slot for a test that must not teach the verifier
-    /// the slot's value. A register loaded from the stack shares its
-    /// identity with the slot, so a comparison would narrow both; then
-    /// every row that fails a range test reaches the next row with a
-    /// different range for the slot, paths never look alike, and the
-    /// verifier's walk grows with the square of the rows (65 range rows
-    /// passed its million-instruction limit). An ALU op gives the
-    /// register a new identity and leaves the value as it is.
+    /// Loads a slot (a field, a register of the view) for a test or an
+    /// expression that must not teach the verifier the slot's value. A
+    /// register loaded from the stack shares its identity with the slot,
+    /// so a comparison (a row's test, or the branch inside `min`/`max`)
+    /// would narrow both; then paths that took different branches reach
+    /// the next row with different ranges for the slot, never look
+    /// alike, and the verifier's walk grows with the square of the rows
+    /// (65 range rows passed its million-instruction limit; an 11-row
+    /// program with `max(r3, r1)` in conditions walked 650k). An ALU op
+    /// gives the register a new identity and leaves the value as it is.
+    /// `now` is copied the same way (`eval`), as `NOW` lives in its
+    /// register for the whole program.
     fn load_untracked(&mut self, reg: Reg, offset: i16) {
         self.load_stack(reg, offset);
         self.emit(Insn::or64(reg, 0));
@@ -1356,8 +1360,7 @@ impl<'a> Emitter<'a> {
         self.asm.bind(fail);
     }
 
-    /// Jumps to `fail` unless `c` holds (or, negated, does not). `now` is
-    /// compared from its register, without a copy.
+    /// Jumps to `fail` unless `c` holds (or, negated, does not).
     fn condition(&mut self, c: &CondMatch, fail: Label) {
         let op = cmp_jump(c.cond.op);
         // Jump to `fail` when the condition's truth equals `negated`.
@@ -1366,34 +1369,15 @@ impl<'a> Emitter<'a> {
         } else {
             op.negate().unwrap_or(op)
         };
-        // Operands read from a slot (or `now`, against a constant) are
-        // compared through a copy with a new identity, so the comparison
-        // narrows neither the slot nor `NOW` (see `load_untracked`).
-        let untracked = |e: &Expr| matches!(e, Expr::Field(_) | Expr::Reg(_));
-        let lhs = match c.cond.lhs {
-            Expr::Now if matches!(c.cond.rhs, Expr::Const(_)) => {
-                self.emit(Insn::mov64(R1, NOW));
-                self.emit(Insn::or64(R1, 0));
-                R1
-            }
-            Expr::Now => NOW,
-            ref lhs => {
-                self.eval(lhs, 0, 0, ROW_ENV);
-                if untracked(lhs) {
-                    self.emit(Insn::or64(R1, 0));
-                }
-                R1
-            }
-        };
+        // `eval` reads slots and `now` through copies the verifier does
+        // not link back to them (see `load_untracked`), so a comparison
+        // narrows neither a slot nor `NOW` for the rest of the program.
+        self.eval(&c.cond.lhs, 0, 0, ROW_ENV);
         match &c.cond.rhs {
-            Expr::Const(v) if i32::try_from(*v).is_ok() => self.jmp(fail_op, lhs, *v as i32, fail),
-            Expr::Now => self.jmp(fail_op, lhs, NOW, fail),
+            Expr::Const(v) if i32::try_from(*v).is_ok() => self.jmp(fail_op, R1, *v as i32, fail),
             rhs => {
                 self.eval(rhs, 1, 0, ROW_ENV);
-                if untracked(rhs) {
-                    self.emit(Insn::or64(R2, 0));
-                }
-                self.jmp(fail_op, lhs, R2, fail);
+                self.jmp(fail_op, R1, R2, fail);
             }
         }
     }
@@ -1631,15 +1615,15 @@ impl<'a> Emitter<'a> {
                     // Read the slot only when the parser wrote it.
                     self.emit(Insn::mov64(dst, 0));
                     self.emit(Insn::jset(PRESENCE, 1 << (*f as u32), 1));
-                    self.emit(Insn::ja(1));
-                    self.load_stack(dst, slot);
+                    self.emit(Insn::ja(2));
+                    self.load_untracked(dst, slot);
                 } else {
-                    self.load_stack(dst, slot);
+                    self.load_untracked(dst, slot);
                 }
             }
-            Expr::Reg(r) => self.load_stack(dst, self.frame.view_register(r.0 as usize)),
+            Expr::Reg(r) => self.load_untracked(dst, self.frame.view_register(r.0 as usize)),
             Expr::Global(g) => match env.global_override {
-                Some((id, slot)) if id == *g => self.load_stack(dst, slot),
+                Some((id, slot)) if id == *g => self.load_untracked(dst, slot),
                 _ => {
                     self.load_stack(dst, self.frame.globals_ptr);
                     self.emit(Insn::ldx(Size::DW, dst, dst, 8 * g.0 as i16));
@@ -1655,7 +1639,10 @@ impl<'a> Emitter<'a> {
                     }
                 }
             },
-            Expr::Now => self.emit(Insn::mov64(dst, NOW)),
+            Expr::Now => {
+                self.emit(Insn::mov64(dst, NOW));
+                self.emit(Insn::or64(dst, 0));
+            }
             Expr::Binary(op, a, b) => {
                 self.eval(a, depth, spill, env);
                 if let Some(imm) = layout::immediate(*op, b) {

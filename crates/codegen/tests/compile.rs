@@ -206,7 +206,7 @@ fn big_exact_tables_use_a_binary_search() {
     let out = compile(&p, &Options::default()).unwrap();
     assert!(out
         .listing
-        .contains("binary search over 200 exact tcp.dport values"));
+        .contains("binary search over 200 tcp.dport intervals"));
     assert_eq!(check_limits(&p), Ok(()));
 }
 

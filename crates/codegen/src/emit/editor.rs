@@ -74,6 +74,7 @@ impl Emitter<'_> {
         }
         self.emit(Insn::st(Size::DW, R10, frame.seq, 0));
         self.emit(Insn::st(Size::DW, R10, frame.fresh, 0));
+        self.emit(Insn::mov64(CHECKED, 0));
         self.load_now();
         self.asm.annotate("copy the key");
         for i in 0..self.layout.key_size {
@@ -122,6 +123,7 @@ impl Emitter<'_> {
         self.reply(BUSY, out);
         let table_full = self.table_full;
         self.asm.bind(table_full);
+        self.elided_without_room(out);
         self.asm.annotate("no entry, and no room for one");
         self.reply(TABLE_FULL, out);
         self.asm.bind(bad);
@@ -136,6 +138,41 @@ impl Emitter<'_> {
         self.asm.annotate("too short to be a request");
         self.emit(Insn::mov64(R0, XDP_DROP));
         self.emit(Insn::exit());
+    }
+
+    /// A flow missing from a full table: an edit that would leave it
+    /// equal to a missing entry (the initial state, or a register set to
+    /// its initial value) needs no room, and is elided as it would be with
+    /// room (its moment is the failed insert, when the flow was missing).
+    /// Falls through otherwise.
+    fn elided_without_room(&mut self, out: Label) {
+        if !self.program.elides_initial_entries() {
+            return;
+        }
+        let full = self.label();
+        let not_state = self.label();
+        self.asm
+            .annotate("no room, but an edit that changes nothing needs none");
+        self.emit(Insn::ldx(Size::W, R1, REQUEST, OP_AT as i16));
+        self.jmp(JmpOp::Ne, R1, OP_SET_STATE as i32, not_state);
+        self.jmp(JmpOp::Ne, CHECKED, 0, full);
+        self.emit(Insn::mov64(R1, 0));
+        self.reply_old(R1);
+        self.reply(ELIDED, out);
+        self.asm.bind(not_state);
+        self.jmp(JmpOp::Ne, R1, OP_SET_REGISTER as i32, full);
+        let initial = self.program.constant_initial_registers();
+        for (i, value) in initial.into_iter().enumerate() {
+            let other = self.label();
+            self.jmp(JmpOp::Ne, CHECKED, i as i32, other);
+            self.emit(Insn::ldx(Size::DW, R1, REQUEST, VALUE_AT as i16));
+            self.jmp_const(JmpOp::Ne, R1, value as u64, full, R2);
+            self.mov_const(R1, value);
+            self.reply_old(R1);
+            self.reply(ELIDED, out);
+            self.asm.bind(other);
+        }
+        self.asm.bind(full);
     }
 
     /// `R1 = code; goto out`.
