@@ -92,6 +92,7 @@
 pub mod emit;
 pub mod layout;
 pub mod lower;
+pub mod migrate;
 pub mod object;
 pub mod parse;
 
@@ -228,13 +229,32 @@ fn compile_staging(
     options: &Options,
     conflict: testing::StagedConflict,
 ) -> Result<Output, CodegenError> {
-    let problems = static_limits(program);
+    compile_parts(program, options, conflict, migrate::Variant::plain(program))
+}
+
+/// [`compile`] as one of the programs of a migrating reload (see
+/// [`migrate`]).
+fn compile_parts(
+    program: &Program,
+    options: &Options,
+    conflict: testing::StagedConflict,
+    variant: migrate::Variant,
+) -> Result<Output, CodegenError> {
+    let mut problems = static_limits(program);
+    let frame = layout::Frame::plan(&variant.frame_program);
+    if frame.size > layout::STACK_LIMIT && problems.is_empty() {
+        problems.push(format!(
+            "a migrating reload needs {} bytes of eBPF stack here (limit {}): reload in two \
+             steps, or with fewer registers",
+            frame.size,
+            layout::STACK_LIMIT
+        ));
+    }
     if !problems.is_empty() {
         return Err(CodegenError::Limits(problems));
     }
-    let hook = options.hook.unwrap_or(program.hook);
+    let hook = variant.hook.or(options.hook).unwrap_or(program.hook);
     let layout = Layout::new(program, options.test_clock);
-    let frame = layout::Frame::plan(program);
     let lowered = lower::lower(program);
     let target = emit::Target {
         hook,
@@ -243,7 +263,7 @@ fn compile_staging(
         ifindex: &*options.ifindex_of,
         conflict,
     };
-    let code = match emit::emit(program, &target, &layout, &frame, &lowered) {
+    let code = match emit::emit(program, &target, &layout, &frame, &lowered, variant.role) {
         Ok(code) => code,
         Err(Ok(message)) => return Err(CodegenError::Interface(message)),
         Err(Err(asm)) => return Err(CodegenError::Assembly(asm)),
@@ -252,7 +272,8 @@ fn compile_staging(
         return Err(CodegenError::Limits(vec![too_many_insns(code.insns.len())]));
     }
     let name = layout::c_name(&program.name);
-    let object = object::build(program, &layout, hook, &name, &code)?;
+    let name = variant.symbol.unwrap_or(name);
+    let object = object::build(program, &layout, hook, &name, &code, variant.extra_maps)?;
     let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
     Ok(Output {
         object,
