@@ -211,7 +211,7 @@ fn migrating_reloads_under_traffic_lose_no_flow() {
             let mut reloads = 2u32;
             let mut failures = Vec::new();
             while knocking.load(Ordering::Relaxed) {
-                let to = if reloads % 2 == 0 { &b } else { &a };
+                let to = if reloads.is_multiple_of(2) { &b } else { &a };
                 let out = switch
                     .command(env!("CARGO_BIN_EXE_flowstate"))
                     .unwrap()
