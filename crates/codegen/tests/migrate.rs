@@ -1,0 +1,282 @@
+//! The programs of a migrating reload in the kernel (BPF_PROG_TEST_RUN,
+//! maps shared through pins as the control plane shares them): the
+//! bridge pulls a flow from the old table on first sight and marks it
+//! moved; the old program's handoff build hands a packet of a moved flow
+//! to the bridge (a tail call), or counts it as contention without one;
+//! a flow in neither table gets a tombstone in the old one until the
+//! `drained` word is set; the mover moves what is left, each flow once.
+//! Needs root and bpffs; SKIP otherwise.
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::{Program as AyaProgram, TestRun, TestRunOptions};
+use aya::{Ebpf, EbpfLoader};
+use flowstate_codegen::migrate::{
+    compile_bridge, compile_handoff, compile_mover, drained_value, MigrationCounts,
+    MIGRATION_CONTROL, MIGRATION_COUNTS, MIGRATION_MAP, MOVED_STATE, MOVER_DONE, OLD_FLOWS_MAP,
+    SUCCESSOR_MAP,
+};
+use flowstate_codegen::{compile, EntryView, Layout, Options, Output};
+use flowstate_lang::ir::{Program, StateId};
+use flowstate_runtime::{RawMap, UpdateMode};
+use flowstate_wire::build::{mac, PacketBuilder};
+
+const PASS: u32 = 2;
+const DROP: u32 = 1;
+
+const OLD: &str = "program mig\nhook xdp\nflow ip.src\nstates A, B, C, X\n\
+                   registers n = 0, gone = 9\ndefault drop\ntable\n\
+                   \x20 A udp.dport == 1 => pass, n = n + 1, next B\n\
+                   \x20 B udp.dport == 2 => pass, n = n + 1, next C\n\
+                   \x20 C udp.dport == 9 => pass, next X\n\
+                   \x20 C * => pass, n = n + 1\nend\n";
+
+/// States reordered, X gone, D new; `gone` gone, `extra` new.
+fn new_text() -> String {
+    OLD.replace("states A, B, C, X", "states A, C, D, B")
+        .replace("registers n = 0, gone = 9", "registers extra = 5, n = 0")
+        .replace("  C udp.dport == 9 => pass, next X\n", "")
+}
+
+fn skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        Some("needs root (CAP_BPF, CAP_NET_ADMIN)".to_string())
+    } else {
+        flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
+            .err()
+            .map(|e| format!("no bpffs: {e}"))
+    };
+    flowstate_testkit::skip_if(test, reason)
+}
+
+fn program(source: &str) -> Program {
+    flowstate_lang::compile(source).unwrap().program
+}
+
+fn options() -> Options {
+    Options {
+        test_clock: true,
+        ..Options::default()
+    }
+}
+
+/// A pin directory of this test's own, removed on drop.
+struct Pins(PathBuf);
+
+impl Pins {
+    fn new() -> Pins {
+        let dir = Path::new(flowstate_runtime::BPFFS_ROOT).join(format!(
+            "fs-migtest-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Pins(dir)
+    }
+
+    fn at(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loaded program whose maps named in `pins` are shared through them.
+struct Loaded {
+    ebpf: Ebpf,
+    symbol: String,
+}
+
+impl Loaded {
+    fn new(output: &Output, pins: &[(&str, PathBuf)]) -> Loaded {
+        let mut loader = EbpfLoader::new();
+        for (map, path) in pins {
+            loader.map_pin_path(*map, path.as_path());
+        }
+        let mut ebpf = loader.load(&output.object).unwrap();
+        match ebpf.program_mut(&output.program_name) {
+            Some(AyaProgram::Xdp(p)) => {
+                if let Err(e) = p.load() {
+                    panic!("{e:?}\n{}", output.listing)
+                }
+            }
+            _ => panic!("no XDP program {}", output.program_name),
+        }
+        Loaded {
+            ebpf,
+            symbol: output.program_name.clone(),
+        }
+    }
+
+    fn run(&self, packet: &[u8]) -> u32 {
+        let Some(AyaProgram::Xdp(p)) = self.ebpf.program(&self.symbol) else {
+            unreachable!()
+        };
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            ..TestRunOptions::default()
+        };
+        p.test_run(opts).unwrap().return_value
+    }
+
+    fn fd(&self) -> u32 {
+        use std::os::fd::{AsFd, AsRawFd};
+        let program = self.ebpf.program(&self.symbol).unwrap();
+        program.fd().unwrap().as_fd().as_raw_fd() as u32
+    }
+}
+
+fn udp(src: u8, dport: u16) -> Vec<u8> {
+    PacketBuilder::eth(mac(1), mac(2))
+        .ipv4([10, 0, 0, src], [10, 0, 0, 2])
+        .udp(40000, dport)
+        .payload(18)
+        .build()
+}
+
+fn key(src: u8) -> Vec<u8> {
+    vec![10, 0, 0, src]
+}
+
+fn entry(map: &RawMap, layout: &Layout, src: u8) -> Option<EntryView> {
+    map.lookup(&key(src))
+        .unwrap()
+        .map(|v| layout.decode_entry(&v))
+}
+
+/// The old entry is held for good and marked moved.
+fn assert_moved(old_flows: &RawMap, src: u8) {
+    let value = old_flows.lookup(&key(src)).unwrap().expect("old entry");
+    let lock = u32::from_le_bytes(value[0..4].try_into().unwrap());
+    let state = u32::from_le_bytes(value[4..8].try_into().unwrap());
+    assert_eq!(state, MOVED_STATE, "10.0.0.{src}: marked moved");
+    assert_eq!(lock & 1, 1, "10.0.0.{src}: held");
+}
+
+#[test]
+fn bridge_handoff_and_mover_move_each_flow_once() {
+    if skip("bridge_handoff_and_mover_move_each_flow_once") {
+        return;
+    }
+    let (old, new) = (program(OLD), program(&new_text()));
+    let pins = Pins::new();
+    let (old_flows_pin, new_flows_pin) = (pins.at("old_flows"), pins.at("new_flows"));
+    let (clock_pin, migration_pin, successor_pin) =
+        (pins.at("clock"), pins.at("migration"), pins.at("successor"));
+    let old_out = compile(&old, &options()).unwrap();
+    let running = Loaded::new(
+        &old_out,
+        &[
+            ("flows", old_flows_pin.clone()),
+            ("clock", clock_pin.clone()),
+        ],
+    );
+    let clock = RawMap::from_pin(&clock_pin).unwrap();
+    clock.array_set(0, &1_000i64.to_le_bytes()).unwrap();
+    // 1: B (n 1); 2: C (n 2); 3: B; 4: X (gone in the new program).
+    for (src, ports) in [(1, &[1][..]), (2, &[1, 2]), (3, &[1]), (4, &[1, 2, 9])] {
+        for &port in ports {
+            assert_eq!(running.run(&udp(src, port)), PASS);
+        }
+    }
+
+    let bridge_out = compile_bridge(&new, &old, &options()).unwrap();
+    let shared_new = [
+        ("flows", new_flows_pin.clone()),
+        ("clock", clock_pin.clone()),
+        (OLD_FLOWS_MAP, old_flows_pin.clone()),
+        (MIGRATION_MAP, migration_pin.clone()),
+    ];
+    let bridge = Loaded::new(&bridge_out, &shared_new);
+    let handoff = Loaded::new(
+        &compile_handoff(&old, &options()).unwrap(),
+        &[
+            ("flows", old_flows_pin.clone()),
+            ("clock", clock_pin.clone()),
+            (SUCCESSOR_MAP, successor_pin.clone()),
+        ],
+    );
+    let mover = Loaded::new(&compile_mover(&new, &old, &options()).unwrap(), &shared_new);
+    let old_flows = RawMap::from_pin(&old_flows_pin).unwrap();
+    let new_flows = RawMap::from_pin(&new_flows_pin).unwrap();
+    let migration = RawMap::from_pin(&migration_pin).unwrap();
+    let successor = RawMap::from_pin(&successor_pin).unwrap();
+    let (old_layout, new_layout) = (&old_out.layout, &bridge_out.layout);
+    let state = |name: &str| new.state_by_name(name).unwrap();
+
+    // The bridge pulls flow 1 (B, n 1) and applies its row: C, n 2.
+    assert_eq!(bridge.run(&udp(1, 2)), PASS);
+    let flow1 = entry(&new_flows, new_layout, 1).expect("flow 1 moved");
+    assert_eq!(
+        (flow1.state, flow1.registers.clone()),
+        (state("C"), vec![5, 2])
+    );
+    assert_eq!((flow1.created, flow1.last_seen), (1_000, 1_000));
+    assert_moved(&old_flows, 1);
+
+    // An old packet of flow 1 without a successor: contention, nothing
+    // written.
+    assert_eq!(handoff.run(&udp(1, 3)), DROP);
+    assert_eq!(entry(&new_flows, new_layout, 1).unwrap().registers, [5, 2]);
+    // With the bridge as successor, the packet is the bridge's: C * => n 3.
+    successor
+        .update(
+            &0u32.to_le_bytes(),
+            &bridge.fd().to_le_bytes(),
+            UpdateMode::Any,
+        )
+        .unwrap();
+    assert_eq!(handoff.run(&udp(1, 3)), PASS);
+    assert_eq!(entry(&new_flows, new_layout, 1).unwrap().registers, [5, 3]);
+    assert_moved(&old_flows, 1);
+
+    // A new flow before the old program has stopped: a tombstone in the
+    // old table, so an old packet of it is handed over too.
+    assert_eq!(bridge.run(&udp(9, 1)), PASS);
+    assert_moved(&old_flows, 9);
+    assert_eq!(handoff.run(&udp(9, 2)), PASS);
+    let flow9 = entry(&new_flows, new_layout, 9).unwrap();
+    assert_eq!((flow9.state, flow9.registers), (state("C"), vec![5, 2]));
+    // Once drained, no tombstone.
+    migration
+        .array_set(MIGRATION_CONTROL, &drained_value())
+        .unwrap();
+    assert_eq!(bridge.run(&udp(10, 1)), PASS);
+    assert_eq!(old_flows.lookup(&key(10)).unwrap(), None);
+
+    // The mover moves 2, 3 and 4; moved flows and unknown keys are left
+    // alone.
+    for src in [2, 3, 4, 1, 2, 77] {
+        let mut packet = key(src);
+        packet.resize(14, 0);
+        assert_eq!(mover.run(&packet), MOVER_DONE, "mover on 10.0.0.{src}");
+    }
+    let flow2 = entry(&new_flows, new_layout, 2).unwrap();
+    assert_eq!((flow2.state, flow2.registers), (state("C"), vec![5, 2]));
+    let flow3 = entry(&new_flows, new_layout, 3).unwrap();
+    assert_eq!((flow3.state, flow3.registers), (state("B"), vec![5, 1]));
+    let flow4 = entry(&new_flows, new_layout, 4).unwrap();
+    assert_eq!(flow4.state, StateId(0), "X is gone: the initial state");
+    assert_eq!(entry(&new_flows, new_layout, 1).unwrap().registers, [5, 3]);
+    for src in [1, 2, 3, 4, 9] {
+        assert_moved(&old_flows, src);
+    }
+    assert_eq!(old_flows.keys().unwrap().len(), 5);
+    let counts = MigrationCounts::decode(&migration.array_get(MIGRATION_COUNTS).unwrap());
+    assert_eq!(
+        counts,
+        MigrationCounts {
+            moved: 4,
+            remapped: 1,
+            conflicts: 0,
+            lost: 0
+        }
+    );
+    // The old layout is what the old table holds.
+    assert_eq!(old_layout.value_size, old_flows.value_size());
+}
