@@ -73,6 +73,20 @@
 //!   key; the element is freed with its word odd, so no stale cmpxchg
 //!   takes it.
 //!
+//! - Moved (a migrating reload, [`migrate`]): a flow moved to a new
+//!   program's table leaves its old entry held for good, its state word
+//!   [`migrate::MOVED_STATE`] (a tombstone is such an entry inserted held).
+//!   A packet of the old program still running then fails its cmpxchg or
+//!   its insert, starts over locking, and finds the entry held: programs
+//!   built as a handoff ([`migrate::compile_handoff`]) see the mark there
+//!   (after a fresh lookup: moved entries are never freed, so the element
+//!   is the key's) and give the packet, untouched, to their successor
+//!   with a tail call; it is then ordered after the move. Nothing is lost
+//!   silently: without a successor the packet counts as contention, and
+//!   programs not built as a handoff (plain ones, older builds) only wait
+//!   on a held entry, which is why a migration runs the old program's
+//!   handoff build first and waits for the older one's packets to end.
+//!
 //! Anyone else who writes a flows map (the control plane, a migration)
 //! must follow the same rules: take the word even -> odd by cmpxchg (or
 //! insert with `BPF_NOEXIST`), never replace an element with

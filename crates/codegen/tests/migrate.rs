@@ -280,3 +280,58 @@ fn bridge_handoff_and_mover_move_each_flow_once() {
     // The old layout is what the old table holds.
     assert_eq!(old_layout.value_size, old_flows.value_size());
 }
+
+/// The handoff build, the bridge and the mover of every example (to the
+/// example with one register more) pass the verifier, and the bridge
+/// costs it about what the program does (its pull is walked once).
+#[test]
+fn every_example_migrates_through_the_verifier() {
+    if skip("every_example_migrates_through_the_verifier") {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "fsm"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty());
+    let options = || Options {
+        ifindex_of: Box::new(|_| Some(1)),
+        ..Options::default()
+    };
+    for path in paths {
+        let old = program(&std::fs::read_to_string(&path).unwrap());
+        let mut new = old.clone();
+        new.registers.push(flowstate_lang::ir::Register {
+            name: "added".to_string(),
+            init: flowstate_lang::ir::Expr::Const(3),
+        });
+        let verified = |output: &Output| {
+            let loaded = match flowstate_runtime::load(&output.object, &Default::default()) {
+                Ok(loaded) => loaded,
+                Err(e) => panic!("{}: {e}", path.display()),
+            };
+            loaded
+                .stats(&output.program_name)
+                .unwrap()
+                .verified_insns
+                .unwrap_or(0)
+        };
+        let plain = verified(&compile(&new, &options()).unwrap());
+        let bridge = verified(&compile_bridge(&new, &old, &options()).unwrap());
+        let handoff = verified(&compile_handoff(&old, &options()).unwrap());
+        let mover = verified(&compile_mover(&new, &old, &options()).unwrap());
+        eprintln!(
+            "{}: verified instructions: program {plain}, bridge {bridge}, handoff {handoff}, \
+             mover {mover}",
+            path.display()
+        );
+        assert!(
+            bridge <= 2 * plain + 2_000,
+            "{}: the bridge costs the verifier {bridge} instructions, the program {plain}",
+            path.display()
+        );
+    }
+}

@@ -8,19 +8,28 @@
 //!
 //! - `flows`: reused when states, registers, key, capacity and full policy
 //!   are unchanged, so not a single update is lost. Otherwise a new map,
-//!   filled before the swap with every entry migrated (states by name,
-//!   missing ones -> the initial state; registers by name, new ones -> their
-//!   constant initial value or 0), and topped up after the swap with the
-//!   entries the old program wrote meanwhile. A key change is refused
-//!   unless `reset_state`, which starts from an empty table.
+//!   and every entry moves into it in the kernel, under the per-flow
+//!   protocol, while packets keep coming (states by name, missing ones ->
+//!   the initial state; registers by name, new ones -> their constant
+//!   initial value or 0); see `flowstate_codegen::migrate` for why no
+//!   update is lost. The link runs, in turn: the old program's handoff
+//!   build (`swap`), after an RCU grace period the bridge (`bridge`: the
+//!   new program pulling each flow from the old table on first sight),
+//!   while after another grace period the mover sweeps what is left
+//!   (`sweep`, `BPF_PROG_TEST_RUN` once per key), and the new program
+//!   (`final-swap`). A key change is refused unless `reset_state`, which
+//!   starts from an empty table.
 //! - `globals`: reused when the names are unchanged, else migrated by name.
 //! - `counters`: reused when the rows are unchanged, else new (zero).
 //! - `events`: reused when both versions send events.
 //!
 //! Before the swap nothing visible changes: a failure (program errors,
-//! verifier, migration) removes the `next_` pins and leaves the running
-//! program as it was. After the swap, the `next_` pins replace the old ones
-//! and the metadata is rewritten.
+//! verifier) removes the `next_` pins and leaves the running program as it
+//! was. After the swap, the `next_` pins replace the old ones (the bridge,
+//! the `migration` map and the handoff's `successor` array are removed)
+//! and the metadata is rewritten. Global registers of a changed
+//! declaration are still copied by user space before the swap: an update
+//! the old program makes to them meanwhile is lost (a known limit).
 
 use std::path::{Path, PathBuf};
 

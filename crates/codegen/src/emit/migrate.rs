@@ -177,6 +177,26 @@ impl Emitter<'_> {
             self.goto(done);
         }
         self.asm.bind(done);
+        self.forget_pull(conversion);
+    }
+
+    /// Gives every path out of a pull the same registers and scratch
+    /// slots, so that the verifier walks the program after it once, not
+    /// once per way the pull went (see `restart_block`).
+    fn forget_pull(&mut self, conversion: &Conversion) {
+        let frame = self.frame;
+        let registers = self.program.registers.len().max(conversion.old_registers);
+        let mut slots: Vec<i16> = (0..REGISTERS_OFFSET + 8 * registers)
+            .step_by(8)
+            .map(|at| frame.view_at(at))
+            .collect();
+        slots.extend([frame.seq, frame.fresh, frame.bias_save, frame.scratch_key]);
+        for slot in slots {
+            self.emit(Insn::st(Size::DW, R10, slot, 0));
+        }
+        for reg in [R0, R1, R2, R3, R4, R5, ENTRY] {
+            self.emit(Insn::mov64(reg, 0));
+        }
     }
 
     /// The held old entry at `ENTRY` in the new layout, in the view: the
