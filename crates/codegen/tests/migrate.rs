@@ -96,7 +96,7 @@ impl Loaded {
     fn new(output: &Output, pins: &[(&str, PathBuf)]) -> Loaded {
         let mut loader = EbpfLoader::new();
         for (map, path) in pins {
-            loader.map_pin_path(*map, path.as_path());
+            loader.map_pin_path(map, path.as_path());
         }
         let mut ebpf = loader.load(&output.object).unwrap();
         match ebpf.program_mut(&output.program_name) {
