@@ -15,8 +15,11 @@
 //!    tail call (it has written nothing yet: every write comes after the
 //!    lock), which handles it against the new table. It replaces the
 //!    running program first: they share the table and the protocol, so
-//!    that swap loses nothing, and it makes every old packet that can
-//!    still be running later one that knows what "moved" means.
+//!    that swap loses nothing. User space then waits for an RCU grace
+//!    period (XDP and TC programs run inside RCU read-side sections), so
+//!    that every old packet still running when moves begin is one of the
+//!    handoff build's, which knows what "moved" means (the running
+//!    program may come from an older flowstate, which did not).
 //! 2. **Bridge** ([`compile_bridge`]): the *new* program, on a new table,
 //!    reading the old table (`old_flows`) through. Before its lookup it
 //!    pulls each key's flow: if the new table lacks it, it locks the old
@@ -43,8 +46,8 @@
 //!
 //! Every move is counted in the `migration` map ([`MigrationCounts`]):
 //! moved, moved with a state that no longer exists (now the initial one),
-//! not moved because the new table already had the flow (a conflict: not
-//! expected, see the limits) or was full (lost).
+//! not moved because the new table already had the flow (a conflict: only
+//! around a full or evicting old table, see the limits) or was full (lost).
 //!
 //! Why nothing is lost: each flow's entry in the old table is written only
 //! under its lock word; the move takes that word and never gives it back,
@@ -54,11 +57,17 @@
 //! old program has stopped), the old table never gets the flow back, so
 //! the bridge's pull is needed once per packet, before anything else.
 //!
-//! Limits: programs compiled before this module had no handoff, which is
-//! why the old program is replaced by its handoff build first. An LRU
+//! The order on the link, with the control plane's journal steps:
+//! `swap` (handoff build), grace period, `bridge` (bridge), grace period
+//! and `drained`, `sweep` (mover), `final-swap` (the new program).
+//!
+//! Limits: an LRU
 //! table (`evict`) frees elements without their lock (crate doc), so an
 //! eviction in the old table during the move can free an entry being
-//! moved or a tombstone. A row that only refreshes `last_seen` stores it
+//! moved or a tombstone. A full old table refuses a tombstone: the
+//! bridge creates the flow anyway, and an old packet that finds room
+//! after a deletion creates it in the old table too (the mover counts a
+//! conflict and keeps the new table's). A row that only refreshes `last_seen` stores it
 //! without the lock (crate doc): in a packet of the old program racing
 //! the move, that refresh can land in the moved entry, and the flow keeps
 //! a `last_seen` a few microseconds older. Global registers are not
@@ -69,11 +78,12 @@ use std::borrow::Cow;
 use flowstate_lang::ir::{Hook, Program, Register, StateId};
 use flowstate_obj::{BtfType, MapDef, MapKind, StructType};
 
+use crate::emit::migrate::Role;
+use crate::{layout, CodegenError, Layout, Options, Output};
+
 /// The state word of an old entry whose flow is in the new table (moved,
 /// or claimed by a tombstone); its lock word stays odd.
 pub const MOVED_STATE: u32 = crate::emit::migrate::MOVED_STATE as u32;
-use crate::emit::migrate::Role;
-use crate::{layout, CodegenError, Layout, Options, Output};
 
 /// The old program's table, as the bridge and the mover see it.
 pub const OLD_FLOWS_MAP: &str = "old_flows";
