@@ -5,7 +5,8 @@
 //!
 //! Shapes: `exact` (one `=> drop` per port, like the benchmark's tables),
 //! `counting` (each row adds its own constant to a register: no commit is
-//! shared), `conditions` (each row also tests a register).
+//! shared), `conditions` (each row also tests a register), `ranges` (each
+//! row a range of ports and a next state: issue 7's refused shape).
 
 use flowstate_codegen::{compile, Options};
 use flowstate_runtime::{load, LoadOptions};
@@ -19,6 +20,11 @@ fn table(shape: &str, rows: usize) -> String {
         let port = 1000 + i;
         text.push_str(&match shape {
             "counting" => format!("  S udp.dport == {port} => drop, n = n + {i}\n"),
+            "ranges" => format!(
+                "  S tcp.dport in {}..{} => drop, next T\n",
+                1000 + 10 * i,
+                1005 + 10 * i
+            ),
             "conditions" => {
                 format!("  * udp.dport == {port}, n < {i} => drop, n = n + 1, next T\n")
             }
@@ -31,7 +37,7 @@ fn table(shape: &str, rows: usize) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let shapes = ["exact", "counting", "conditions"];
+    let shapes = ["exact", "counting", "conditions", "ranges"];
     for arg in &args {
         let Ok(rows) = arg.parse::<usize>() else {
             eprintln!("not a row count: {arg}");

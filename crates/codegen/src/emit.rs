@@ -42,7 +42,7 @@ use crate::layout::{
     self, Frame, Layout, EVAL_REGISTERS, EVENT_HEAD_BYTES, EVENT_ROW_DEFAULT, LOCK_OFFSET,
     REGISTERS_OFFSET, STATE_OFFSET,
 };
-use crate::lower::{condition_key, row_presence, Commit, Decision, Lowered, RowTest};
+use crate::lower::{condition_key, row_presence, Case, Commit, Decision, Lowered, RowTest};
 use crate::parse::{emit_parse, ParseRequest};
 use crate::testing::StagedConflict;
 
@@ -50,6 +50,10 @@ pub(crate) mod migrate;
 
 use migrate::Role;
 use Reg::*;
+
+mod editor;
+
+pub(crate) use editor::emit_editor;
 
 const CTX: Reg = R6;
 const ENTRY: Reg = R7;
@@ -279,7 +283,7 @@ impl<'a> Emitter<'a> {
     fn run(mut self) -> Result<Pass, Result<String, AsmError>> {
         if let Role::Mover(conversion) = self.role {
             self.mover(conversion);
-            return self.finish_pass();
+            return self.finish();
         }
         self.entry();
         self.pull_prologue();
@@ -292,11 +296,13 @@ impl<'a> Emitter<'a> {
         self.default_blocks();
         self.action_tails();
         self.handoff_block();
-        self.finish_pass()
+        self.finish()
     }
 
-    /// Resolves the jumps of a pass (see [`emit`]).
-    fn finish_pass(self) -> Result<Pass, Result<String, AsmError>> {
+    /// The end of a pass: jump reaches checked (sites out of 16-bit reach
+    /// send the emission round again, see [`emit`]), then the code
+    /// assembled and the far `goto`s made `gotol`.
+    fn finish(self) -> Result<Pass, Result<String, AsmError>> {
         if let Some(message) = self.error {
             return Err(Ok(message));
         }
@@ -434,6 +440,19 @@ impl<'a> Emitter<'a> {
 
     fn load_stack(&mut self, reg: Reg, offset: i16) {
         self.emit(Insn::ldx(Size::DW, reg, R10, offset));
+    }
+
+    /// Loads a field slot for a test that must not teach the verifier
+    /// the slot's value. A register loaded from the stack shares its
+    /// identity with the slot, so a comparison would narrow both; then
+    /// every row that fails a range test reaches the next row with a
+    /// different range for the slot, paths never look alike, and the
+    /// verifier's walk grows with the square of the rows (65 range rows
+    /// passed its million-instruction limit). An ALU op gives the
+    /// register a new identity and leaves the value as it is.
+    fn load_untracked(&mut self, reg: Reg, offset: i16) {
+        self.load_stack(reg, offset);
+        self.emit(Insn::or64(reg, 0));
     }
 
     fn store_stack(&mut self, offset: i16, reg: Reg) {
@@ -875,29 +894,7 @@ impl<'a> Emitter<'a> {
         );
         self.launder_presence();
 
-        match self.target.clock {
-            Clock::None => {
-                self.asm.annotate("now: unused");
-                self.emit(Insn::mov64(NOW, 0));
-            }
-            Clock::Coarse => {
-                self.asm.annotate("now: coarse clock (timeouts only)");
-                self.call(Helper::KTIME_GET_COARSE_NS);
-                self.emit(Insn::mov64(NOW, R0));
-            }
-            Clock::Precise => {
-                self.asm.annotate("now");
-                self.call(Helper::KTIME_GET_NS);
-                self.emit(Insn::mov64(NOW, R0));
-            }
-            Clock::TestMap => {
-                self.asm.annotate("now: from the clock map (test clock)");
-                self.lookup_index(MAPS.clock, 0);
-                self.emit(Insn::mov64(NOW, 0));
-                self.emit(Insn::jeq(R0, 0, 1));
-                self.emit(Insn::ldx(Size::DW, NOW, R0, 0));
-            }
-        }
+        self.load_now();
 
         if self.layout.globals_map.is_some() {
             self.asm.annotate("the globals");
@@ -931,6 +928,33 @@ impl<'a> Emitter<'a> {
         if let Some(area) = frame.update_key {
             self.asm.annotate("pack the update key");
             self.pack_key(&self.program.update_key, area);
+        }
+    }
+
+    /// `NOW` = the program's clock (see [`Clock`]). Clobbers R0-R5.
+    fn load_now(&mut self) {
+        match self.target.clock {
+            Clock::None => {
+                self.asm.annotate("now: unused");
+                self.emit(Insn::mov64(NOW, 0));
+            }
+            Clock::Coarse => {
+                self.asm.annotate("now: coarse clock (timeouts only)");
+                self.call(Helper::KTIME_GET_COARSE_NS);
+                self.emit(Insn::mov64(NOW, R0));
+            }
+            Clock::Precise => {
+                self.asm.annotate("now");
+                self.call(Helper::KTIME_GET_NS);
+                self.emit(Insn::mov64(NOW, R0));
+            }
+            Clock::TestMap => {
+                self.asm.annotate("now: from the clock map (test clock)");
+                self.lookup_index(MAPS.clock, 0);
+                self.emit(Insn::mov64(NOW, 0));
+                self.emit(Insn::jeq(R0, 0, 1));
+                self.emit(Insn::ldx(Size::DW, NOW, R0, 0));
+            }
         }
     }
 
@@ -1264,29 +1288,76 @@ impl<'a> Emitter<'a> {
         self.search(reg, &cases[mid..], miss);
     }
 
-    fn row_search(&mut self, field: Field, cases: &[(u64, Vec<RowTest>)]) {
+    /// Binary search of `reg` (unsigned) over sorted, disjoint `cases`
+    /// (`lo..=hi`, label); `miss` when no case holds it. `known` is what
+    /// the enclosing splits proved: `reg >= known.0` and `reg <= known.1`.
+    /// Clobbers R5 for wide constants.
+    fn interval_search(
+        &mut self,
+        reg: Reg,
+        cases: &[(u64, u64, Label)],
+        miss: Label,
+        known: (u64, u64),
+    ) {
+        if cases.len() <= 3 {
+            // Ascending: a value below a case's start lies between it and
+            // the case before, so it is a miss.
+            // `floor`: what falling through proved, `reg >= floor` (a
+            // failed equality proves nothing of the kind).
+            let mut floor = known.0;
+            for &(lo, hi, label) in cases {
+                if lo == hi {
+                    self.jmp_const(JmpOp::Eq, reg, lo, label, R5);
+                    continue;
+                }
+                if lo > floor {
+                    self.jmp_const(JmpOp::Lt, reg, lo, miss, R5);
+                }
+                if hi >= known.1 {
+                    self.goto(label);
+                    return;
+                }
+                self.jmp_const(JmpOp::Le, reg, hi, label, R5);
+                floor = hi + 1;
+            }
+            self.goto(miss);
+            return;
+        }
+        let mid = cases.len() / 2;
+        let split = cases[mid].0;
+        let upper = self.label();
+        self.jmp_const(JmpOp::Ge, reg, split, upper, R5);
+        self.interval_search(reg, &cases[..mid], miss, (known.0, split - 1));
+        self.asm.bind(upper);
+        self.interval_search(reg, &cases[mid..], miss, (split, known.1));
+    }
+
+    fn row_search(&mut self, field: Field, cases: &[Case]) {
         let end = self.label();
         self.asm.annotate(format!(
-            "binary search over {} exact {} values",
+            "binary search over {} {} intervals",
             cases.len(),
             field
         ));
         self.emit(Insn::mov64(R1, PRESENCE));
         self.emit(Insn::and64(R1, 1 << (field as u32)));
         self.jmp(JmpOp::Eq, R1, 0, end);
-        self.load_stack(R1, self.frame.field(field));
-        // An ALU op gives R1 a new identity: the verifier then does not
-        // narrow the field's slot to each case's constant, so paths of
-        // different cases still look alike where they merge.
-        self.emit(Insn::or64(R1, 0));
-        let labels: Vec<(u64, Label)> = cases
+        // A new identity for R1: the search must not narrow the field's
+        // slot (see `load_untracked`).
+        self.load_untracked(R1, self.frame.field(field));
+        let labels: Vec<(u64, u64, Label)> = cases
             .iter()
-            .map(|(v, _)| (*v, self.asm.new_label()))
+            .map(|c| (c.lo, c.hi, self.asm.new_label()))
             .collect();
-        self.search(R1, &labels, end);
-        for ((_, tests), (_, label)) in cases.iter().zip(labels) {
+        let width = if field.bits() >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << field.bits()) - 1
+        };
+        self.interval_search(R1, &labels, end, (0, width));
+        for (case, (_, _, label)) in cases.iter().zip(labels) {
             self.asm.bind(label);
-            for test in tests {
+            for test in &case.tests {
                 self.row_test(test);
             }
             self.goto(end);
@@ -1333,10 +1404,22 @@ impl<'a> Emitter<'a> {
         } else {
             op.negate().unwrap_or(op)
         };
+        // Operands read from a slot (or `now`, against a constant) are
+        // compared through a copy with a new identity, so the comparison
+        // narrows neither the slot nor `NOW` (see `load_untracked`).
+        let untracked = |e: &Expr| matches!(e, Expr::Field(_) | Expr::Reg(_));
         let lhs = match c.cond.lhs {
+            Expr::Now if matches!(c.cond.rhs, Expr::Const(_)) => {
+                self.emit(Insn::mov64(R1, NOW));
+                self.emit(Insn::or64(R1, 0));
+                R1
+            }
             Expr::Now => NOW,
             ref lhs => {
                 self.eval(lhs, 0, 0, ROW_ENV);
+                if untracked(lhs) {
+                    self.emit(Insn::or64(R1, 0));
+                }
                 R1
             }
         };
@@ -1345,6 +1428,9 @@ impl<'a> Emitter<'a> {
             Expr::Now => self.jmp(fail_op, lhs, NOW, fail),
             rhs => {
                 self.eval(rhs, 1, 0, ROW_ENV);
+                if untracked(rhs) {
+                    self.emit(Insn::or64(R2, 0));
+                }
                 self.jmp(fail_op, lhs, R2, fail);
             }
         }
@@ -1500,9 +1586,9 @@ impl<'a> Emitter<'a> {
     fn pattern(&mut self, field: Field, pattern: &Pattern, fail: Label) {
         let slot = self.frame.field(field);
         let wide = field.bits() > 64;
-        self.load_stack(R1, slot);
+        self.load_untracked(R1, slot);
         if wide {
-            self.load_stack(R2, slot + 8);
+            self.load_untracked(R2, slot + 8);
         }
         let hi = |v: u128| (v >> 64) as u64;
         let lo = |v: u128| v as u64;
@@ -1543,8 +1629,11 @@ impl<'a> Emitter<'a> {
                     self.jmp_const(JmpOp::Gt, R2, lo(*high), fail, R4);
                     self.asm.bind(ok);
                 } else {
-                    self.jmp_const(JmpOp::Lt, R1, lo(*low), fail, R4);
-                    self.jmp_const(JmpOp::Gt, R1, lo(*high), fail, R4);
+                    // One unsigned test, `field - low > high - low`: every
+                    // branch of a row test stays pending on the verifier's
+                    // path while the rows after it are walked.
+                    self.add_const(R1, (lo(*low) as i64).wrapping_neg(), R4);
+                    self.jmp_const(JmpOp::Gt, R1, lo(*high) - lo(*low), fail, R4);
                 }
             }
             Pattern::Set(values) => {

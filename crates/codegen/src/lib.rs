@@ -30,9 +30,21 @@
 //! field's slot, the restart path (the second, locked pass) makes the
 //! verifier forget the field slots' values, and the `may_goto` spins fall
 //! through on success, so the program after them is walked from their
-//! first iteration. 5,000 exact rows: 19k slots, 89k instructions
-//! processed (the limit is a million).
+//! first iteration, and tests read field and register slots through a
+//! copy the verifier does not link back to the slot (so a range test does
+//! not narrow the slot for the rows after it). 5,000 exact rows: 19k
+//! slots, 89k instructions processed (the limit is a million); 5,000
+//! range rows: 140k.
+//!
+//! The verifier also gives up on a path with more than 8,192 branches
+//! pending, whatever its instruction budget: runs of rows testing one
+//! field for values, ranges or sets are binary searches, and [`walk`]
+//! estimates the pending branches of what is left so that `check_limits`
+//! refuses a chain the kernel would.
 //! - [`object`]: the ELF object through flowstate-obj.
+//! - [`editor`]: not a stage but a second program for the same layout:
+//!   the editor the control plane edits flows and globals through (see
+//!   "Anyone else who writes" below).
 //!
 //! Per packet, the program follows DESIGN.md section 1 and the reference
 //! interpreter (`flowstate-interp`) exactly; see [`emit`] for the register
@@ -90,9 +102,16 @@
 //! Anyone else who writes a flows map (the control plane, a migration)
 //! must follow the same rules: take the word even -> odd by cmpxchg (or
 //! insert with `BPF_NOEXIST`), never replace an element with
-//! `BPF_ANY`, delete only while holding the word. Global registers use
-//! an atomic add (`g = g + e`) or a cmpxchg loop through `may_goto` (a
-//! write that spends the budget is dropped). `bpf_spin_lock` is not
+//! `BPF_ANY`, delete only while holding the word. User space cannot do
+//! that with the map syscalls (they copy or replace whole values), so the
+//! control plane's edits run in the kernel: [`editor`] generates, for a
+//! program's layout, an XDP program run with `BPF_PROG_TEST_RUN` (request
+//! in, reply out through the packet's bytes) that goes through the same
+//! [`emit`] pieces (`lock_loop` with a held placeholder for a missing
+//! flow, `delete_held`, `unlock_entry`, `expiry_check`). Global registers
+//! use an atomic add (`g = g + e`) or a cmpxchg loop through `may_goto` (a
+//! write that spends the budget is dropped); the editor sets one with an
+//! atomic exchange. `bpf_spin_lock` is not
 //! used: it is refused in LRU maps. Loads are kept in order by x86
 //! (TSO), which the seqlock read relies on. Known limits: an LRU eviction
 //! frees an element without its lock, so a packet working on an evicted
@@ -103,12 +122,14 @@
 //! Panic rule: [`compile`] and [`check_limits`] never panic on a program
 //! produced by `flowstate_lang::compile`.
 
+pub mod editor;
 pub mod emit;
 pub mod layout;
 pub mod lower;
 pub mod migrate;
 pub mod object;
 pub mod parse;
+pub mod walk;
 
 use flowstate_lang::ir::{Hook, Program};
 
@@ -285,6 +306,13 @@ fn compile_parts(
     if code.insns.len() > MAX_INSNS {
         return Err(CodegenError::Limits(vec![too_many_insns(code.insns.len())]));
     }
+    let pending = walk::pending_branches(&code.insns);
+    if std::env::var_os("FLOWSTATE_DEBUG_WALK").is_some() {
+        eprintln!("pending branches (estimate): {pending}");
+    }
+    if pending > walk::PENDING_LIMIT {
+        return Err(CodegenError::Limits(vec![too_many_pending(pending)]));
+    }
     let name = layout::c_name(&program.name);
     let name = variant.symbol.unwrap_or(name);
     let object = object::build(program, &layout, hook, &name, &code, variant.extra_maps)?;
@@ -327,6 +355,16 @@ fn too_many_insns(count: usize) -> String {
     format!(
         "compiles to {count} eBPF instructions (limit {MAX_INSNS}): split the table or use \
          fewer states with wildcard rows"
+    )
+}
+
+fn too_many_pending(pending: usize) -> String {
+    format!(
+        "one path through its table tests too many rows one after the other: the kernel's \
+         verifier would keep about {pending} branches pending (it gives up past {}); rows that \
+         each test one field for a value, a range or a set are searched, not chained, so group \
+         rows by field, or split the table",
+        walk::VERIFIER_PENDING_LIMIT
     )
 }
 

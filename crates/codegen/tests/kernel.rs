@@ -996,3 +996,156 @@ fn rows_sharing_conditions_pick_the_interpreters_row() {
     // Every row that can match did (row 2 never can).
     assert_eq!(fired, vec![0, 1, 3, 4, 5, 6], "rows that fired");
 }
+
+/// `rows` rows of `A tcp.dport in LO..HI => drop, next B`, disjoint.
+fn range_table(rows: u32) -> String {
+    let mut text =
+        format!("program ranges{rows}\nhook xdp\nflow ip.src\nstates A, B\ndefault pass\ntable\n");
+    for i in 0..rows {
+        let lo = 1000 + 10 * i;
+        text.push_str(&format!(
+            "  A tcp.dport in {lo}..{} => drop, next B\n",
+            lo + 5
+        ));
+    }
+    text.push_str("end\n");
+    text
+}
+
+/// Regression (issue 7): 65 range rows passed `check` and the kernel
+/// refused them (a million instructions processed; 40 rows 292k): each
+/// range test narrowed the field's slot, so no two rows' paths looked
+/// alike. Then 4,100 rows hit the verifier's 8,192 pending branches.
+/// Range runs are now searched; 65, 500 and 5,000 rows load, the walk
+/// grows linearly, and packets agree with the interpreter.
+#[test]
+fn range_tables_of_65_500_and_5000_rows_load_and_agree() {
+    if skip("range_tables_of_65_500_and_5000_rows_load_and_agree") {
+        return;
+    }
+    let mut walked = Vec::new();
+    for rows in [65u32, 500, 5000] {
+        let p = program(&range_table(rows));
+        let output = compile(&p, &test_options()).unwrap();
+        let mut pair = Pair::with_output(&p, output);
+        let verified = pair
+            .loaded
+            .stats(&pair.output.program_name)
+            .unwrap()
+            .verified_insns
+            .unwrap_or(0);
+        eprintln!(
+            "{rows} range rows: {} slots, verifier processed {verified}",
+            pair.output.insn_count
+        );
+        walked.push((rows, verified));
+        let a = [10, 0, 0, 1];
+        let last = (1000 + 10 * (rows - 1)) as u16;
+        for (i, port) in [1000u16, 1005, 1006, 999, last, last + 5, last + 6, 1003]
+            .into_iter()
+            .enumerate()
+        {
+            // A fresh source per packet, so each one meets state A.
+            let src = [10, 0, (i >> 8) as u8, i as u8];
+            pair.step(&tcp(src, port), 1000 + i as i64);
+        }
+        pair.step(&udp(a, 1000), 2000);
+        pair.check_counters();
+    }
+    // Linear: 77 times the rows cost well under 77 times the walk of 65
+    // rows (it was past a million at 65).
+    let (small, large) = (walked[0].1.max(1), walked[2].1);
+    assert!(
+        u64::from(large) < 77 * u64::from(small),
+        "walk grows faster than the rows: {walked:?}"
+    );
+}
+
+/// An `n` in `1..=max` for which `accepts(n)` and, unless `n` is `max`,
+/// not `accepts(n + STEP)`, given that it accepts 1 and that acceptance
+/// only shrinks as `n` grows (within `STEP` of the largest: each try
+/// compiles thousands of rows).
+fn largest_accepted(max: u32, accepts: impl Fn(u32) -> bool) -> u32 {
+    const STEP: u32 = 32;
+    let (mut good, mut bad) = (1, max + 1);
+    while bad - good > STEP {
+        let mid = good + (bad - good) / 2;
+        if accepts(mid) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    good
+}
+
+/// The invariant "check accepts => the verifier accepts" at its edge:
+/// tables that cannot be searched (masks, conditions, several fields, wide
+/// sets) are chains of row tests, and the verifier gives up on a path
+/// with more than 8,192 pending branches whatever its instruction budget.
+/// For each shape, the longest table `check_limits` accepts loads.
+#[test]
+fn the_longest_chain_check_accepts_loads() {
+    if skip("the_longest_chain_check_accepts_loads") {
+        return;
+    }
+    type RowText = fn(u32) -> String;
+    let shapes: [(&str, RowText); 4] = [
+        ("mask", |i| {
+            format!(
+                "A ip.dst == 10.{}.{}.0/255.255.255.0 => drop, next B",
+                i / 256 % 256,
+                i % 256
+            )
+        }),
+        ("condition", |i| {
+            format!("A tcp.dport > {i} => drop, next B")
+        }),
+        ("mask and condition, writing", |i| {
+            format!(
+                "A ip.dst == 10.{}.0.0/255.255.0.0, tcp.sport < {i} => drop, n = n + {i}, next B",
+                i % 256
+            )
+        }),
+        ("wide set", |i| {
+            format!(
+                "A ip6.src in {{2001:db8::{i:x}, 2001:db8::1:{i:x}, 2001:db8::2:{i:x}}} => drop"
+            )
+        }),
+    ];
+    for (name, row) in shapes {
+        let source = |rows: u32| {
+            let mut text = String::from(
+                "program chain\nhook xdp\nflow eth.src\nstates A, B\nregisters n = 0\n\
+                 default pass\ntable\n",
+            );
+            for i in 0..rows {
+                text.push_str(&format!("  {}\n", row(i)));
+            }
+            text.push_str("end\n");
+            text
+        };
+        let accepted = |rows: u32| flowstate_codegen::check_limits(&program(&source(rows))).is_ok();
+        let longest = largest_accepted(16_384, accepted);
+        let p = program(&source(longest));
+        // What `check_limits` compiles: the real clock.
+        let options = Options {
+            ifindex_of: Box::new(|_| Some(1)),
+            ..Options::default()
+        };
+        let output = compile(&p, &options).unwrap();
+        let loaded = match load(&output.object, &LoadOptions::default()) {
+            Ok(loaded) => loaded,
+            Err(e) => panic!("{name}: check accepts {longest} rows, the kernel refuses them: {e}"),
+        };
+        let stats = loaded.stats(&output.program_name).unwrap();
+        eprintln!(
+            "{name}: check accepts up to {longest} rows ({} slots, verifier processed {:?})",
+            output.insn_count, stats.verified_insns
+        );
+        if longest < 16_384 {
+            let refused = flowstate_codegen::check_limits(&program(&source(longest + 32)));
+            assert!(refused.is_err(), "{name}: not monotonic at {longest}");
+        }
+    }
+}

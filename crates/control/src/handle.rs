@@ -2,20 +2,34 @@
 //! counters and the event ring buffer, decoded with the program the
 //! metadata saved.
 //!
-//! Writes from here race with the program only as the kernel's map
-//! updates do: a flow entry is replaced whole (its lock word written as 0,
-//! so an entry is never left locked by user space), and a packet of that
-//! flow processed at the same instant may overwrite the edit.
+//! Reads copy entries with the map syscalls, without the lock (a copy made
+//! while a packet writes that entry may mix its old and new fields). Edits
+//! never write the maps from user space: they go through the editor
+//! program (`edit.rs`), which takes the flow's lock word in the kernel
+//! exactly as a packet does, so an edit and a packet of the same flow at
+//! the same instant are applied one after the other, and neither is lost:
+//! - `set_state` / `set_register` change that one field of the entry as
+//!   the program would read it now (a missing flow is made in the initial
+//!   state with constant initial registers; one past its timeout is reset
+//!   to its rollback state first), set `last_seen` to now, and delete the
+//!   entry instead when it ends up equal to a missing one (DESIGN.md 1.8);
+//! - `delete_flow` and `flush` delete each entry while holding its lock;
+//! - `set_global` swaps that one global with an atomic exchange, so the
+//!   packets' concurrent additions to it and to the other globals stay.
+//!
+//! The editor is compiled and loaded on the first edit, once per handle.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use aya::maps::{Map, MapData, RingBuf};
+use flowstate_codegen::editor::{Outcome, Request};
 use flowstate_codegen::{EntryView, Layout};
 use flowstate_lang::ir::{Program, StateId};
-use flowstate_runtime::{RawMap, UpdateMode};
+use flowstate_runtime::RawMap;
 
+use crate::edit::Editing;
 use crate::meta::Meta;
 use crate::{keytext, paths, ControlError};
 
@@ -98,6 +112,8 @@ pub struct Handle {
     flows: RawMap,
     globals: Option<RawMap>,
     counters: RawMap,
+    /// Loaded on the first edit.
+    editing: std::sync::OnceLock<Editing>,
 }
 
 /// Reopens the pinned maps of instance `name` and the program it saved.
@@ -144,6 +160,7 @@ pub fn open(name: &str) -> Result<Handle, ControlError> {
         flows,
         globals,
         counters,
+        editing: std::sync::OnceLock::new(),
     })
 }
 
@@ -272,40 +289,33 @@ impl Handle {
             })
     }
 
-    /// The entry under `key`, or a new one as the program would start it
-    /// (initial state, constant initial registers, 0 for the others).
-    fn entry_or_new(&self, key: &[u8]) -> Result<EntryView, ControlError> {
-        let value = self
-            .flows
-            .lookup(key)
-            .map_err(kernel_error("reading the flows map"))?;
-        Ok(match value {
-            Some(v) => self.layout.decode_entry(&v),
-            None => {
-                let now = monotonic_ns();
-                EntryView {
-                    state: StateId(0),
-                    registers: initial_registers(&self.program),
-                    created: now,
-                    last_seen: now,
-                }
+    /// The editor, loaded on first use.
+    fn editing(&self) -> Result<&Editing, ControlError> {
+        if let Some(editing) = self.editing.get() {
+            return Ok(editing);
+        }
+        let editing = Editing::load(&self.program, |name| {
+            if name == self.layout.flows_map {
+                Some(&self.flows)
+            } else if Some(name) == self.layout.globals_map {
+                self.globals.as_ref()
+            } else {
+                None
             }
-        })
+        })?;
+        Ok(self.editing.get_or_init(|| editing))
     }
 
-    fn write_entry(&self, key: &[u8], entry: &EntryView) -> Result<(), ControlError> {
-        self.flows
-            .update(key, &self.layout.encode_entry(entry), UpdateMode::Any)
-            .map_err(kernel_error("writing the flows map"))
-    }
-
-    /// Puts flow `key_text` in `state` (creating the entry if needed).
+    /// Puts flow `key_text` in `state` (creating the entry if needed; see
+    /// the module doc for expiry, `last_seen` and elision).
     pub fn set_state(&self, key_text: &str, state: &str) -> Result<(), ControlError> {
         let key = self.parse_key(key_text)?;
-        let id = self.state_id(state)?;
-        let mut entry = self.entry_or_new(&key)?;
-        entry.state = id;
-        self.write_entry(&key, &entry)
+        let state = self.state_id(state)?;
+        self.editing()?.run(
+            &format!("setting the state of flow {key_text}"),
+            Request::SetState { key: &key, state },
+        )?;
+        Ok(())
     }
 
     /// Sets per-flow register `register` of flow `key_text` (creating the
@@ -327,40 +337,42 @@ impl Handle {
                 name: register.to_string(),
                 known: names(self.program.registers.iter().map(|r| r.name.as_str())),
             })?;
-        let mut entry = self.entry_or_new(&key)?;
-        if let Some(slot) = entry.registers.get_mut(index) {
-            *slot = value;
-        }
-        self.write_entry(&key, &entry)
+        self.editing()?.run(
+            &format!("setting {register} of flow {key_text}"),
+            Request::SetRegister {
+                key: &key,
+                index,
+                value,
+            },
+        )?;
+        Ok(())
     }
 
     /// Removes flow `key_text`: its next packet starts it afresh.
     pub fn delete_flow(&self, key_text: &str) -> Result<(), ControlError> {
         let key = self.parse_key(key_text)?;
-        let removed = self
-            .flows
-            .delete(&key)
-            .map_err(kernel_error("deleting from the flows map"))?;
-        if removed {
-            Ok(())
-        } else {
-            Err(ControlError::NoSuchFlow(key_text.to_string()))
+        let outcome = self.editing()?.run(
+            &format!("deleting flow {key_text}"),
+            Request::Delete { key: &key },
+        )?;
+        match outcome {
+            Outcome::NoSuchFlow => Err(ControlError::NoSuchFlow(key_text.to_string())),
+            _ => Ok(()),
         }
     }
 
-    /// Removes every flow; returns how many were removed.
+    /// Removes every flow, each under its lock; returns how many were
+    /// removed. Flows that packets create meanwhile may stay.
     pub fn flush(&self) -> Result<usize, ControlError> {
         let keys = self
             .flows
             .keys()
             .map_err(kernel_error("reading the flows map"))?;
+        let editing = self.editing()?;
         let mut removed = 0;
         for key in keys {
-            if self
-                .flows
-                .delete(&key)
-                .map_err(kernel_error("deleting from the flows map"))?
-            {
+            let outcome = editing.run("flushing the flows", Request::Delete { key: &key })?;
+            if matches!(outcome, Outcome::Deleted { .. }) {
                 removed += 1;
             }
         }
@@ -384,31 +396,26 @@ impl Handle {
             .collect())
     }
 
-    /// Sets global register `name`. Not atomic with the program's own
-    /// updates of the other globals: a packet updating a global at the
-    /// same instant may be lost.
+    /// Sets global register `name` (one atomic exchange: packets'
+    /// additions to it before the exchange are replaced, later ones kept,
+    /// and the other globals are not touched).
     pub fn set_global(&self, name: &str, value: i64) -> Result<(), ControlError> {
-        let no_such = || ControlError::NoSuchName {
-            kind: "global",
-            name: name.to_string(),
-            known: names(self.program.globals.iter().map(|g| g.name.as_str())),
-        };
         let index = self
             .program
             .globals
             .iter()
             .position(|g| g.name == name)
-            .ok_or_else(no_such)?;
-        let map = self.globals.as_ref().ok_or_else(no_such)?;
-        let bytes = map
-            .array_get(0)
-            .map_err(kernel_error("reading the globals map"))?;
-        let mut values = self.layout.decode_globals(&bytes);
-        if let Some(slot) = values.get_mut(index) {
-            *slot = value;
-        }
-        map.array_set(0, &self.layout.encode_globals(&values))
-            .map_err(kernel_error("writing the globals map"))
+            .filter(|_| self.globals.is_some())
+            .ok_or_else(|| ControlError::NoSuchName {
+                kind: "global",
+                name: name.to_string(),
+                known: names(self.program.globals.iter().map(|g| g.name.as_str())),
+            })?;
+        self.editing()?.run(
+            &format!("setting global {name}"),
+            Request::SetGlobal { index, value },
+        )?;
+        Ok(())
     }
 
     fn counter(&self, index: u32) -> Result<(u64, u64), ControlError> {
@@ -583,12 +590,6 @@ impl Iterator for Events {
 /// `STATE ITEMS => EFFECTS`, as in the source.
 pub(crate) fn row_text(program: &Program, row: &flowstate_lang::ir::Row) -> String {
     flowstate_lang::print::row(program, row)
-}
-
-/// Constant initial values; a register whose initial value reads the
-/// packet or the clock starts at 0 when created from user space.
-pub(crate) fn initial_registers(program: &Program) -> Vec<i64> {
-    program.constant_initial_registers()
 }
 
 fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {

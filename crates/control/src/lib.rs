@@ -26,6 +26,7 @@
 //! Panic rule: nothing here panics on user input (program text, key text,
 //! names, metadata files).
 
+mod edit;
 mod handle;
 pub mod journal;
 mod kernel;

@@ -15,8 +15,10 @@
 //! field pattern kind, conditions with all six comparisons and negation,
 //! updates with every operator (division and modulo by non-zero constants,
 //! shifts by constants and registers), `next`; actions pass, drop, tx and
-//! controller; a 1024-flow table that evicts or refuses; default pass or
-//! drop. Pattern values come from the packet pools ([`crate::packets`]) most
+//! controller; a 1024-flow table that evicts or refuses; default pass,
+//! drop or controller. One program in eight has instead a longer table
+//! (16-80 rows) whose rows mostly test one field for a value, a range or
+//! a set, as real tables do and as the code generator's searches expect. Pattern values come from the packet pools ([`crate::packets`]) most
 //! of the time, so rows do match.
 
 use std::fmt;
@@ -39,6 +41,8 @@ const MAX_STATES: u64 = 6;
 const MAX_REGISTERS: u64 = 4;
 const MAX_GLOBALS: u64 = 2;
 const MAX_ROWS: u64 = 12;
+const MIN_GROUPED_ROWS: u64 = 16;
+const MAX_GROUPED_ROWS: u64 = 80;
 
 const ALL_OPS: [BinOp; 12] = [
     BinOp::Add,
@@ -246,7 +250,48 @@ pub fn random_program(rng: &mut Rng) -> Program {
     };
     let row_count = rng.range(1, MAX_ROWS) as usize;
     program.rows = (0..row_count).map(|_| row(rng, &program)).collect();
+    // Drawn last, so that the programs of earlier seeds keep their start.
+    if rng.percent(15) {
+        program.default_action = Action::Controller {
+            then: if rng.percent(50) {
+                ControllerThen::Pass
+            } else {
+                ControllerThen::Drop
+            },
+        };
+    }
+    if rng.percent(12) {
+        program.rows = grouped_rows(rng, &program);
+    }
     program
+}
+
+/// A longer table whose rows mostly test one field for a value, a range
+/// or a set (the shape the code generator turns into searches), many of
+/// them writing registers and the next state.
+fn grouped_rows(rng: &mut Rng, program: &Program) -> Vec<Row> {
+    let narrow: Vec<Field> = likely_fields(program)
+        .into_iter()
+        .filter(|f| f.bits() <= 64 && *f != Field::PktLen)
+        .collect();
+    let field = rng.pick(&narrow).copied().unwrap_or(Field::EthType);
+    let count = rng.range(MIN_GROUPED_ROWS, MAX_GROUPED_ROWS) as usize;
+    (0..count)
+        .map(|_| {
+            let mut r = row(rng, program);
+            if rng.percent(85) {
+                let pattern = loop {
+                    let p = pattern(rng, field);
+                    if !matches!(p, Pattern::Masked { .. }) {
+                        break p;
+                    }
+                };
+                r.fields.retain(|m| m.field != field);
+                r.fields.insert(0, FieldMatch { field, pattern });
+            }
+            r
+        })
+        .collect()
 }
 
 fn keys(rng: &mut Rng) -> (Vec<Field>, Vec<Field>) {

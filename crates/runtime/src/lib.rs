@@ -13,6 +13,7 @@
 mod attach;
 mod map;
 mod query;
+mod raw_program;
 mod sys;
 
 use std::io;
@@ -26,6 +27,7 @@ pub use aya::programs::XdpMode;
 pub use aya::VerifierLogLevel;
 pub use map::{Entry, RawMap, UpdateMode};
 pub use query::program_loaded;
+pub use raw_program::RawProgram;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -79,6 +81,10 @@ pub enum RuntimeError {
     },
     #[error("link: {0}")]
     Link(String),
+    /// Instructions handed to [`RawProgram::load_xdp`] that cannot be
+    /// loaded as given (a bug in their producer).
+    #[error("internal error (a flowstate bug): {0}")]
+    BadInstructions(String),
     #[error("{call}: {io}")]
     Syscall { call: &'static str, io: io::Error },
 }

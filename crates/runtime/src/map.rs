@@ -91,6 +91,10 @@ impl RawMap {
         &self.name
     }
 
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// The kernel's `bpf_map_type` number.
     pub fn map_type(&self) -> u32 {
         self.map_type

@@ -1,6 +1,8 @@
 //! The raw `bpf(2)` calls aya 0.14 has no byte-level API for: map element
-//! lookup, update, delete and key iteration on a map fd. Every such call
-//! goes through [`bpf`], the one place with `unsafe` syscalls.
+//! lookup, update, delete and key iteration on a map fd, and loading a
+//! program from bare instructions against maps opened by fd (the
+//! editor; see `raw_program.rs`). Every such call goes through [`bpf`],
+//! the one place with `unsafe` syscalls.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -23,25 +25,31 @@ struct MapElemAttr {
     flags: u64,
 }
 
+/// A `bpf_attr` prefix for one command: `#[repr(C)]`, laid out as the
+/// kernel's union member, every pointer in it valid for the call.
+///
+/// # Safety
+/// Implementors must be exactly such layouts; the kernel reads and writes
+/// `size_of::<Self>()` bytes of them and the buffers they point to.
+pub(crate) unsafe trait BpfAttr {}
+
+// SAFETY: the layout of the map element commands' member.
+unsafe impl BpfAttr for MapElemAttr {}
+
 /// The single syscall entry point. `attr` must be the `bpf_attr` layout
-/// for `cmd`, with any pointers in it valid for the call.
-fn bpf(cmd: libc::c_long, attr: &mut MapElemAttr) -> io::Result<()> {
-    // SAFETY: attr is a live, correctly laid out bpf_attr prefix; the
-    // kernel reads at most size_of::<MapElemAttr>() bytes of it, and the
-    // buffers it points to are checked by the callers below to be as long
-    // as the map's key and value.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut MapElemAttr,
-            std::mem::size_of::<MapElemAttr>(),
-        )
-    };
+/// for `cmd`, with any pointers in it valid for the call. Returns the
+/// syscall's result (a new fd for the commands that make one).
+pub(crate) fn bpf<A: BpfAttr>(cmd: libc::c_long, attr: &mut A) -> io::Result<i64> {
+    // SAFETY: attr is a live, correctly laid out bpf_attr prefix (see
+    // BpfAttr); the kernel reads at most size_of::<A>() bytes of it, and
+    // the buffers it points to are checked by the callers to be as long
+    // as the kernel will read or write.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(ret)
     }
 }
 
@@ -60,7 +68,7 @@ fn attr(fd: BorrowedFd<'_>, key: *const u8, value: *const u8, flags: u64) -> Map
 pub(crate) fn lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
     let mut a = attr(fd, key.as_ptr(), value.as_mut_ptr(), 0);
     match bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
-        Ok(()) => Ok(true),
+        Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
@@ -68,14 +76,14 @@ pub(crate) fn lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Re
 
 pub(crate) fn update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
     let mut a = attr(fd, key.as_ptr(), value.as_ptr(), flags);
-    bpf(BPF_MAP_UPDATE_ELEM, &mut a)
+    bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(drop)
 }
 
 /// Returns `Ok(false)` when the key was absent.
 pub(crate) fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
     let mut a = attr(fd, key.as_ptr(), std::ptr::null(), 0);
     match bpf(BPF_MAP_DELETE_ELEM, &mut a) {
-        Ok(()) => Ok(true),
+        Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
@@ -91,7 +99,7 @@ pub(crate) fn next_key(
     let key = key.map_or(std::ptr::null(), <[u8]>::as_ptr);
     let mut a = attr(fd, key, next.as_mut_ptr(), 0);
     match bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
-        Ok(()) => Ok(true),
+        Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
