@@ -455,3 +455,53 @@ fn two_cpus_lose_no_update_while_flows_move() {
         assert_moved(&old_flows, src);
     }
 }
+
+/// A large table (a commit per row, writing a register) migrates too: the
+/// bridge's pull does not multiply the verifier's walk.
+#[test]
+fn a_large_table_migrates_through_the_verifier() {
+    if skip("a_large_table_migrates_through_the_verifier") {
+        return;
+    }
+    let rows: String = (0..600)
+        .map(|i| {
+            format!(
+                "  A tcp.dport == {} => drop, n = n + {}, next B\n",
+                1000 + 3 * i,
+                i + 1
+            )
+        })
+        .collect();
+    let old = program(&format!(
+        "program big\nhook xdp\nflow ip.src\nstates A, B\nregisters n = 0\ndefault pass\n\
+         table\n{rows}  B * => pass\nend\n"
+    ));
+    // A register first: `n` moves from index 0 to 1.
+    let new = program(&format!(
+        "program big\nhook xdp\nflow ip.src\nstates A, B\nregisters added = 1, n = 0\n\
+         default pass\ntable\n{rows}  B * => pass\nend\n"
+    ));
+    let options = || Options {
+        ifindex_of: Box::new(|_| Some(1)),
+        ..Options::default()
+    };
+    let verified = |output: &Output| {
+        let loaded = flowstate_runtime::load(&output.object, &Default::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        loaded
+            .stats(&output.program_name)
+            .unwrap()
+            .verified_insns
+            .unwrap_or(0)
+    };
+    let plain = verified(&compile(&new, &options()).unwrap());
+    let bridge = verified(&compile_bridge(&new, &old, &options()).unwrap());
+    let handoff = verified(&compile_handoff(&old, &options()).unwrap());
+    eprintln!(
+        "600 rows: verified instructions: program {plain}, bridge {bridge}, handoff {handoff}"
+    );
+    assert!(
+        bridge <= 2 * plain + 2_000,
+        "bridge {bridge}, program {plain}"
+    );
+}
