@@ -117,11 +117,11 @@
 //! frees an element without its lock, so a packet working on an evicted
 //! flow can write into the element's next life; a stale pointer whose
 //! element was recycled with, by chance, the same random word (1 in 2^31)
-//! is taken for the old entry; a lock holder run by `BPF_PROG_TEST_RUN`
-//! (the migration's mover) runs with interrupts and softirqs allowed, so
-//! a packet of the same flow processed by a softirq on the holder's CPU,
-//! in the few hundred nanoseconds the holder keeps the word, waits out
-//! its budget (contention) before the holder can go on.
+//! is taken for the old entry; a lock holder run by a plain
+//! `BPF_PROG_TEST_RUN` runs with softirqs allowed (and may be preempted),
+//! so a packet of the same flow processed by a softirq on the holder's
+//! CPU while it keeps the word waits out its budget (contention); the
+//! migration's mover keeps it for a few hundred nanoseconds per flow.
 //!
 //! Panic rule: [`compile`] and [`check_limits`] never panic on a program
 //! produced by `flowstate_lang::compile`.

@@ -95,12 +95,13 @@ pub const SUCCESSOR_MAP: &str = "successor";
 /// The mover's symbol in its object.
 pub const MOVER_SYMBOL: &str = "mover";
 
-/// What a mover run returns.
+/// What a mover run returns when the flow is moved (or nothing was left
+/// to move): `XDP_DROP`.
 pub const MOVER_DONE: u32 = crate::emit::migrate::MOVER_DONE as u32;
-/// The old entry stayed held for the whole `may_goto` budget.
-pub const MOVER_BUSY: u32 = crate::emit::migrate::MOVER_BUSY as u32;
-/// The packet was shorter than a key.
-pub const MOVER_BAD_INPUT: u32 = crate::emit::migrate::MOVER_BAD_INPUT as u32;
+/// What it returns when the old entry stayed held for the whole
+/// `may_goto` budget, or the packet was shorter than a key:
+/// `XDP_ABORTED`.
+pub const MOVER_FAILED: u32 = crate::emit::migrate::MOVER_FAILED as u32;
 
 /// Byte offsets in the `migration` value.
 pub(crate) struct MigrationOffsets {
@@ -276,7 +277,12 @@ pub fn compile_bridge(
 
 /// The mover: an XDP program for `BPF_PROG_TEST_RUN` whose packet is a
 /// key (at least 14 bytes, as the kernel asks: pad with zeros); it pulls
-/// that key's flow and returns [`MOVER_DONE`] or [`MOVER_BUSY`]. Its maps
+/// that key's flow and returns [`MOVER_DONE`] or [`MOVER_FAILED`] (both
+/// actions drop the frame, so live-frames mode would do too; this kernel
+/// refuses it with EPERM). A plain test run may be interrupted by a
+/// softirq, or preempted, while it holds a flow's lock word: a packet of
+/// that flow on the same CPU then waits out its budget (crate doc). Its
+/// maps
 /// are the new program's (only `flows` is used) plus [`OLD_FLOWS_MAP`]
 /// and [`MIGRATION_MAP`]; its symbol is [`MOVER_SYMBOL`].
 pub fn compile_mover(

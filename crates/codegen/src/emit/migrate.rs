@@ -23,10 +23,10 @@ pub(crate) const OLD_FLOWS: MapRef = MapRef(5);
 pub(crate) const MIGRATION: MapRef = MapRef(6);
 pub(crate) const SUCCESSOR: MapRef = MapRef(7);
 
-/// Mover results (its return value).
-pub(crate) const MOVER_DONE: i32 = 0;
-pub(crate) const MOVER_BUSY: i32 = 1;
-pub(crate) const MOVER_BAD_INPUT: i32 = 2;
+/// Mover results (its return value): XDP actions that drop the frame (see
+/// [`crate::migrate::compile_mover`]).
+pub(crate) const MOVER_DONE: i32 = 1; // XDP_DROP
+pub(crate) const MOVER_FAILED: i32 = 0; // XDP_ABORTED
 
 /// What a program is in a migrating reload.
 #[derive(Clone, Copy)]
@@ -276,8 +276,8 @@ impl Emitter<'_> {
 
     /// The mover's program: the packet's first bytes are a key; its flow
     /// is pulled (the old program has stopped: no tombstones). Returns
-    /// [`MOVER_DONE`], [`MOVER_BUSY`] (the entry stayed held for the
-    /// whole budget) or [`MOVER_BAD_INPUT`].
+    /// [`MOVER_DONE`], or [`MOVER_FAILED`] (the entry stayed held for the
+    /// whole budget, or the packet is shorter than a key).
     pub(super) fn mover(&mut self, conversion: &Conversion) {
         let frame = self.frame;
         let bad = self.label();
@@ -300,10 +300,10 @@ impl Emitter<'_> {
         self.emit(Insn::exit());
         let contention = self.contention;
         self.asm.bind(contention);
-        self.emit(Insn::mov64(R0, MOVER_BUSY));
+        self.emit(Insn::mov64(R0, MOVER_FAILED));
         self.emit(Insn::exit());
         self.asm.bind(bad);
-        self.emit(Insn::mov64(R0, MOVER_BAD_INPUT));
+        self.emit(Insn::mov64(R0, MOVER_FAILED));
         self.emit(Insn::exit());
     }
 }
