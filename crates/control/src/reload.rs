@@ -163,6 +163,9 @@ pub fn reload(
     let migration_programs = if migrate {
         let codegen_error =
             |e: flowstate_codegen::CodegenError| ControlError::Codegen(e.to_string());
+        // The mover runs after the swap: a program it cannot be must stop
+        // the reload now.
+        migrate::compile_mover(&new, &old, &codegen_options(hook)).map_err(codegen_error)?;
         Some((
             migrate::compile_handoff(&old, &codegen_options(hook)).map_err(codegen_error)?,
             migrate::compile_bridge(&new, &old, &codegen_options(hook)).map_err(codegen_error)?,
