@@ -75,7 +75,7 @@ pub(crate) struct Journal {
 pub(crate) enum Op {
     /// `meta`: what the metadata will be, known from `pin-link` on.
     Run {
-        meta: Option<Meta>,
+        meta: Option<Box<Meta>>,
     },
     Reload(Box<ReloadPlan>),
     Stop,
@@ -201,15 +201,10 @@ impl Journal {
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| ControlError::kernel("encoding the journal", e))?;
         let dir = paths::meta_dir();
-        std::fs::create_dir_all(&dir).map_err(error)?;
+        crate::trust::trusted_dir(&dir, true)?;
         let tmp = path.with_extension("journal-tmp");
         {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(error)?;
+            let mut file = crate::trust::create_private_file(&tmp).map_err(error)?;
             file.write_all(&text).map_err(error)?;
             file.sync_all().map_err(error)?;
         }

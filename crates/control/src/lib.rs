@@ -18,6 +18,10 @@
 //!   even after the source file changed. bpffs holds only BPF objects, and
 //!   `/run` is a tmpfs cleared at boot exactly like bpffs, so pins and
 //!   metadata disappear together.
+//! - Both roots are used only when no other user could change them
+//!   ([`trust`]); `FLOWSTATE_PIN_ROOT` and `FLOWSTATE_RUN_DIR` move them.
+//!   The interface may be in another network namespace ([`netns`],
+//!   [`run_in_netns`]); the pins and metadata stay on the host.
 //!
 //! Failure rule: [`run`] either returns a running instance or leaves no pin,
 //! no metadata and nothing attached. [`reload`] either swaps the program or
@@ -31,11 +35,14 @@ mod handle;
 pub mod journal;
 mod kernel;
 pub mod keytext;
+mod links;
 pub mod lock;
 pub mod meta;
+pub mod netns;
 mod paths;
 mod reload;
 pub mod summary;
+pub mod trust;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -139,6 +146,14 @@ pub struct Instance {
     /// the interface is gone, or another program took the link. `None`
     /// when everything checks out. `flowstate stop NAME` cleans it up.
     pub problem: Option<String>,
+    /// The network namespace of the interface, by its name under
+    /// /run/netns; `None`: the namespace `run` was called in, unnamed
+    /// (normally the host's).
+    pub netns: Option<String>,
+    /// What `list` could not check from where it runs (e.g. the name of
+    /// an interface in a namespace it cannot enter), with what the kernel
+    /// says instead. Not a problem: nothing to clean up.
+    pub note: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +171,8 @@ pub enum ControlError {
     Codegen(String),
     #[error("no interface named {0:?} (see `ip link`)")]
     NoSuchInterface(String),
+    #[error("no interface named {dev:?} in network namespace {netns} (see `ip -n {netns} link`)")]
+    NoSuchInterfaceIn { dev: String, netns: String },
     #[error(
         "a program named {0:?} is already running: pick another --name, or `flowstate stop {0}`"
     )]
@@ -186,6 +203,42 @@ pub enum ControlError {
     },
     #[error("no flow {0} in the state table")]
     NoSuchFlow(String),
+    /// A pin or metadata directory that another user could change (see
+    /// [`trust`]).
+    #[error("refusing to use {path}: {why}. To fix: {fix}")]
+    Untrusted {
+        path: PathBuf,
+        why: String,
+        fix: String,
+    },
+    /// `stop` could not take the program off its interface.
+    #[error(
+        "{name}: program {prog_id} is still attached (ifindex {ifindex}, link {link}) and \
+         could not be detached: {message}. Its metadata is kept; find the link with `bpftool \
+         link show id {link}`, remove its pins, then run `flowstate stop {name}` again"
+    )]
+    StillAttached {
+        name: String,
+        prog_id: u32,
+        link: u32,
+        ifindex: u32,
+        message: String,
+    },
+    #[error(
+        "no network namespace {name:?} ({message}): `ip netns list` shows the names; create \
+         one with `ip netns add NAME`"
+    )]
+    NoSuchNetns { name: String, message: String },
+    /// Under `ip netns exec` (or any private mount namespace without
+    /// bpffs) when the host's mounts cannot be reached (see [`netns`]).
+    #[error(
+        "flowstate runs in a private mount namespace (as `ip netns exec` makes) where bpffs is \
+         not mounted at /sys/fs/bpf, and cannot reach the host's: pins made here would vanish \
+         when the command exits, and the host's instances are invisible. Run flowstate from \
+         the host instead, naming the namespace: `flowstate run PROGRAM --netns NAME --dev \
+         IFACE` (or mount bpffs on the host first: `mount -t bpf bpf /sys/fs/bpf`)"
+    )]
+    PrivateMounts,
     #[error("metadata {path}: {message}")]
     Metadata { path: PathBuf, message: String },
     #[error("{what}: {message}")]
@@ -219,25 +272,46 @@ impl ControlError {
 /// undone by the next command on the name (nothing stays pinned or
 /// attached), one killed after it is finished (its metadata written).
 pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
+    run_in_netns(spec, None)
+}
+
+/// [`run`] on an interface of network namespace `netns` (a name under
+/// /run/netns, as `ip netns` makes): the interface is looked up and the
+/// program attached from inside it, while pins and metadata stay on the
+/// host. `None`: the caller's namespace (recorded by name if it has one).
+pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, ControlError> {
     if let Some(name) = &spec.name {
         paths::check_name(name)?;
     }
+    let target = netns.map(netns::Target::open).transpose()?;
+    let place = match &target {
+        Some(t) => t.place.clone(),
+        None => netns::current_place()?,
+    };
     let source = read_source(&spec.program_path)?;
     let program = compile_source(&spec.program_path, &source)?;
     let name = spec.name.clone().unwrap_or_else(|| program.name.clone());
     paths::check_name(&name)?;
     check_privileges()?;
-    let ifindex = kernel::ifindex(&spec.dev)?;
+    let ifindex =
+        within(target.as_ref(), || kernel::ifindex(&spec.dev))?.map_err(|e| match (e, netns) {
+            (ControlError::NoSuchInterface(dev), Some(netns)) => ControlError::NoSuchInterfaceIn {
+                dev,
+                netns: netns.to_string(),
+            },
+            (e, _) => e,
+        })?;
     let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
     let output = codegen(&program, attach.hook())?;
 
+    flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
+        .map_err(|e| ControlError::kernel("mounting bpffs", e))?;
+    paths::check_roots(true)?;
     let _lock = InstanceLock::acquire(&name)?;
     journal::repair_locked(&name)?;
     if paths::pin_dir(&name).exists() || paths::meta_path(&name).exists() {
         return Err(ControlError::NameTaken(name));
     }
-    flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
-        .map_err(|e| ControlError::kernel("mounting bpffs", e))?;
     let pin_dir = paths::pin_dir(&name);
     let maps_dir = pin_dir.join("maps");
     let mut journal = Journal::new(&name, Op::Run { meta: None });
@@ -246,8 +320,8 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
     // journal; dropping the unpinned link (if any) detaches the program.
     let mut guard = paths::RemoveOnDrop::new(pin_dir.clone());
     let mut journal_guard = JournalOnDrop(Some(name.clone()));
-    std::fs::create_dir_all(&maps_dir)
-        .map_err(|e| ControlError::kernel(format!("creating {}", maps_dir.display()), e))?;
+    trust::create_private_dir(&pin_dir)?;
+    trust::create_private_dir(&maps_dir)?;
 
     let pins: Vec<(&'static str, PathBuf)> = map_names(&output.layout)
         .into_iter()
@@ -258,10 +332,10 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
     loaded.pin_program(&pin_dir.join("prog"))?;
     let prog_id = loaded.prog_id()?;
     journal.step("attach")?;
-    let (link, mode) = loaded.attach(&spec.dev, attach)?;
+    let (link, mode) = within(target.as_ref(), || loaded.attach(&spec.dev, attach))??;
 
     let started = SystemTime::now();
-    let meta = Meta::new(
+    let mut meta = Meta::new(
         &name,
         &spec.dev,
         ifindex,
@@ -273,8 +347,10 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
         &source,
         &output.program_name,
     );
+    meta.netns = place.name.clone();
+    meta.netns_inode = place.inode;
     journal.op = Op::Run {
-        meta: Some(meta.clone()),
+        meta: Some(Box::new(meta.clone())),
     };
     journal.step("pin-link")?;
     let pinned_link = kernel::pin_link(link, &pin_dir.join("link"))?;
@@ -285,6 +361,17 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
     journal.finish()?;
     drop(pinned_link);
     Ok(instance_of(&meta, 0, None))
+}
+
+/// Runs `f` inside `target`, or here.
+fn within<T: Send>(
+    target: Option<&netns::Target>,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, ControlError> {
+    match target {
+        Some(target) => target.run(f),
+        None => Ok(f()),
+    }
 }
 
 /// Removes the journal of a failed step (the failure undid the change).
@@ -353,6 +440,7 @@ pub fn lock(name: &str) -> Result<InstanceLock, ControlError> {
 /// Every program started by [`run`], with the pins cross-checked against
 /// the metadata (see [`Instance::problem`]).
 pub fn list() -> Result<Vec<Instance>, ControlError> {
+    paths::check_roots(false)?;
     let mut out = Vec::new();
     let mut names = paths::meta_names()?;
     for orphan in paths::pin_names()?
@@ -408,27 +496,67 @@ fn inspect_pins(name: &str) -> Instance {
                 flows: 0,
                 reloads: 0,
                 problem: Some(format!("pins without usable metadata ({e})")),
+                netns: None,
+                note: None,
             }
         }
     };
     let pin_dir = paths::pin_dir(name);
     let mut problem = None;
+    let mut note = None;
     let mut flows = 0;
-    match kernel::link_program_id(&pin_dir.join("link")) {
-        Err(e) => problem = Some(format!("link pin unusable: {e}")),
-        Ok(id) if id != meta.prog_id => {
+    // The kernel's view of the link first: it holds wherever the
+    // interface is, even in a namespace this command cannot enter.
+    let place = meta.place();
+    let in_netns = || match &meta.netns {
+        Some(_) => format!(" in {}", place.describe()),
+        None => String::new(),
+    };
+    match links::state_of_pin(&pin_dir.join("link")) {
+        Err(e) => {
             problem = Some(format!(
-                "the link runs program {id}, the metadata says {}",
-                meta.prog_id
+                "link pin unusable: {e}{}",
+                attached_elsewhere(&meta)
             ))
         }
-        Ok(_) => {}
-    }
-    if problem.is_none() && kernel::ifindex(&meta.dev).ok() != Some(meta.ifindex) {
-        problem = Some(format!(
-            "interface {} (index {}) is gone",
-            meta.dev, meta.ifindex
-        ));
+        Ok(link) if link.prog_id != meta.prog_id => {
+            problem = Some(format!(
+                "the link runs program {}, the metadata says {}",
+                link.prog_id, meta.prog_id
+            ))
+        }
+        Ok(link) if !link.attached() => {
+            problem = Some(format!(
+                "the kernel detached the link: interface {} (index {}){} is gone",
+                meta.dev,
+                meta.ifindex,
+                in_netns()
+            ))
+        }
+        Ok(link) if link.ifindex != meta.ifindex => {
+            problem = Some(format!(
+                "the link is on interface index {}, the metadata says {}",
+                link.ifindex, meta.ifindex
+            ))
+        }
+        Ok(link) => match netns::run_at(&place, || kernel::ifindex(&meta.dev).ok()) {
+            Ok(Some(index)) if index == meta.ifindex => {}
+            Ok(_) => {
+                problem = Some(format!(
+                    "interface {} (index {}){} is gone",
+                    meta.dev,
+                    meta.ifindex,
+                    in_netns()
+                ))
+            }
+            Err(why) => {
+                note = Some(format!(
+                    "{why}; the kernel says link {} is attached to interface index {}, so it \
+                     is running (its name {} was not checked)",
+                    link.id, link.ifindex, meta.dev
+                ))
+            }
+        },
     }
     match flowstate_runtime::RawMap::from_pin(pin_dir.join("maps").join("flows")) {
         Ok(map) => flows = map.keys().map_or(0, |k| k.len()),
@@ -436,7 +564,25 @@ fn inspect_pins(name: &str) -> Instance {
             problem.get_or_insert_with(|| format!("flows map pin unusable: {e}"));
         }
     }
-    instance_of(&meta, flows, problem)
+    let mut instance = instance_of(&meta, flows, problem);
+    instance.note = note;
+    instance
+}
+
+/// What the kernel says when the link pin is unusable: whether the
+/// program is still attached through a link pinned elsewhere.
+fn attached_elsewhere(meta: &Meta) -> String {
+    let Ok(found) = links::links_running(meta.prog_id) else {
+        return String::new();
+    };
+    match found.iter().find(|(_, s)| s.attached()) {
+        Some((_, s)) => format!(
+            "; the kernel still runs program {} on ifindex {} through link {} (pinned \
+             elsewhere): `flowstate stop {}` detaches it",
+            meta.prog_id, s.ifindex, s.id, meta.name
+        ),
+        None => "; the program is not attached".to_string(),
+    }
 }
 
 fn instance_of(meta: &Meta, flows: usize, problem: Option<String>) -> Instance {
@@ -453,6 +599,8 @@ fn instance_of(meta: &Meta, flows: usize, problem: Option<String>) -> Instance {
         flows,
         reloads: meta.reloads,
         problem,
+        netns: meta.netns.clone(),
+        note: None,
     }
 }
 
@@ -499,8 +647,18 @@ pub(crate) fn stop_steps(
     // pin is gone and no process holds its fd, the kernel detaches it.
     step("unpin-link")?;
     let link = pin_dir.join("link");
+    // What the kernel should no longer run afterwards: the program on the
+    // link pin, or the one the metadata names when the pin is missing.
+    let meta = Meta::load(&meta_path).ok();
+    let prog_id = links::state_of_pin(&link)
+        .ok()
+        .map(|s| s.prog_id)
+        .or(meta.as_ref().map(|m| m.prog_id));
     if link.exists() {
         kernel::unpin_link(&link)?;
+    }
+    if let Some(prog_id) = prog_id {
+        detach_elsewhere(name, prog_id, meta.as_ref().map(|m| m.ifindex))?;
     }
     step("remove-pins")?;
     if pin_dir.exists() {
@@ -511,6 +669,49 @@ pub(crate) fn stop_steps(
     if meta_path.exists() {
         std::fs::remove_file(&meta_path)
             .map_err(|e| ControlError::kernel(format!("removing {}", meta_path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Confirms through the kernel that no link runs `prog_id` any more, and
+/// forces off any that still does (its pin was moved or copied: the path
+/// alone cannot be trusted to be the only one). `ifindex`, when known,
+/// limits this to the instance's own interface.
+fn detach_elsewhere(name: &str, prog_id: u32, ifindex: Option<u32>) -> Result<(), ControlError> {
+    use std::os::fd::AsFd;
+    let still = |link: u32, ifindex: u32, message: String| ControlError::StillAttached {
+        name: name.to_string(),
+        prog_id,
+        link,
+        ifindex,
+        message,
+    };
+    let found = links::links_running(prog_id)
+        .map_err(|e| ControlError::kernel("listing the kernel's bpf links", e))?;
+    for (fd, state) in found {
+        if !state.attached() || ifindex.is_some_and(|i| i != state.ifindex) {
+            continue;
+        }
+        links::force_detach(fd.as_fd())
+            .map_err(|e| still(state.id, state.ifindex, e.to_string()))?;
+        match links::state_of(fd.as_fd()) {
+            Ok(after) if !after.attached() => {}
+            Ok(_) => {
+                return Err(still(
+                    state.id,
+                    state.ifindex,
+                    "the kernel still reports it attached".into(),
+                ))
+            }
+            Err(e) => return Err(still(state.id, state.ifindex, e.to_string())),
+        }
+        eprintln!(
+            "note: {name}: link {} of program {prog_id} was still attached after {} was \
+             removed (pinned elsewhere, or held open by another process); it is now detached \
+             through the kernel. A stray pin keeps the detached link in memory until removed",
+            state.id,
+            paths::pin_dir(name).join("link").display()
+        );
     }
     Ok(())
 }

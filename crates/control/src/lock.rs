@@ -61,9 +61,9 @@ impl InstanceLock {
     fn acquire_within(name: &str, limit: Duration) -> Result<InstanceLock, ControlError> {
         paths::check_name(name)?;
         let path = paths::lock_path(name);
-        let dir = paths::meta_dir();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ControlError::kernel(format!("creating {}", dir.display()), e))?;
+        // Every command that changes an instance comes here first.
+        paths::check_roots(false)?;
+        crate::trust::trusted_dir(&paths::meta_dir(), true)?;
         let deadline = Instant::now() + limit;
         let mut told = false;
         loop {

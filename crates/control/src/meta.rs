@@ -37,6 +37,14 @@ pub struct Meta {
     pub program_symbol: String,
     /// Hot replacements so far.
     pub reloads: u32,
+    /// The network namespace of the interface: its name under /run/netns,
+    /// if it has one (see [`crate::netns`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// That namespace's inode; 0 in metadata written before namespaces
+    /// were recorded (read as "wherever the reader is").
+    #[serde(default)]
+    pub netns_inode: u64,
 }
 
 impl Meta {
@@ -71,6 +79,16 @@ impl Meta {
             source: source.to_string(),
             program_symbol: program_symbol.to_string(),
             reloads: 0,
+            netns: None,
+            netns_inode: 0,
+        }
+    }
+
+    /// Where the interface is.
+    pub(crate) fn place(&self) -> crate::netns::Place {
+        crate::netns::Place {
+            name: self.netns.clone(),
+            inode: self.netns_inode,
         }
     }
 
@@ -100,11 +118,13 @@ impl Meta {
             message,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| error(e.to_string()))?;
+            crate::trust::trusted_dir(dir, true)?;
         }
         let text = serde_json::to_string_pretty(self).map_err(|e| error(e.to_string()))?;
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| error(e.to_string()))?;
+        crate::trust::create_private_file(&tmp)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+            .map_err(|e| error(e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             error(e.to_string())

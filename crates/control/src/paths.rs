@@ -1,17 +1,44 @@
 //! Where pins and metadata live, and instance names.
+//!
+//! Both roots can be moved with environment variables, so that tests (and
+//! unusual setups) get directories of their own: `FLOWSTATE_PIN_ROOT`
+//! (must be on bpffs) and `FLOWSTATE_RUN_DIR`. Wherever they are, they are
+//! used only when [`crate::trust`] accepts them.
 
 use std::path::{Path, PathBuf};
 
 use crate::ControlError;
 
-/// Root of the pins: `/sys/fs/bpf/flowstate`.
+/// Environment variable that moves [`pin_root`].
+pub const PIN_ROOT_VAR: &str = "FLOWSTATE_PIN_ROOT";
+
+/// Environment variable that moves [`meta_dir`].
+pub const RUN_DIR_VAR: &str = "FLOWSTATE_RUN_DIR";
+
+/// Root of the pins: `/sys/fs/bpf/flowstate` (or `$FLOWSTATE_PIN_ROOT`).
 pub fn pin_root() -> PathBuf {
-    Path::new(flowstate_runtime::BPFFS_ROOT).join("flowstate")
+    from_env(PIN_ROOT_VAR)
+        .unwrap_or_else(|| Path::new(flowstate_runtime::BPFFS_ROOT).join("flowstate"))
 }
 
-/// Directory of the metadata files: `/run/flowstate`.
+/// Directory of the metadata files: `/run/flowstate` (or
+/// `$FLOWSTATE_RUN_DIR`).
 pub fn meta_dir() -> PathBuf {
-    PathBuf::from("/run/flowstate")
+    from_env(RUN_DIR_VAR).unwrap_or_else(|| PathBuf::from("/run/flowstate"))
+}
+
+/// An absolute path from `var`; relative or empty values are ignored (a
+/// relative root would move with the working directory).
+fn from_env(var: &str) -> Option<PathBuf> {
+    let value = PathBuf::from(std::env::var_os(var)?);
+    value.is_absolute().then_some(value)
+}
+
+/// Checks the pin root and the run directory (see [`crate::trust`]),
+/// creating them mode 0700 when `create` is set.
+pub(crate) fn check_roots(create: bool) -> Result<(), ControlError> {
+    crate::trust::trusted_dir(&pin_root(), create)?;
+    crate::trust::trusted_dir(&meta_dir(), create)
 }
 
 pub(crate) fn pin_dir(name: &str) -> PathBuf {
@@ -73,6 +100,9 @@ pub(crate) fn meta_names() -> Result<Vec<String>, ControlError> {
     let dir = match std::fs::read_dir(meta_dir()) {
         Ok(dir) => dir,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ControlError::NeedsRoot)
+        }
         Err(e) => {
             return Err(ControlError::kernel(
                 format!("reading {}", meta_dir().display()),

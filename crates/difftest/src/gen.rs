@@ -15,10 +15,12 @@
 //! field pattern kind, conditions with all six comparisons and negation,
 //! updates with every operator (division and modulo by non-zero constants,
 //! shifts by constants and registers), `next`; actions pass, drop, tx and
-//! controller; a 1024-flow table that evicts or refuses; default pass,
-//! drop or controller. One program in eight has instead a longer table
-//! (16-80 rows) whose rows mostly test one field for a value, a range or
-//! a set, as real tables do and as the code generator's searches expect. Pattern values come from the packet pools ([`crate::packets`]) most
+//! controller; a 1024-flow table, or one of 1-8 flows that the packets
+//! fill, that evicts or refuses; default pass, drop or controller. One
+//! program in eight has instead a longer table (16-80 rows) whose rows
+//! mostly test one field for a value, a range or a set, as real tables do
+//! and as the code generator's searches expect. Pattern values come from
+//! the packet pools ([`crate::packets`]) most
 //! of the time, so rows do match.
 
 use std::fmt;
@@ -33,9 +35,13 @@ use flowstate_wire::Field;
 use crate::packets::field_values;
 use crate::rng::Rng;
 
-/// Flow capacity of generated programs: large enough that the packet pools
-/// never fill it, so the kernel's approximate LRU never evicts.
+/// Flow capacity of most generated programs: large enough that the packet
+/// pools never fill it.
 pub const CAPACITY: u32 = 1024;
+
+/// The largest small table ([`small_table`]): far fewer slots than the
+/// packet pools have flows, so it is full most of the time.
+pub const SMALL_CAPACITY: u64 = 8;
 
 const MAX_STATES: u64 = 6;
 const MAX_REGISTERS: u64 = 4;
@@ -263,6 +269,7 @@ pub fn random_program(rng: &mut Rng) -> Program {
     if rng.percent(12) {
         program.rows = grouped_rows(rng, &program);
     }
+    small_table(rng, &mut program);
     program
 }
 
@@ -292,6 +299,16 @@ fn grouped_rows(rng: &mut Rng, program: &Program) -> Vec<Row> {
             r
         })
         .collect()
+}
+
+/// One program in four gets a table of 1 to [`SMALL_CAPACITY`] flows, so
+/// that full tables are compared under both policies: `refuse` exactly,
+/// `evict` under the full-table promise (see the crate doc). Drawn last,
+/// so the rest of a seed's program does not change with it.
+fn small_table(rng: &mut Rng, program: &mut Program) {
+    if rng.percent(25) {
+        program.capacity = rng.range(1, SMALL_CAPACITY) as u32;
+    }
 }
 
 fn keys(rng: &mut Rng) -> (Vec<Field>, Vec<Field>) {

@@ -14,6 +14,14 @@
 //! sequence and a small program, and reported with the program's text,
 //! the packets in hex and both executions' results ([`Failure`]).
 //!
+//! Tables that `evict` (an LRU hash in the kernel) are compared under the
+//! full-table promise (flowstate-interp's crate doc): the kernel runs each
+//! packet first; flows its table lost that no packet deleted are its
+//! evictions. They must be allowed (made by a packet that inserts a new
+//! flow, never of that flow, the table never over capacity) and are then
+//! replayed in the interpreter ([`Machine::process_evicting`]), so that
+//! everything else is still compared exactly. [`Stats`] counts them.
+//!
 //! Frames that `BPF_PROG_TEST_RUN` refuses with EINVAL (shorter than an
 //! Ethernet header; at TC, also IPv4/IPv6 frames whose IP header is cut
 //! short: see [`packets::test_run_refuses`]) are run through a scratch copy
@@ -28,8 +36,8 @@ pub mod rng;
 use std::fmt::{self, Write as _};
 
 use flowstate_codegen::{CodegenError, Options, Output};
-use flowstate_interp::{DefaultReason, Machine};
-use flowstate_lang::ir::{Action, ControllerThen, Hook, Program};
+use flowstate_interp::{DefaultReason, Key, Machine};
+use flowstate_lang::ir::{Action, ControllerThen, FullPolicy, Hook, Program};
 use flowstate_runtime::{LoadOptions, Loaded, RawMap, RuntimeError};
 
 pub use minimise::minimise;
@@ -400,6 +408,14 @@ pub struct Stats {
     pub expirations: usize,
     /// Largest table seen.
     pub max_flows: usize,
+    /// Flows the kernel evicted (`evict` tables), each replayed in the
+    /// interpreter.
+    pub evictions: usize,
+    /// Of those, flows evicted while the table still had a free slot.
+    pub early_evictions: usize,
+    /// Packets whose evictions were not the interpreter's own choice (the
+    /// least recently seen flow, one).
+    pub other_victims: usize,
 }
 
 impl Stats {
@@ -409,6 +425,9 @@ impl Stats {
         self.row_hits += other.row_hits;
         self.expirations += other.expirations;
         self.max_flows = self.max_flows.max(other.max_flows);
+        self.evictions += other.evictions;
+        self.early_evictions += other.early_evictions;
+        self.other_victims += other.other_victims;
     }
 }
 
@@ -430,6 +449,18 @@ pub fn compare_loaded(
     kernel: &Kernel,
     packets: &[Packet],
 ) -> Result<Result<Stats, Divergence>, HarnessError> {
+    compare_loaded_with(program, kernel, packets, &mut |_| Ok(()))
+}
+
+/// [`compare_loaded`], calling `before_packet(index)` before the kernel
+/// runs each compared packet: to move the thread to another CPU (the
+/// kernel's LRU keeps per-CPU lists), or to stage what another CPU would do.
+pub fn compare_loaded_with(
+    program: &Program,
+    kernel: &Kernel,
+    packets: &[Packet],
+    before_packet: &mut dyn FnMut(usize) -> Result<(), HarnessError>,
+) -> Result<Result<Stats, Divergence>, HarnessError> {
     let hook = kernel.output().hook;
     let mut machine = Machine::new(program);
     let mut stats = Stats::default();
@@ -444,7 +475,37 @@ pub fn compare_loaded(
             continue;
         }
         let before = machine.clone();
-        let step = machine.process(&packet.frame, TEST_RUN_IFINDEX, packet.now);
+        // The kernel first: its evictions are replayed in the interpreter.
+        before_packet(index)?;
+        let retval = kernel.run(&packet.frame, packet.now)?;
+        let got = kernel.snapshot(retval)?;
+        let victims = kernel_victims(program, &machine, &got.table, &packet.frame);
+        let step = machine.process_evicting(&packet.frame, TEST_RUN_IFINDEX, packet.now, &victims);
+        if let Some(problem) = eviction_problem(program, &victims, &step.evicted, &got) {
+            return Ok(Err(Divergence {
+                packet: Some(index),
+                what: "eviction".to_string(),
+                interp: format!(
+                    "row {:?} ({:?}), {} flows before the packet",
+                    step.row,
+                    step.default_reason,
+                    before.table().len()
+                ),
+                kernel: format!("{problem}\n{}", got.describe(hook)),
+            }));
+        }
+        if !victims.is_empty() {
+            stats.evictions += victims.len();
+            if before.table().len() < program.capacity as usize {
+                stats.early_evictions += victims.len();
+            }
+            let own = before
+                .clone()
+                .process(&packet.frame, TEST_RUN_IFINDEX, packet.now);
+            if own.evicted != victims {
+                stats.other_victims += 1;
+            }
+        }
         stats.packets += 1;
         if step.row.is_some() {
             stats.row_hits += 1;
@@ -466,8 +527,6 @@ pub fn compare_loaded(
             table: interp_table(&machine),
             globals: machine.globals().to_vec(),
         };
-        let retval = kernel.run(&packet.frame, packet.now)?;
-        let got = kernel.snapshot(retval)?;
         stats.max_flows = stats.max_flows.max(got.table.len());
         if got != expected {
             let what = [
@@ -497,6 +556,76 @@ pub fn compare_loaded(
         return Ok(Err(divergence));
     }
     Ok(Ok(stats))
+}
+
+/// The flows the kernel evicted on this packet, sorted by key: those the
+/// interpreter holds before it (the tables agree before every packet) and
+/// the kernel's table lacks after it, except the packet's update key, whose
+/// absence a deletion (elision) explains, and which no eviction may remove.
+/// None unless the table evicts.
+fn kernel_victims(
+    program: &Program,
+    machine: &Machine<'_>,
+    after: &[FlowRecord],
+    frame: &[u8],
+) -> Vec<Key> {
+    if program.full_policy != FullPolicy::EvictLeastRecent {
+        return Vec::new();
+    }
+    let headers = flowstate_wire::parse(frame, TEST_RUN_IFINDEX);
+    let written = Key::pack(&program.update_key, &headers);
+    machine
+        .table()
+        .sorted()
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| Some(*key) != written)
+        .filter(|key| {
+            after
+                .binary_search_by(|r| r.key.as_slice().cmp(key.as_bytes()))
+                .is_err()
+        })
+        .collect()
+}
+
+/// What breaks the full-table promise in the kernel's evictions on one
+/// packet, if anything: the interpreter replays them only where the
+/// promise allows one (when the packet inserts a new flow), so any
+/// difference between the two lists is one the promise forbids.
+fn eviction_problem(
+    program: &Program,
+    victims: &[Key],
+    replayed: &[Key],
+    got: &Snapshot,
+) -> Option<String> {
+    let capacity = program.capacity as usize;
+    if got.table.len() > capacity {
+        return Some(format!(
+            "the kernel's table holds {} flows, more than its capacity {capacity}",
+            got.table.len()
+        ));
+    }
+    if victims == replayed {
+        return None;
+    }
+    let keys = |keys: &[Key]| {
+        keys.iter()
+            .map(|k| hex(k.as_bytes()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(if replayed.is_empty() {
+        format!(
+            "the kernel evicted [{}] on a packet that inserted no new flow",
+            keys(victims)
+        )
+    } else {
+        format!(
+            "the kernel evicted [{}], the interpreter had to evict [{}] to make room",
+            keys(victims),
+            keys(replayed)
+        )
+    })
 }
 
 fn compare_counters(

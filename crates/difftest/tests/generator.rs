@@ -7,7 +7,7 @@ use flowstate_difftest::packets::{self, Packet};
 use flowstate_difftest::rng::Rng;
 use flowstate_difftest::TEST_RUN_IFINDEX;
 use flowstate_interp::Machine;
-use flowstate_lang::ir::{Action, BinOp, CmpOp, Expr, Pattern, Program, StatePattern};
+use flowstate_lang::ir::{Action, BinOp, CmpOp, Expr, FullPolicy, Pattern, Program, StatePattern};
 
 const ROUND_TRIPS: u64 = 10_000;
 
@@ -167,5 +167,34 @@ fn interpreter_runs_generated_programs_and_rows_fire() {
     assert!(
         fired * 4 > total,
         "rows fired for {fired} of {total} packets"
+    );
+}
+
+/// Full tables must be common under both policies, and the packets must
+/// fill them: tables of a few flows, seen filling in the interpreter.
+#[test]
+fn small_tables_of_both_policies_fill_up() {
+    let (mut evict, mut refuse) = (0, 0);
+    for seed in 0..400u64 {
+        let g = gen::program(seed).unwrap();
+        if g.program.capacity as u64 > gen::SMALL_CAPACITY {
+            continue;
+        }
+        let mut machine = Machine::new(&g.program);
+        let mut full = false;
+        for p in packets::sequence(&mut Rng::new(!seed), 300) {
+            let step = machine.process(&p.frame, TEST_RUN_IFINDEX, p.now);
+            full |= !step.evicted.is_empty()
+                || step.default_reason == Some(flowstate_interp::DefaultReason::TableFull);
+        }
+        match (full, g.program.full_policy) {
+            (true, FullPolicy::EvictLeastRecent) => evict += 1,
+            (true, FullPolicy::RefuseNew) => refuse += 1,
+            (false, _) => {}
+        }
+    }
+    assert!(
+        evict > 20 && refuse > 20,
+        "full tables: {evict} evict, {refuse} refuse"
     );
 }

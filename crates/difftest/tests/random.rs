@@ -72,6 +72,8 @@ fn run_part(test: &str, part: u64) {
     // The runs must have exercised the machines, not only the default.
     assert!(total.row_hits * 5 > total.packets, "{total:?}");
     assert!(total.expirations > 0, "no timeout fired: {total:?}");
+    // Small `evict` tables filled and the kernel evicted (gen::small_table).
+    assert!(total.evictions > 0, "no flow evicted: {total:?}");
 }
 
 #[test]

@@ -17,6 +17,26 @@
 //! - A row's updates are evaluated in parallel from the values before it.
 //! - Under `flows N refuse`, a new flow that finds the table full gets the
 //!   default action and nothing (not even a global) is written.
+//!
+//! Full tables under `flows N evict`: the promise every execution keeps
+//! (docs/language.md, "Capacity and full policy"; the differential tests
+//! check it packet by packet):
+//! - A new flow is always admitted: its packet gets its row's verdict and
+//!   its entry is written, never the default because the table is full.
+//! - The table never holds more than N flows.
+//! - Flows are evicted only when a new flow's entry is inserted, never when
+//!   a packet reads, rewrites or deletes an entry.
+//! - The victims are other flows than the one inserted; the inserting
+//!   packet's verdict and the entry it writes are as if no eviction
+//!   happened (its own flow was read before). An evicted flow reads as new.
+//! - Which flows: this interpreter evicts exactly one, the least recently
+//!   seen (a flow is seen when a row writes it: the order of `last_seen`
+//!   writes), and only when the table is full. The kernel (an LRU hash)
+//!   approximates that: it may evict several flows at once, start before
+//!   the table is exactly full, and prefer flows no packet looked up
+//!   lately over exact recency; any flow but the one inserted may go. The
+//!   interpreter's choice is one of those the promise allows; to follow
+//!   another execution's choice, see [`Machine::process_evicting`].
 
 pub mod key;
 pub mod table;
@@ -66,8 +86,9 @@ pub struct Step<'p> {
     pub state_before: Option<StateId>,
     /// The state written (or kept) for the flow.
     pub state_after: Option<StateId>,
-    /// A flow evicted to make room for this one.
-    pub evicted: Option<Key>,
+    /// Flows evicted to make room for this one (at most one, unless the
+    /// victims were chosen: [`Machine::process_evicting`]).
+    pub evicted: Vec<Key>,
 }
 
 /// A program's run-time state, stepped one packet at a time.
@@ -142,8 +163,30 @@ impl<'p> Machine<'p> {
         self.process_headers(&headers, now)
     }
 
+    /// [`Machine::process`], with the eviction chosen by the caller: if the
+    /// packet writes a new flow, `victims` are evicted when it is inserted
+    /// (after the packet read its own flow), instead of the least recently
+    /// seen flow (see [`StateTable::insert_evicting`]). This is how the
+    /// differential tests replay an eviction the kernel chose, one the
+    /// full-table promise allows. A packet that writes no new flow evicts
+    /// nothing: the step's `evicted` says what was.
+    pub fn process_evicting(
+        &mut self,
+        frame: &[u8],
+        ifindex: u32,
+        now: i64,
+        victims: &[Key],
+    ) -> Step<'p> {
+        let headers = flowstate_wire::parse(frame, ifindex);
+        self.step(&headers, now, victims)
+    }
+
     /// Run already parsed headers through the machine at time `now`.
     pub fn process_headers(&mut self, headers: &Headers, now: i64) -> Step<'p> {
+        self.step(headers, now, &[])
+    }
+
+    fn step(&mut self, headers: &Headers, now: i64, victims: &[Key]) -> Step<'p> {
         let bytes = headers.get(Field::PktLen).unwrap_or(0) as u64;
         let (Some(lookup), Some(update)) = (
             Key::pack(&self.program.lookup_key, headers),
@@ -163,7 +206,7 @@ impl<'p> Machine<'p> {
         };
         let next = row.next.unwrap_or(flow.state);
 
-        let mut evicted = None;
+        let mut evicted = Vec::new();
         if self.is_elided(next, &effects.registers) {
             self.table.remove(&update);
         } else {
@@ -177,8 +220,8 @@ impl<'p> Machine<'p> {
                 created,
                 last_seen: now,
             };
-            match self.table.insert(update, entry) {
-                Ok(victim) => evicted = victim,
+            match self.table.insert_evicting(update, entry, victims) {
+                Ok(victims) => evicted = victims,
                 Err(table::TableFull) => {
                     return self.default_step(
                         bytes,
@@ -219,7 +262,7 @@ impl<'p> Machine<'p> {
             key,
             state_before: state,
             state_after: state,
-            evicted: None,
+            evicted: Vec::new(),
         }
     }
 

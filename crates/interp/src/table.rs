@@ -64,31 +64,59 @@ impl StateTable {
         self.capacity
     }
 
-    /// Write `entry` under `key`, making room by the table's policy. Returns
-    /// the evicted key, if any.
-    pub fn insert(&mut self, key: Key, entry: Entry) -> Result<Option<Key>, TableFull> {
+    /// Write `entry` under `key`, making room by the table's policy: a new
+    /// key that finds the table full evicts the least recently seen flow
+    /// (`evict`) or is refused (`refuse`). Returns the evicted keys (at
+    /// most one).
+    pub fn insert(&mut self, key: Key, entry: Entry) -> Result<Vec<Key>, TableFull> {
+        self.insert_evicting(key, entry, &[])
+    }
+
+    /// [`StateTable::insert`], except that a new key first evicts
+    /// `victims`: flows another execution chose to evict when it made room
+    /// for this one, which the full-table promise allows (see the crate
+    /// doc). Victims that are absent, or are `key` itself, are left alone;
+    /// if the table is still full afterwards, its own policy applies.
+    /// Returns every key evicted, in order.
+    pub fn insert_evicting(
+        &mut self,
+        key: Key,
+        entry: Entry,
+        victims: &[Key],
+    ) -> Result<Vec<Key>, TableFull> {
         let write = self.next_write;
         self.next_write += 1;
         if let Some((old, order)) = self.entries.get_mut(&key) {
             *old = entry;
             *order = write;
             self.record_write(write, key);
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        let mut evicted = None;
+        let mut evicted: Vec<Key> = victims
+            .iter()
+            .filter(|&&victim| victim != key && self.evict(&victim).is_some())
+            .copied()
+            .collect();
         if self.entries.len() >= self.capacity {
             match self.policy {
                 FullPolicy::RefuseNew => return Err(TableFull),
                 FullPolicy::EvictLeastRecent => {
                     let victim = self.least_recent().ok_or(TableFull)?;
                     self.entries.remove(&victim);
-                    evicted = Some(victim);
+                    evicted.push(victim);
                 }
             }
         }
         self.entries.insert(key, (entry, write));
         self.record_write(write, key);
         Ok(evicted)
+    }
+
+    /// Evict the flow under `key`, as the full-table policy does: it reads
+    /// as new afterwards. Returns its entry, if it was present.
+    pub fn evict(&mut self, key: &Key) -> Option<Entry> {
+        // The write queue's record of the key goes stale and is skipped.
+        self.remove(key)
     }
 
     fn record_write(&mut self, write: u64, key: Key) {
@@ -158,7 +186,7 @@ mod tests {
         t.insert(key(1), entry(1)).unwrap();
         t.insert(key(2), entry(2)).unwrap();
         t.insert(key(1), entry(3)).unwrap(); // key 1 is now the most recent
-        assert_eq!(t.insert(key(3), entry(4)), Ok(Some(key(2))));
+        assert_eq!(t.insert(key(3), entry(4)), Ok(vec![key(2)]));
         assert!(t.get(&key(1)).is_some() && t.get(&key(3)).is_some());
         assert_eq!(t.len(), 2);
     }
@@ -168,7 +196,7 @@ mod tests {
         let mut t = StateTable::new(1, FullPolicy::RefuseNew);
         t.insert(key(1), entry(1)).unwrap();
         assert_eq!(t.insert(key(2), entry(2)), Err(TableFull));
-        assert_eq!(t.insert(key(1), entry(3)), Ok(None));
+        assert_eq!(t.insert(key(1), entry(3)), Ok(vec![]));
         assert_eq!(t.get(&key(1)).unwrap().last_seen, 3);
     }
 
@@ -178,7 +206,27 @@ mod tests {
         t.insert(key(1), entry(1)).unwrap();
         t.insert(key(2), entry(2)).unwrap();
         t.remove(&key(1));
-        assert_eq!(t.insert(key(3), entry(3)), Ok(None));
-        assert_eq!(t.insert(key(4), entry(4)), Ok(Some(key(2))));
+        assert_eq!(t.insert(key(3), entry(3)), Ok(vec![]));
+        assert_eq!(t.insert(key(4), entry(4)), Ok(vec![key(2)]));
+    }
+
+    #[test]
+    fn chosen_victims_make_room_instead_of_the_least_recent() {
+        let mut t = StateTable::new(3, FullPolicy::EvictLeastRecent);
+        for n in 1..=3 {
+            t.insert(key(n), entry(i64::from(n))).unwrap();
+        }
+        // Another execution evicted 3 and 2 (not 1, the least recent).
+        let evicted = t.insert_evicting(key(4), entry(4), &[key(3), key(2)]);
+        assert_eq!(evicted, Ok(vec![key(3), key(2)]));
+        assert_eq!(t.len(), 2);
+        assert!(t.get(&key(1)).is_some() && t.get(&key(4)).is_some());
+        // Victims apply to new keys only, never to the key written.
+        assert_eq!(t.insert_evicting(key(1), entry(5), &[key(4)]), Ok(vec![]));
+        assert_eq!(t.insert_evicting(key(5), entry(6), &[key(5)]), Ok(vec![]));
+        assert_eq!(t.len(), 3);
+        // The recency order goes on from there: 4 was written before 1 was
+        // rewritten and 5 inserted, so 4 is now the least recent.
+        assert_eq!(t.insert(key(6), entry(7)), Ok(vec![key(4)]));
     }
 }

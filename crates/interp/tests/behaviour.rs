@@ -298,9 +298,110 @@ fn evict_policy_replaces_the_least_recently_seen_flow() {
     m.process(&udp(1, 1), 1, 3); // 1 is now more recent than 2
     let step = m.process(&udp(3, 1), 1, 4);
     assert_eq!(step.action.verdict_name(), "pass");
-    let evicted = step.evicted.expect("a flow was evicted");
-    assert_eq!(evicted.display(&p.lookup_key), "10.0.0.2");
+    let evicted: Vec<String> = step
+        .evicted
+        .iter()
+        .map(|k| k.display(&p.lookup_key))
+        .collect();
+    assert_eq!(evicted, ["10.0.0.2"]);
     assert_eq!(m.table().len(), 2);
+}
+
+/// `flows 4 evict`, one row that always writes (and counts) the flow.
+const EVICT_4: &str = "program cap\nhook xdp\nflow ip.src\nstates NEW, SEEN\nregisters n = 0\n\
+    flows 4 evict\ndefault drop\ntable\n  * * => pass, n = n + 1, next SEEN\nend\n";
+
+/// Issue 7's scenario: sources 1 2 3 4 1 5 6 1 7 5 6 through `flows 4 evict`.
+#[test]
+fn evict_scenario_removes_exactly_2_3_4() {
+    let p = program(EVICT_4);
+    let mut m = Machine::new(&p);
+    let sources = [1u8, 2, 3, 4, 1, 5, 6, 1, 7, 5, 6];
+    let mut evictions = Vec::new();
+    for (t, &src) in sources.iter().enumerate() {
+        let step = m.process(&udp(src, 1), 1, t as i64);
+        assert_eq!(step.action.verdict_name(), "pass", "packet {t}: admitted");
+        assert!(m.table().len() <= 4);
+        for victim in &step.evicted {
+            evictions.push((t, victim.display(&p.lookup_key)));
+        }
+    }
+    let at = |t: usize, src: &str| (t, src.to_string());
+    assert_eq!(
+        evictions,
+        [at(5, "10.0.0.2"), at(6, "10.0.0.3"), at(8, "10.0.0.4")],
+        "each new flow evicts the least recently seen one, and only then"
+    );
+    let table: Vec<(String, i64)> = m
+        .table()
+        .sorted()
+        .iter()
+        .map(|(k, e)| (k.display(&p.lookup_key), e.registers[0]))
+        .collect();
+    let flow = |src: &str, n: i64| (src.to_string(), n);
+    assert_eq!(
+        table,
+        [
+            flow("10.0.0.1", 3),
+            flow("10.0.0.5", 2),
+            flow("10.0.0.6", 2),
+            flow("10.0.0.7", 1)
+        ]
+    );
+}
+
+#[test]
+fn chosen_victims_are_evicted_only_when_a_new_flow_is_written() {
+    let p = program(EVICT_4);
+    let mut m = Machine::new(&p);
+    for src in 1..=4 {
+        m.process(&udp(src, 1), 1, i64::from(src));
+    }
+    let key = |src: u8| {
+        let headers = flowstate_wire::parse(&udp(src, 1), 1);
+        flowstate_interp::Key::pack(&p.lookup_key, &headers).unwrap()
+    };
+    // An existing flow: nothing is evicted, whatever the caller chose.
+    let step = m.process_evicting(&udp(2, 1), 1, 5, &[key(4)]);
+    assert!(step.evicted.is_empty());
+    // A new flow, with two victims that are not the least recently seen
+    // (that would be 1): both go, nothing else, and the packet's own
+    // verdict and entry are unaffected.
+    let step = m.process_evicting(&udp(5, 1), 1, 6, &[key(4), key(2)]);
+    assert_eq!(step.evicted, [key(4), key(2)]);
+    assert_eq!(step.action.verdict_name(), "pass");
+    assert_eq!(m.table().len(), 3);
+    assert_eq!(m.table().get(&key(5)).unwrap().registers, [1]);
+    // An evicted flow reads as new.
+    let step = m.process(&udp(2, 1), 1, 7);
+    assert_eq!(step.state_before, p.state_by_name("NEW"));
+    assert_eq!(m.table().get(&key(2)).unwrap().registers, [1]);
+}
+
+#[test]
+fn with_an_update_key_the_flow_read_may_be_the_victim() {
+    // Look up by destination, write by source: inserting the source may
+    // evict the destination's flow, which the packet has already read.
+    let p = program(
+        "program learn\nhook xdp\nflow eth.dst\nupdate eth.src\nstates UNKNOWN, KNOWN\n\
+         flows 1 evict\ndefault drop\ntable\n  KNOWN * => tx\n  * * => pass, next KNOWN\nend\n",
+    );
+    let mut m = Machine::new(&p);
+    let frame = |src: u32, dst: u32| {
+        PacketBuilder::eth(mac(src), mac(dst))
+            .ipv4(ip(1), ip(2))
+            .build()
+    };
+    m.process(&frame(2, 9), 1, 0); // learns 2
+    let step = m.process(&frame(1, 2), 1, 1); // reads 2 (KNOWN), writes 1
+    assert_eq!(step.action.verdict_name(), "tx", "decided on the flow read");
+    let two = flowstate_interp::Key::pack(&p.update_key, &flowstate_wire::parse(&frame(2, 9), 1));
+    assert_eq!(step.evicted, [two.unwrap()], "the flow it read");
+    assert_eq!(m.table().len(), 1);
+    assert_eq!(
+        m.table().sorted()[0].1.state,
+        p.state_by_name("KNOWN").unwrap()
+    );
 }
 
 #[test]

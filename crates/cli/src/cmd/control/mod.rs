@@ -31,6 +31,15 @@ pub enum ControlCommand {
     /// Stop it with `flowstate stop NAME`. On any failure nothing is left
     /// behind. Needs root (CAP_BPF, CAP_NET_ADMIN).
     ///
+    /// With --netns NAME the interface is one inside that network namespace;
+    /// pins and metadata stay on the host, so every command works from the
+    /// host. Under `ip netns exec NAME` flowstate returns to the host's mounts
+    /// (where bpffs is) and records the namespace, or refuses if it cannot.
+    ///
+    /// Both directories must be root's and writable by root only (flowstate
+    /// creates them mode 0700, files 0600); one made by another user first is
+    /// refused, with how to fix it.
+    ///
     /// Example: flowstate run examples/portknock.fsm --dev eth0
     Run(RunArgs),
     /// List the running programs: name, interface, hook, mode, program id,
@@ -42,6 +51,11 @@ pub enum ControlCommand {
     /// A PROBLEM column flags stale entries (pins without metadata, an
     /// interface that disappeared, a link running another program); `flowstate
     /// stop NAME` cleans them up.
+    ///
+    /// NETNS is the network namespace of the interface (`-`: the one `run` was
+    /// called in). Instances in other namespaces are checked there; a NOTE says
+    /// what could not be checked from here and what the kernel says instead
+    /// (a link attached is running, wherever its interface is).
     List {
         /// One JSON array.
         #[arg(long)]
@@ -49,6 +63,10 @@ pub enum ControlCommand {
     },
     /// Detach a running program and remove its pins and metadata; the
     /// interface is left as it was before `run`.
+    ///
+    /// Detachment is confirmed through the kernel: a link that still runs
+    /// the program (its pin moved or copied elsewhere) is forced off, or the
+    /// command fails and says so. Works from any namespace.
     Stop {
         /// The running instance (see `flowstate list`).
         name: String,
@@ -182,6 +200,13 @@ pub struct RunArgs {
     /// The interface to attach to.
     #[arg(long)]
     dev: String,
+    /// The network namespace of --dev, by its `ip netns` name: the program
+    /// is attached inside it while its pins and metadata stay on the host,
+    /// and `list`, `stop` and the other commands find it from there.
+    /// Without it, the namespace flowstate runs in (also under `ip netns
+    /// exec NAME`, which is recorded by name).
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
     /// Where to attach; default: the program's `hook` line.
     #[arg(long, value_enum)]
     hook: Option<HookArg>,
@@ -229,6 +254,10 @@ pub enum GlobalsAction {
 }
 
 pub fn run(command: ControlCommand) -> anyhow::Result<ExitCode> {
+    // Under `ip netns exec`, pins must still go to the host's bpffs. This
+    // has to come first: a process changes mount namespace only while it
+    // has a single thread.
+    flowstate_control::netns::use_host_mounts()?;
     match command {
         ControlCommand::Run(args) => run_program(&args),
         ControlCommand::List { json } => list(json),
@@ -300,15 +329,19 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
         attach,
         name: args.name.clone(),
     };
-    let instance = flowstate_control::run(&spec)?;
+    let instance = flowstate_control::run_in_netns(&spec, args.netns.as_deref())?;
     if args.json {
         println!("{}", show::instance_json(&instance));
     } else {
         println!(
-            "running {} on {} ({} {}), program id {}; it keeps running after this command. \
+            "running {} on {}{} ({} {}), program id {}; it keeps running after this command. \
              See `flowstate flows {0}`, `flowstate stats {0}`; stop with `flowstate stop {0}`",
             instance.name,
             instance.dev,
+            instance
+                .netns
+                .as_ref()
+                .map_or(String::new(), |n| format!(" in network namespace {n}")),
             instance.attach.hook_name(),
             instance.mode,
             instance.prog_id,
@@ -368,6 +401,7 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
     let mut table = vec![vec![
         "NAME".to_string(),
         "DEV".to_string(),
+        "NETNS".to_string(),
         "HOOK".to_string(),
         "MODE".to_string(),
         "PROG".to_string(),
@@ -377,11 +411,13 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
         "SOURCE".to_string(),
     ]];
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
     for i in &instances {
         let uptime = i.started.elapsed().map_or("?".to_string(), duration);
         table.push(vec![
             i.name.clone(),
             i.dev.clone(),
+            i.netns.clone().unwrap_or_else(|| "-".to_string()),
             i.attach.hook_name().to_string(),
             i.mode.clone(),
             i.prog_id.to_string(),
@@ -390,6 +426,9 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
             i.source_hash.clone(),
             i.source_path.display().to_string(),
         ]);
+        if let Some(n) = &i.note {
+            notes.push(format!("{}: {n}", i.name));
+        }
         if let Some(p) = &i.problem {
             problems.push(format!(
                 "{}: {p} (clean up with `flowstate stop {0}`)",
@@ -400,6 +439,9 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
     print!("{}", show::columns(&table));
     for p in problems {
         println!("PROBLEM {p}");
+    }
+    for n in notes {
+        println!("NOTE {n}");
     }
     Ok(ExitCode::SUCCESS)
 }

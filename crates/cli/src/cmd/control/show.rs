@@ -75,6 +75,8 @@ pub fn instance_json(i: &Instance) -> Value {
         "flows": i.flows,
         "reloads": i.reloads,
         "problem": i.problem,
+        "netns": i.netns,
+        "note": i.note,
     })
 }
 
