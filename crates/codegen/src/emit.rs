@@ -46,6 +46,9 @@ use crate::lower::{condition_key, row_presence, Case, Commit, Decision, Lowered,
 use crate::parse::{emit_parse, ParseRequest};
 use crate::testing::StagedConflict;
 
+pub(crate) mod migrate;
+
+use migrate::Role;
 use Reg::*;
 
 mod editor;
@@ -189,6 +192,10 @@ pub(crate) struct Emitter<'a> {
     long_sites: BTreeSet<usize>,
     /// Short conditional jumps emitted: (site, slot, target).
     short_sites: Vec<(usize, usize, Label)>,
+    /// What this program is in a migrating reload (see [`migrate`]).
+    role: Role<'a>,
+    /// Handoff programs: where a packet goes when its flow has moved.
+    handoff: Label,
 }
 
 /// Longest 16-bit jump emitted, in slots. The kernel rewrites some
@@ -213,16 +220,20 @@ enum Pass {
 /// and `gotol` take one slot each, chosen once offsets are known.
 /// `Err(Ok(message))` is a user error (an interface that does not exist),
 /// `Err(Err(..))` an internal one.
+/// `role`: what the program is in a migrating reload ([`Role::Plain`]
+/// for a program of its own).
 pub(crate) fn emit(
     program: &Program,
     target: &Target,
     layout: &Layout,
     frame: &Frame,
     lowered: &Lowered,
+    role: Role,
 ) -> Result<AsmProgram, Result<String, AsmError>> {
     let mut long_sites = BTreeSet::new();
     loop {
         let mut emitter = Emitter::new(program, target, layout, frame, lowered);
+        emitter.role = role;
         emitter.long_sites = long_sites.clone();
         match emitter.run()? {
             Pass::Done(code) => return Ok(code),
@@ -248,6 +259,7 @@ impl<'a> Emitter<'a> {
             contention: asm.new_label(),
             table_full: asm.new_label(),
             restart: asm.new_label(),
+            handoff: asm.new_label(),
             asm,
             program,
             target,
@@ -263,12 +275,18 @@ impl<'a> Emitter<'a> {
             site_count: 0,
             long_sites: BTreeSet::new(),
             short_sites: Vec::new(),
+            role: Role::Plain,
         }
     }
 
     /// One emission pass (see [`emit`]).
     fn run(mut self) -> Result<Pass, Result<String, AsmError>> {
+        if let Role::Mover(conversion) = self.role {
+            self.mover(conversion);
+            return self.finish();
+        }
         self.entry();
+        self.pull_prologue();
         self.lookup_and_view();
         self.state_switch();
         for index in 0..self.lowered.commits.len() {
@@ -277,6 +295,7 @@ impl<'a> Emitter<'a> {
         self.restart_block();
         self.default_blocks();
         self.action_tails();
+        self.handoff_block();
         self.finish()
     }
 
@@ -501,6 +520,14 @@ impl<'a> Emitter<'a> {
     /// counted as contention, only once the run's `may_goto` budget is
     /// spent (a holder keeps a lock for a few dozen instructions).
     fn lock_loop(&mut self, key: i16, missing: Missing) {
+        let moved = self.moved_target();
+        self.lock_loop_in(MAPS.flows, key, missing, moved);
+    }
+
+    /// [`Emitter::lock_loop`] in `map`; with `moved`, an entry held and
+    /// marked [`migrate::MOVED_STATE`] (see [`migrate`]) jumps there
+    /// instead of being waited on.
+    fn lock_loop_in(&mut self, map: MapRef, key: i16, missing: Missing, moved: Option<Label>) {
         let frame = self.frame;
         let spin = self.label();
         let busy = self.label();
@@ -515,11 +542,12 @@ impl<'a> Emitter<'a> {
         // through, so the verifier walks the rest of the program from the
         // first iteration, before the loop, and prunes the later ones.
         self.asm.bind(spin);
-        self.lookup(MAPS.flows, key);
+        self.lookup(map, key);
         self.jmp(JmpOp::Eq, R0, 0, absent);
         self.emit(Insn::mov64(ENTRY, R0));
         self.emit(Insn::ldx(Size::W, R0, ENTRY, LOCK_OFFSET as i16));
-        self.jmp(JmpOp::Set, R0, 1, busy);
+        let odd = self.label();
+        self.jmp(JmpOp::Set, R0, 1, if moved.is_some() { odd } else { busy });
         self.emit(Insn::mov64(R3, R0));
         self.emit(Insn::mov64(R1, R0));
         self.emit(Insn::add64(R1, 1));
@@ -533,7 +561,7 @@ impl<'a> Emitter<'a> {
         self.store_stack(frame.seq, R3);
         self.asm
             .annotate("still this flow's element, and still our word?");
-        self.lookup(MAPS.flows, key);
+        self.lookup(map, key);
         self.jmp(JmpOp::Eq, R0, 0, release);
         self.jmp(JmpOp::Ne, R0, ENTRY, release);
         self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
@@ -568,7 +596,7 @@ impl<'a> Emitter<'a> {
                 ));
                 self.store_stack(frame.view_at(layout::CREATED_OFFSET), NOW);
                 self.store_stack(frame.view_at(layout::LAST_SEEN_OFFSET), NOW);
-                self.asm.ld_map_fd(R1, MAPS.flows);
+                self.asm.ld_map_fd(R1, map);
                 self.stack_ptr(R2, key);
                 self.stack_ptr(R3, frame.view);
                 self.emit(Insn::mov64(R4, BPF_NOEXIST));
@@ -576,7 +604,7 @@ impl<'a> Emitter<'a> {
                 self.jmp(JmpOp::Eq, R0, -EEXIST, busy);
                 let table_full = self.table_full;
                 self.jmp(JmpOp::Ne, R0, 0, table_full);
-                self.lookup(MAPS.flows, key);
+                self.lookup(map, key);
                 self.jmp(JmpOp::Eq, R0, 0, busy);
                 self.emit(Insn::mov64(ENTRY, R0));
                 self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
@@ -588,6 +616,10 @@ impl<'a> Emitter<'a> {
             }
         }
 
+        if let Some(moved) = moved {
+            self.asm.bind(odd);
+            self.held_and_moved(map, key, moved, busy);
+        }
         self.asm.bind(busy);
         let contention = self.contention;
         self.budget_spent(contention);
@@ -1105,7 +1137,9 @@ impl<'a> Emitter<'a> {
         self.jmp(JmpOp::Eq, R0, 0, absent);
         self.emit(Insn::mov64(ENTRY, R0));
         self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
-        self.jmp(JmpOp::Set, R1, 1, busy);
+        let moved = self.moved_target();
+        let odd = self.label();
+        self.jmp(JmpOp::Set, R1, 1, if moved.is_some() { odd } else { busy });
         self.store_stack(frame.seq, R1);
         self.copy_entry();
         self.emit(Insn::ldx(Size::W, R3, ENTRY, LOCK_OFFSET as i16));
@@ -1117,6 +1151,10 @@ impl<'a> Emitter<'a> {
         self.asm.bind(absent);
         self.emit(Insn::mov64(ENTRY, 0));
         self.goto(missing);
+        if let Some(moved) = moved {
+            self.asm.bind(odd);
+            self.held_and_moved(MAPS.flows, key, moved, busy);
+        }
         self.asm.bind(busy);
         let contention = self.contention;
         self.budget_spent(contention);

@@ -85,6 +85,20 @@
 //!   key; the element is freed with its word odd, so no stale cmpxchg
 //!   takes it.
 //!
+//! - Moved (a migrating reload, [`migrate`]): a flow moved to a new
+//!   program's table leaves its old entry held for good, its state word
+//!   [`migrate::MOVED_STATE`] (a tombstone is such an entry inserted held).
+//!   A packet of the old program still running then fails its cmpxchg or
+//!   its insert, starts over locking, and finds the entry held: programs
+//!   built as a handoff ([`migrate::compile_handoff`]) see the mark there
+//!   (after a fresh lookup: moved entries are never freed, so the element
+//!   is the key's) and give the packet, untouched, to their successor
+//!   with a tail call; it is then ordered after the move. Nothing is lost
+//!   silently: without a successor the packet counts as contention, and
+//!   programs not built as a handoff (plain ones, older builds) only wait
+//!   on a held entry, which is why a migration runs the old program's
+//!   handoff build first and waits for the older one's packets to end.
+//!
 //! Anyone else who writes a flows map (the control plane, a migration)
 //! must follow the same rules: take the word even -> odd by cmpxchg (or
 //! insert with `BPF_NOEXIST`), never replace an element with
@@ -116,7 +130,11 @@
 //! (80 -> 105 ns), but cannot close it; closing it needs evictions under
 //! the lock (a plain hash with our own eviction). Also: a stale pointer
 //! whose element was recycled with, by chance, the same random word (1 in
-//! 2^31) is taken for the old entry.
+//! 2^31) is taken for the old entry; a lock holder run by a plain
+//! `BPF_PROG_TEST_RUN` runs with softirqs allowed (and may be preempted),
+//! so a packet of the same flow processed by a softirq on the holder's
+//! CPU while it keeps the word waits out its budget (contention); the
+//! migration's mover keeps it for a few hundred nanoseconds per flow.
 //!
 //! Panic rule: [`compile`] and [`check_limits`] never panic on a program
 //! produced by `flowstate_lang::compile`.
@@ -125,6 +143,7 @@ pub mod editor;
 pub mod emit;
 pub mod layout;
 pub mod lower;
+pub mod migrate;
 pub mod object;
 pub mod parse;
 pub mod walk;
@@ -262,13 +281,32 @@ fn compile_staging(
     options: &Options,
     conflict: testing::StagedConflict,
 ) -> Result<Output, CodegenError> {
-    let problems = static_limits(program);
+    compile_parts(program, options, conflict, migrate::Variant::plain(program))
+}
+
+/// [`compile`] as one of the programs of a migrating reload (see
+/// [`migrate`]).
+fn compile_parts(
+    program: &Program,
+    options: &Options,
+    conflict: testing::StagedConflict,
+    variant: migrate::Variant,
+) -> Result<Output, CodegenError> {
+    let mut problems = static_limits(program);
+    let frame = layout::Frame::plan(&variant.frame_program);
+    if frame.size > layout::STACK_LIMIT && problems.is_empty() {
+        problems.push(format!(
+            "a migrating reload needs {} bytes of eBPF stack here (limit {}): reload in two \
+             steps, or with fewer registers",
+            frame.size,
+            layout::STACK_LIMIT
+        ));
+    }
     if !problems.is_empty() {
         return Err(CodegenError::Limits(problems));
     }
-    let hook = options.hook.unwrap_or(program.hook);
+    let hook = variant.hook.or(options.hook).unwrap_or(program.hook);
     let layout = Layout::new(program, options.test_clock);
-    let frame = layout::Frame::plan(program);
     let lowered = lower::lower(program);
     let target = emit::Target {
         hook,
@@ -277,7 +315,7 @@ fn compile_staging(
         ifindex: &*options.ifindex_of,
         conflict,
     };
-    let code = match emit::emit(program, &target, &layout, &frame, &lowered) {
+    let code = match emit::emit(program, &target, &layout, &frame, &lowered, variant.role) {
         Ok(code) => code,
         Err(Ok(message)) => return Err(CodegenError::Interface(message)),
         Err(Err(asm)) => return Err(CodegenError::Assembly(asm)),
@@ -293,7 +331,8 @@ fn compile_staging(
         return Err(CodegenError::Limits(vec![too_many_pending(pending)]));
     }
     let name = layout::c_name(&program.name);
-    let object = object::build(program, &layout, hook, &name, &code)?;
+    let name = variant.symbol.unwrap_or(name);
+    let object = object::build(program, &layout, hook, &name, &code, variant.extra_maps)?;
     let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
     Ok(Output {
         object,

@@ -2,9 +2,9 @@
 
 use flowstate_asm::{MapRef, Program as AsmProgram};
 use flowstate_lang::ir::{Hook, Program};
-use flowstate_obj::{ObjError, ObjectBuilder, ProgramDef, ProgramSection};
+use flowstate_obj::{MapDef, ObjError, ObjectBuilder, ProgramDef, ProgramSection};
 
-use crate::emit::MAPS;
+use crate::emit::{migrate, MAPS};
 use crate::layout::{self, Layout};
 
 /// The map a `MapRef` of the emitted code names.
@@ -15,6 +15,9 @@ pub(crate) fn map_name(layout: &Layout, map: MapRef) -> &'static str {
         (MAPS.counters, Some(layout.counters_map)),
         (MAPS.events, layout.events_map),
         (MAPS.clock, layout.clock_map),
+        (migrate::OLD_FLOWS, Some(crate::migrate::OLD_FLOWS_MAP)),
+        (migrate::MIGRATION, Some(crate::migrate::MIGRATION_MAP)),
+        (migrate::SUCCESSOR, Some(crate::migrate::SUCCESSOR_MAP)),
     ];
     names
         .into_iter()
@@ -30,15 +33,17 @@ pub(crate) fn section_of(hook: Hook) -> ProgramSection {
     }
 }
 
+/// The object; `extra`: maps besides the program's own (a migration's).
 pub(crate) fn build(
     program: &Program,
     layout: &Layout,
     hook: Hook,
     name: &str,
     code: &AsmProgram,
+    extra: Vec<MapDef>,
 ) -> Result<Vec<u8>, ObjError> {
     let mut builder = ObjectBuilder::new();
-    for map in layout::map_defs(program, layout) {
+    for map in layout::map_defs(program, layout).into_iter().chain(extra) {
         builder.add_map(map);
     }
     builder.add_program(ProgramDef {

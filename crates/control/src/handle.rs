@@ -592,12 +592,6 @@ pub(crate) fn row_text(program: &Program, row: &flowstate_lang::ir::Row) -> Stri
     flowstate_lang::print::row(program, row)
 }
 
-/// Constant initial values; a register whose initial value reads the
-/// packet or the clock starts at 0 when created from user space.
-pub(crate) fn initial_registers(program: &Program) -> Vec<i64> {
-    program.constant_initial_registers()
-}
-
 fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let all: Vec<&str> = names.collect();
     if all.is_empty() {

@@ -41,12 +41,16 @@ const FORMAT_VERSION: u32 = 1;
 
 /// The steps of `run`, in order.
 pub const RUN_STEPS: &[&str] = &["pin-maps", "pin-prog", "attach", "pin-link", "write-meta"];
-/// The steps of `reload`, in order. `sweep` and `final-swap` run only
-/// when the flows map is migrated (see [`crate::reload`]).
+/// The steps of `reload`, in order. `bridge`, `sweep` and `final-swap`
+/// do something only when the flows map is migrated (see
+/// [`crate::reload`]): `swap` then puts the old program's handoff build
+/// on the link, `bridge` the new program reading the old table through,
+/// `sweep` moves the flows left, `final-swap` puts the new program.
 pub const RELOAD_STEPS: &[&str] = &[
     "stage",
     "migrate",
     "swap",
+    "bridge",
     "sweep",
     "final-swap",
     "rename",
@@ -106,9 +110,33 @@ pub(crate) struct ReloadPlan {
     pub dropped: Vec<PathBuf>,
     /// The flows map is migrated (not reused, not reset).
     pub migrate: bool,
-    /// Migrating: the program with the read-through hook that runs on
-    /// the link between `swap` and `final-swap` (its id, its staged pin).
-    pub bridge: Option<(u32, PathBuf)>,
+    /// Migrating: the extra programs and pins (names known from `stage`,
+    /// program ids from `migrate`).
+    pub migration: Option<MigrationStage>,
+}
+
+/// The programs and pins of a migrating reload besides the final ones
+/// (see `flowstate_codegen::migrate`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MigrationStage {
+    /// The old program's handoff build: on the link from `swap` to
+    /// `bridge`.
+    pub handoff_id: u32,
+    /// The bridge (the new program reading the old table through): on
+    /// the link from `bridge` to `final-swap`; pinned until `rename`.
+    pub bridge_id: u32,
+    pub bridge_pin: PathBuf,
+    /// The `migration` map (counters and the `drained` word).
+    pub migration_pin: PathBuf,
+    /// The handoff build's `successor` array (slot 0: the bridge).
+    pub successor_pin: PathBuf,
+}
+
+impl MigrationStage {
+    /// Every pin it makes.
+    pub fn pins(&self) -> [&PathBuf; 3] {
+        [&self.bridge_pin, &self.migration_pin, &self.successor_pin]
+    }
 }
 
 /// How [`repair`] left an instance.

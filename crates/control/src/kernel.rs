@@ -267,3 +267,120 @@ pub(crate) fn unpin_link(path: &Path) -> Result<(), ControlError> {
             .map_err(|e| ControlError::kernel(format!("removing {}", path.display()), e)),
     }
 }
+
+impl LoadedObject {
+    /// The program's fd, for a program array slot.
+    pub fn prog_fd(&self) -> Result<std::os::fd::RawFd, ControlError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let program = self
+            .ebpf
+            .program(&self.program)
+            .ok_or_else(|| ControlError::kernel("program", format!("{} vanished", self.program)))?;
+        let fd = program
+            .fd()
+            .map_err(|e| ControlError::kernel("program fd", e))?;
+        Ok(fd.as_fd().as_raw_fd())
+    }
+
+    /// Runs the (XDP) program once on `packet` with `BPF_PROG_TEST_RUN`;
+    /// its return value.
+    pub fn test_run(&self, packet: &[u8]) -> Result<u32, ControlError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            ..TestRunOptions::default()
+        };
+        match self.ebpf.program(&self.program) {
+            Some(Program::Xdp(p)) => p
+                .test_run(opts)
+                .map(|r| r.return_value)
+                .map_err(|e| ControlError::kernel("BPF_PROG_TEST_RUN", e)),
+            _ => Err(ControlError::kernel(
+                "BPF_PROG_TEST_RUN",
+                format!("{} is not an XDP program", self.program),
+            )),
+        }
+    }
+}
+
+/// Puts the program pinned at `prog_pin` on the link pinned at
+/// `link_pin` (`bpf_link_update`, atomic like [`LoadedObject::replace`]).
+pub(crate) fn replace_with_pinned(link_pin: &Path, prog_pin: &Path) -> Result<(), ControlError> {
+    let link = obj_get(link_pin)?;
+    let prog = obj_get(prog_pin)?;
+    #[repr(C)]
+    struct LinkUpdate {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    use std::os::fd::AsRawFd;
+    let attr = LinkUpdate {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    bpf(BPF_LINK_UPDATE, &attr)
+        .map(drop)
+        .map_err(|e| ControlError::kernel("bpf_link_update", e))
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, initialised `union bpf_attr` prefix for
+    // `cmd`, and its size is passed along.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
+        )
+    };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Opens a pinned object.
+fn obj_get(path: &Path) -> Result<std::os::fd::OwnedFd, ControlError> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))?;
+    let attr = ObjGet {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = bpf(BPF_OBJ_GET, &attr)
+        .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))?;
+    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits until no program run that started before the call can still be
+/// running: XDP and TC programs run inside RCU read-side sections, and
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU grace period
+/// (`synchronize_rcu`). Where the kernel refuses it (`nohz_full`), waits
+/// a second instead, far longer than any packet's run.
+pub(crate) fn wait_for_running_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let ret = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if ret != 0 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}

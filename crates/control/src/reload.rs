@@ -8,28 +8,38 @@
 //!
 //! - `flows`: reused when states, registers, key, capacity and full policy
 //!   are unchanged, so not a single update is lost. Otherwise a new map,
-//!   filled before the swap with every entry migrated (states by name,
-//!   missing ones -> the initial state; registers by name, new ones -> their
-//!   constant initial value or 0), and topped up after the swap with the
-//!   entries the old program wrote meanwhile. A key change is refused
-//!   unless `reset_state`, which starts from an empty table.
+//!   and every entry moves into it in the kernel, under the per-flow
+//!   protocol, while packets keep coming (states by name, missing ones ->
+//!   the initial state; registers by name, new ones -> their constant
+//!   initial value or 0); see `flowstate_codegen::migrate` for why no
+//!   update is lost. The link runs, in turn: the old program's handoff
+//!   build (`swap`), after an RCU grace period the bridge (`bridge`: the
+//!   new program pulling each flow from the old table on first sight),
+//!   while after another grace period the mover sweeps what is left
+//!   (`sweep`, `BPF_PROG_TEST_RUN` once per key), and the new program
+//!   (`final-swap`). A key change is refused unless `reset_state`, which
+//!   starts from an empty table.
 //! - `globals`: reused when the names are unchanged, else migrated by name.
 //! - `counters`: reused when the rows are unchanged, else new (zero).
 //! - `events`: reused when both versions send events.
 //!
 //! Before the swap nothing visible changes: a failure (program errors,
-//! verifier, migration) removes the `next_` pins and leaves the running
-//! program as it was. After the swap, the `next_` pins replace the old ones
-//! and the metadata is rewritten.
+//! verifier) removes the `next_` pins and leaves the running program as it
+//! was. After the swap, the `next_` pins replace the old ones (the bridge,
+//! the `migration` map and the handoff's `successor` array are removed)
+//! and the metadata is rewritten. Global registers of a changed
+//! declaration are still copied by user space before the swap: an update
+//! the old program makes to them meanwhile is lost (a known limit).
 
 use std::path::{Path, PathBuf};
 
-use flowstate_codegen::{EntryView, Layout};
-use flowstate_lang::ir::{Program, StateId};
+use flowstate_codegen::migrate::{self, MigrationCounts};
+use flowstate_codegen::Layout;
+use flowstate_lang::ir::Program;
 use flowstate_runtime::{RawMap, UpdateMode};
 
-use crate::handle::{initial_registers, row_text};
-use crate::journal::{self, Journal, Op, Outcome, ReloadPlan};
+use crate::handle::row_text;
+use crate::journal::{self, Journal, MigrationStage, Op, Outcome, ReloadPlan};
 use crate::lock::InstanceLock;
 use crate::meta::{source_hash, Meta};
 use crate::{kernel, paths, ControlError};
@@ -138,7 +148,8 @@ pub fn reload(
         });
     }
     // The link's kind is fixed: compile for where the program runs.
-    let output = crate::codegen(&new, meta.attach.hook())?;
+    let hook = meta.attach.hook();
+    let output = crate::codegen(&new, hook)?;
     let old_layout = Layout::new(&old, false);
     let new_layout = &output.layout;
 
@@ -146,6 +157,21 @@ pub fn reload(
         Plan::Reuse
     } else {
         Plan::New
+    };
+    let migrate = flows_plan == Plan::New && !reset_state;
+    // The programs of a migration, compiled before anything changes.
+    let migration_programs = if migrate {
+        let codegen_error =
+            |e: flowstate_codegen::CodegenError| ControlError::Codegen(e.to_string());
+        // The mover runs after the swap: a program it cannot be must stop
+        // the reload now.
+        migrate::compile_mover(&new, &old, &codegen_options(hook)).map_err(codegen_error)?;
+        Some((
+            migrate::compile_handoff(&old, &codegen_options(hook)).map_err(codegen_error)?,
+            migrate::compile_bridge(&new, &old, &codegen_options(hook)).map_err(codegen_error)?,
+        ))
+    } else {
+        None
     };
     // The map stores each global as its distance from its initial value
     // (a zeroed map reads as the initial values), so initial values count.
@@ -204,33 +230,73 @@ pub fn reload(
         std::fs::canonicalize(program_path).unwrap_or_else(|_| program_path.to_path_buf());
     new_meta.program_symbol = output.program_name.clone();
     new_meta.reloads += 1;
-    let migrate = flows_plan == Plan::New && !reset_state;
     let mut plan = ReloadPlan {
-        attempt,
+        attempt: attempt.clone(),
         old: meta.clone(),
         new: new_meta,
         renames: renames.clone(),
         prog_staged: prog_staged.clone(),
         dropped,
         migrate,
-        bridge: None,
+        migration: migrate.then(|| MigrationStage {
+            handoff_id: 0,
+            bridge_id: 0,
+            bridge_pin: pin_dir.join(paths::staged_name(&attempt, "bridge")),
+            migration_pin: maps_dir.join(paths::staged_name(&attempt, migrate::MIGRATION_MAP)),
+            successor_pin: maps_dir.join(paths::staged_name(&attempt, migrate::SUCCESSOR_MAP)),
+        }),
     };
     let mut journal = Journal::new(name, Op::Reload(Box::new(plan.clone())));
     journal.step("stage")?;
     // Until the swap, a failure removes the staged pins and the journal.
     let mut next = NextPins(renames.iter().map(|(staged, _)| staged.clone()).collect());
     next.0.push(prog_staged.clone());
+    if let Some(stage) = &plan.migration {
+        next.0.extend(stage.pins().into_iter().cloned());
+    }
     let mut journal_guard = JournalOnDrop(Some(name));
 
     let mut loaded = kernel::load(&output.object, &output.program_name, &pins)?;
     loaded.pin_program(&prog_staged)?;
     let new_prog_id = loaded.prog_id()?;
     plan.new.prog_id = new_prog_id;
+    // Migrating: the bridge on the new maps and the old table, and the
+    // old program's handoff build on the old maps, handing to the bridge.
+    let mut handoff = None;
+    if let (Some((handoff_out, bridge_out)), Some(stage)) =
+        (&migration_programs, plan.migration.as_mut())
+    {
+        let mut bridge_pins = pins.clone();
+        bridge_pins.push((migrate::OLD_FLOWS_MAP, maps_dir.join(old_layout.flows_map)));
+        bridge_pins.push((migrate::MIGRATION_MAP, stage.migration_pin.clone()));
+        let mut bridge = kernel::load(&bridge_out.object, &bridge_out.program_name, &bridge_pins)?;
+        bridge.pin_program(&stage.bridge_pin)?;
+        stage.bridge_id = bridge.prog_id()?;
+        let mut handoff_pins: Vec<(&'static str, PathBuf)> = crate::map_names(&old_layout)
+            .into_iter()
+            .map(|m| (m, maps_dir.join(m)))
+            .collect();
+        handoff_pins.push((migrate::SUCCESSOR_MAP, stage.successor_pin.clone()));
+        let old_again = kernel::load(
+            &handoff_out.object,
+            &handoff_out.program_name,
+            &handoff_pins,
+        )?;
+        stage.handoff_id = old_again.prog_id()?;
+        let successor = open_map(&stage.successor_pin)?;
+        let bridge_fd = bridge.prog_fd()? as u32;
+        successor
+            .update(
+                &0u32.to_le_bytes(),
+                &bridge_fd.to_le_bytes(),
+                UpdateMode::Any,
+            )
+            .map_err(|e| ControlError::kernel("handing the old program over to the bridge", e))?;
+        handoff = Some(old_again);
+    }
     journal.op = Op::Reload(Box::new(plan.clone()));
     journal.step("migrate")?;
 
-    let new_flows = open_map(&pin_of(&pins, new_layout.flows_map))?;
-    let old_flows = open_map(&maps_dir.join(old_layout.flows_map))?;
     let migration = Migration {
         old: &old,
         new: &new,
@@ -238,9 +304,6 @@ pub fn reload(
         new_layout,
     };
     let mut tally = Tally::default();
-    if migrate {
-        migration.copy_flows(&old_flows, &new_flows, &mut tally, false)?;
-    }
     if let (Some(map), Plan::New) = (new_layout.globals_map, globals_plan) {
         let new_globals = open_map(&pin_of(&pins, map))?;
         let old_globals = match old_layout.globals_map {
@@ -250,19 +313,24 @@ pub fn reload(
         migration.copy_globals(old_globals.as_ref(), &new_globals)?;
     }
 
-    // The swap: from here on the new program runs, and the reload can only
-    // go forward (a failure leaves the journal for the next command).
+    // The swap: from here on the new program (or, migrating, the old
+    // one's handoff build) runs, and the reload can only go forward (a
+    // failure leaves the journal for the next command).
     journal.step("swap")?;
-    loaded.replace(&pin_dir.join("link"), meta.attach)?;
+    match handoff.as_mut() {
+        Some(old_again) => old_again.replace(&pin_dir.join("link"), meta.attach)?,
+        None => loaded.replace(&pin_dir.join("link"), meta.attach)?,
+    }
     next.0.clear();
     journal_guard.0 = None;
     drop(loaded);
+    drop(handoff);
 
     roll_forward(
         name,
         &plan,
         Some(&mut journal),
-        "sweep",
+        "bridge",
         &migration,
         &mut tally,
     )?;
@@ -280,11 +348,18 @@ pub fn reload(
             Plan::New => FlowsMigration::Migrated,
         },
         flows_carried,
-        flows_remapped: tally.remapped.len(),
+        flows_remapped: tally.remapped,
         flows_lost: tally.lost,
         counters_reset: counters_plan == Plan::New,
         source_hash: plan.new.source_hash,
     })
+}
+
+fn codegen_options(hook: flowstate_lang::ir::Hook) -> flowstate_codegen::Options {
+    flowstate_codegen::Options {
+        hook: Some(hook),
+        ..flowstate_codegen::Options::default()
+    }
 }
 
 fn open_map(path: &Path) -> Result<RawMap, ControlError> {
@@ -304,30 +379,42 @@ fn roll_forward(
 ) -> Result<(), ControlError> {
     let pin_dir = paths::pin_dir(name);
     let maps_dir = pin_dir.join("maps");
+    let link = pin_dir.join("link");
     let steps = journal::RELOAD_STEPS;
     let begin = steps.iter().position(|s| *s == from).unwrap_or(0);
     for step in &steps[begin..] {
         if let Some(j) = journal.as_deref_mut() {
             j.step(step)?;
         }
-        match *step {
-            "sweep" if plan.migrate => {
-                // Entries the old program created or touched while we
-                // copied.
-                let flows = migration.new_layout.flows_map;
-                let current = maps_dir.join(flows);
-                let staged = plan
-                    .renames
-                    .iter()
-                    .find(|(_, c)| *c == current)
-                    .map(|(s, _)| s.clone());
-                if let Some(staged) = staged.filter(|s| s.exists()) {
-                    let old_flows = open_map(&maps_dir.join(migration.old_layout.flows_map))?;
-                    let new_flows = open_map(&staged)?;
-                    migration.copy_flows(&old_flows, &new_flows, tally, true)?;
-                }
+        match (*step, &plan.migration) {
+            ("bridge", Some(stage)) => {
+                // No packet of the program replaced at `swap` is still
+                // running: those of the handoff build know about moves.
+                kernel::wait_for_running_programs();
+                kernel::replace_with_pinned(&link, &stage.bridge_pin)?;
             }
-            "rename" => {
+            ("sweep", Some(stage)) => {
+                // The handoff build has stopped: the bridge stops
+                // claiming keys in the old table, and the mover moves
+                // what is left.
+                kernel::wait_for_running_programs();
+                let control = open_map(&stage.migration_pin)?;
+                control
+                    .array_set(migrate::MIGRATION_CONTROL, &migrate::drained_value())
+                    .map_err(|e| ControlError::kernel("writing the migration's control word", e))?;
+                migration.sweep(plan, stage, &maps_dir)?;
+                let counts = MigrationCounts::decode(
+                    &control
+                        .array_get(migrate::MIGRATION_COUNTS)
+                        .map_err(|e| ControlError::kernel("reading the migration's counts", e))?,
+                );
+                tally.remapped = counts.remapped as usize;
+                tally.lost = (counts.lost + counts.conflicts) as usize;
+            }
+            ("final-swap", Some(_)) => {
+                kernel::replace_with_pinned(&link, &plan.prog_staged)?;
+            }
+            ("rename", _) => {
                 for (staged, current) in &plan.renames {
                     if staged.exists() {
                         let _ = std::fs::remove_file(current);
@@ -341,6 +428,11 @@ fn roll_forward(
                 for path in &plan.dropped {
                     let _ = std::fs::remove_file(path);
                 }
+                if let Some(stage) = &plan.migration {
+                    for path in stage.pins() {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
                 if plan.prog_staged.exists() {
                     let prog = pin_dir.join("prog");
                     let _ = std::fs::remove_file(&prog);
@@ -349,15 +441,16 @@ fn roll_forward(
                     })?;
                 }
             }
-            "write-meta" => plan.new.save(&paths::meta_path(name))?,
+            ("write-meta", _) => plan.new.save(&paths::meta_path(name))?,
             _ => {}
         }
     }
     Ok(())
 }
 
-/// Finishes or undoes an interrupted reload: finished when the link runs
-/// the new program (the swap happened), undone when it runs the old one.
+/// Finishes or undoes an interrupted reload: undone when the link runs the
+/// old program (nothing swapped), finished from the step the program on
+/// the link shows was reached otherwise.
 pub(crate) fn repair(
     name: &str,
     journal: &Journal,
@@ -365,23 +458,37 @@ pub(crate) fn repair(
 ) -> Result<Outcome, ControlError> {
     let link = paths::pin_dir(name).join("link");
     let running = kernel::link_program_id(&link)?;
-    let swapped = plan.new.prog_id != 0 && running == plan.new.prog_id;
-    if !swapped {
-        if running != plan.old.prog_id {
-            return Err(ControlError::kernel(
-                format!("repairing {name}"),
-                format!(
-                    "the link runs program {running}, neither the old ({}) nor the new ({}) one",
-                    plan.old.prog_id, plan.new.prog_id
-                ),
-            ));
+    let stage = plan.migration.as_ref();
+    let reached = if plan.new.prog_id != 0 && running == plan.new.prog_id {
+        if plan.migrate {
+            "rename"
+        } else {
+            "bridge"
         }
+    } else if stage.is_some_and(|s| s.bridge_id != 0 && running == s.bridge_id) {
+        "sweep"
+    } else if stage.is_some_and(|s| s.handoff_id != 0 && running == s.handoff_id) {
+        "bridge"
+    } else if running == plan.old.prog_id {
         for (staged, _) in &plan.renames {
             let _ = std::fs::remove_file(staged);
         }
         let _ = std::fs::remove_file(&plan.prog_staged);
+        if let Some(stage) = stage {
+            for path in stage.pins() {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         return Ok(Outcome::Undone);
-    }
+    } else {
+        return Err(ControlError::kernel(
+            format!("repairing {name}"),
+            format!(
+                "the link runs program {running}, none of the reload's (old {}, new {})",
+                plan.old.prog_id, plan.new.prog_id
+            ),
+        ));
+    };
     let old = crate::compile_source(&plan.old.source_path, &plan.old.source)?;
     let new = crate::compile_source(&plan.new.source_path, &plan.new.source)?;
     let (old_layout, new_layout) = (Layout::new(&old, false), Layout::new(&new, false));
@@ -391,10 +498,11 @@ pub(crate) fn repair(
         old_layout: &old_layout,
         new_layout: &new_layout,
     };
-    let from = if journal.reached(journal::RELOAD_STEPS, "sweep") {
+    // The later of the journal's step and the one the link shows.
+    let from = if journal.reached(journal::RELOAD_STEPS, reached) {
         journal.step.as_str()
     } else {
-        "sweep"
+        reached
     };
     roll_forward(name, plan, None, from, &migration, &mut Tally::default())?;
     Ok(Outcome::Finished)
@@ -434,8 +542,9 @@ fn rows_text(p: &Program) -> Vec<String> {
 
 #[derive(Default)]
 struct Tally {
-    /// Keys whose state was mapped to the initial state.
-    remapped: std::collections::HashSet<Vec<u8>>,
+    /// Flows whose state was mapped to the initial state.
+    remapped: usize,
+    /// Flows that did not fit the new table.
     lost: usize,
 }
 
@@ -447,73 +556,64 @@ struct Migration<'a> {
 }
 
 impl Migration<'_> {
-    /// An old entry in the new layout; `true` when its state was remapped.
-    fn entry(&self, old: &EntryView) -> (EntryView, bool) {
-        let state_name = self.old.states.get(old.state.0 as usize).map(|s| &s.name);
-        let state = state_name.and_then(|n| self.new.state_by_name(n));
-        let initial = initial_registers(self.new);
-        let registers = self
-            .new
-            .registers
-            .iter()
-            .zip(initial)
-            .map(|(r, init)| {
-                self.old
-                    .registers
-                    .iter()
-                    .position(|o| o.name == r.name)
-                    .and_then(|i| old.registers.get(i).copied())
-                    .unwrap_or(init)
+    /// Moves every flow left in the old table with the mover (see
+    /// `flowstate_codegen::migrate`), until none is left: the bridge and
+    /// the mover race for flows, and each one moves a flow at most once.
+    fn sweep(
+        &self,
+        plan: &ReloadPlan,
+        stage: &MigrationStage,
+        maps_dir: &Path,
+    ) -> Result<(), ControlError> {
+        let hook = plan.old.attach.hook();
+        let output = migrate::compile_mover(self.new, self.old, &codegen_options(hook))
+            .map_err(|e| ControlError::Codegen(e.to_string()))?;
+        // The new maps where they are now (staged or reused).
+        let mut pins: Vec<(&'static str, PathBuf)> = crate::map_names(self.new_layout)
+            .into_iter()
+            .map(|m| {
+                let current = maps_dir.join(m);
+                let staged = plan.renames.iter().find(|(_, c)| *c == current);
+                (m, staged.map_or(current.clone(), |(s, _)| s.clone()))
             })
             .collect();
-        (
-            EntryView {
-                state: state.unwrap_or(StateId(0)),
-                registers,
-                created: old.created,
-                last_seen: old.last_seen,
-            },
-            state.is_none(),
-        )
-    }
-
-    /// Copies every old entry into `new_map`. With `top_up`, only entries
-    /// missing from `new_map` or seen more recently in the old map.
-    fn copy_flows(
-        &self,
-        old_map: &RawMap,
-        new_map: &RawMap,
-        tally: &mut Tally,
-        top_up: bool,
-    ) -> Result<(), ControlError> {
-        let entries = old_map
-            .entries()
-            .map_err(|e| ControlError::kernel("reading the old flows map", e))?;
-        for (key, value) in entries {
-            let old_entry = self.old_layout.decode_entry(&value);
-            if top_up {
-                let current = new_map
-                    .lookup(&key)
-                    .map_err(|e| ControlError::kernel("reading the new flows map", e))?;
-                if current.is_some_and(|c| {
-                    self.new_layout.decode_entry(&c).last_seen >= old_entry.last_seen
-                }) {
+        let old_flows = maps_dir.join(self.old_layout.flows_map);
+        pins.push((migrate::OLD_FLOWS_MAP, old_flows.clone()));
+        pins.push((migrate::MIGRATION_MAP, stage.migration_pin.clone()));
+        let mover = kernel::load(&output.object, &output.program_name, &pins)?;
+        let old_map = open_map(&old_flows)?;
+        let state_offset = self.old_layout.state_offset;
+        for _pass in 0..3 {
+            let left: Vec<Vec<u8>> = old_map
+                .entries()
+                .map_err(|e| ControlError::kernel("reading the old flows map", e))?
+                .into_iter()
+                .filter(|(_, value)| {
+                    value.get(state_offset..state_offset + 4)
+                        != Some(&migrate::MOVED_STATE.to_le_bytes())
+                })
+                .map(|(key, _)| key)
+                .collect();
+            if left.is_empty() {
+                return Ok(());
+            }
+            for key in left {
+                // The kernel takes no test packet shorter than an
+                // Ethernet header.
+                let mut packet = key.clone();
+                packet.resize(packet.len().max(14), 0);
+                // An entry it could not move (held for its whole budget)
+                // is found again by the next pass.
+                if mover.test_run(&packet)? != migrate::MOVER_DONE {
                     continue;
                 }
             }
-            let (entry, remapped) = self.entry(&old_entry);
-            match new_map.update(&key, &self.new_layout.encode_entry(&entry), UpdateMode::Any) {
-                Ok(()) => {
-                    if remapped {
-                        tally.remapped.insert(key);
-                    }
-                }
-                // A full table (smaller capacity) refuses the rest.
-                Err(_) if !top_up => tally.lost += 1,
-                Err(_) => {}
-            }
         }
-        Ok(())
+        Err(ControlError::kernel(
+            "moving flows to the new table",
+            "entries stayed in the old table (locked) after three passes; `flowstate repair` \
+             tries again",
+        ))
     }
 
     /// Globals by name; new ones (or all, without an old map) take their
@@ -561,27 +661,22 @@ mod tests {
         let v2 = "program p\nhook xdp\nflow ip.src\nstates B, A\nregisters z = 7, x = 0\n\
                   default pass\ntable\n  A * => pass, next B\nend\n";
         let (old, new) = (program(V1), program(v2));
-        let (ol, nl) = (Layout::new(&old, false), Layout::new(&new, false));
-        let m = Migration {
-            old: &old,
-            new: &new,
-            old_layout: &ol,
-            new_layout: &nl,
-        };
-        let entry = |state, regs: Vec<i64>| EntryView {
-            state: StateId(state),
-            registers: regs,
-            created: 5,
-            last_seen: 9,
-        };
-        // A (index 0) is index 1 in the new program; x carries, z is new.
-        let (e, remapped) = m.entry(&entry(0, vec![41, 42]));
-        assert_eq!(e, entry(1, vec![7, 41]));
-        assert!(!remapped);
-        // C is gone: initial state (B), counted as remapped.
-        let (e, remapped) = m.entry(&entry(2, vec![3, 4]));
-        assert_eq!(e.state, StateId(0));
-        assert!(remapped);
+        let conversion = migrate::Conversion::new(&old, &new);
+        // A (index 0) is index 1 in the new program, B 0; C is gone
+        // (the initial state, counted as remapped).
+        use flowstate_lang::ir::StateId;
+        assert_eq!(
+            conversion.states,
+            [Some(StateId(1)), Some(StateId(0)), None]
+        );
+        // z is new (its initial value), x carries.
+        assert_eq!(
+            conversion.registers,
+            [
+                migrate::RegisterSource::Initial(7),
+                migrate::RegisterSource::Old(0)
+            ]
+        );
         assert!(!same_flows(&old, &new));
     }
 

@@ -94,6 +94,9 @@ pub enum MapKind {
     /// Values are ifindexes (`u32`), for `bpf_redirect_map`.
     DevMap,
     DevMapHash,
+    /// Values are program fds (`u32`) written by user space, for
+    /// `bpf_tail_call`.
+    ProgArray,
     /// No key or value; `max_entries` is the buffer size in bytes.
     RingBuf,
 }
@@ -110,6 +113,7 @@ impl MapKind {
             MapKind::LruPerCpuHash => 10,
             MapKind::DevMap => 14,
             MapKind::DevMapHash => 25,
+            MapKind::ProgArray => 3,
             MapKind::RingBuf => 27,
         }
     }
@@ -119,17 +123,20 @@ impl MapKind {
     }
 
     /// Whether the key and value are described by BTF type (`key`, `value`
-    /// members) or only by size (`key_size`, `value_size`). Device maps
-    /// get sizes only, as in the kernel's own samples, because the kernel
-    /// does not take BTF for their values.
+    /// members) or only by size (`key_size`, `value_size`). Device and
+    /// program maps get sizes only, as in the kernel's own samples,
+    /// because the kernel does not take BTF for their values.
     fn btf_key_value(self) -> bool {
-        !matches!(self, MapKind::DevMap | MapKind::DevMapHash)
+        !matches!(
+            self,
+            MapKind::DevMap | MapKind::DevMapHash | MapKind::ProgArray
+        )
     }
 
     fn is_array(self) -> bool {
         matches!(
             self,
-            MapKind::Array | MapKind::PerCpuArray | MapKind::DevMap
+            MapKind::Array | MapKind::PerCpuArray | MapKind::DevMap | MapKind::ProgArray
         )
     }
 }
@@ -216,8 +223,14 @@ impl MapDef {
         if self.kind.is_array() && key.size() != 4 {
             return Err(invalid("an array's key must be 4 bytes (u32)"));
         }
-        if matches!(self.kind, MapKind::DevMap | MapKind::DevMapHash) && value.size() != 4 {
-            return Err(invalid("a device map's value must be a 4-byte ifindex"));
+        if matches!(
+            self.kind,
+            MapKind::DevMap | MapKind::DevMapHash | MapKind::ProgArray
+        ) && value.size() != 4
+        {
+            return Err(invalid(
+                "a device or program map's value must be 4 bytes (an ifindex or a program fd)",
+            ));
         }
         Ok(())
     }
