@@ -3,7 +3,12 @@
 //!
 //! Spans are byte ranges into the program text. Lines and columns are
 //! 1-based; columns count characters, not bytes.
+//!
+//! Output stays proportional to the problems, not to their repetitions:
+//! [`fold_repeats`] keeps one diagnostic of each kind (a few when their
+//! messages differ) and counts the rest on it ("and 4,999 more like this").
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use codespan_reporting::diagnostic as cs;
@@ -37,7 +42,16 @@ pub struct Diagnostic {
     pub help: Option<String>,
     /// Other places worth showing.
     pub notes: Vec<Note>,
+    /// How many diagnostics like this one were folded into it.
+    pub repeats: u32,
+    /// Where the first few folded ones are (at most [`REPEAT_SPANS_KEPT`]).
+    pub repeat_spans: Vec<Range<usize>>,
 }
+
+/// Distinct messages of one kind shown before the rest are folded.
+pub const SHOWN_PER_KIND: usize = 8;
+/// Positions of folded diagnostics kept for the "more like this" line.
+pub const REPEAT_SPANS_KEPT: usize = 5;
 
 impl Diagnostic {
     pub fn error(message: impl Into<String>, span: Range<usize>, label: impl Into<String>) -> Self {
@@ -48,6 +62,8 @@ impl Diagnostic {
             label: label.into(),
             help: None,
             notes: Vec::new(),
+            repeats: 0,
+            repeat_spans: Vec::new(),
         }
     }
 
@@ -86,8 +102,14 @@ impl Diagnostic {
 
     /// The JSON-friendly form of this diagnostic.
     pub fn to_json(&self, file_name: &str, source: &str) -> JsonDiagnostic {
-        let (line, column) = line_col(source, self.span.start);
-        let (end_line, end_column) = line_col(source, self.span.end);
+        self.to_json_at(file_name, &LineIndex::new(source))
+    }
+
+    /// [`Diagnostic::to_json`] with the line starts found once for many
+    /// diagnostics.
+    pub fn to_json_at(&self, file_name: &str, lines: &LineIndex<'_>) -> JsonDiagnostic {
+        let (line, column) = lines.line_col(self.span.start);
+        let (end_line, end_column) = lines.line_col(self.span.end);
         JsonDiagnostic {
             severity: self.severity,
             message: self.message.clone(),
@@ -98,6 +120,108 @@ impl Diagnostic {
             end_column,
             label: self.label.clone(),
             help: self.help.clone(),
+            more_like_this: self.repeats,
+        }
+    }
+
+    /// What makes two diagnostics "alike": severity, label and message with
+    /// every quoted name and number left out (`duplicate state `A`` is
+    /// like `duplicate state `B``).
+    fn kind(&self) -> (Severity, &str, String) {
+        let mut shape = String::new();
+        for (i, part) in self.message.split('`').enumerate() {
+            if i % 2 == 1 {
+                shape.push_str("`_`");
+                continue;
+            }
+            // Numbers too: "the row at line 12" is like "... at line 40".
+            for c in part.chars() {
+                if !c.is_ascii_digit() {
+                    shape.push(c);
+                } else if !shape.ends_with('#') {
+                    shape.push('#');
+                }
+            }
+        }
+        (self.severity, self.label.as_str(), shape)
+    }
+
+    fn absorb(&mut self, other: &Diagnostic) {
+        self.repeats = self.repeats.saturating_add(1).saturating_add(other.repeats);
+        for span in std::iter::once(&other.span).chain(&other.repeat_spans) {
+            if self.repeat_spans.len() < REPEAT_SPANS_KEPT {
+                self.repeat_spans.push(span.clone());
+            }
+        }
+    }
+}
+
+/// Fold repeated diagnostics, keeping their order: see [`Collector`].
+pub fn fold_repeats(diags: &mut Vec<Diagnostic>) {
+    let mut collector = Collector::default();
+    collector.extend(diags.drain(..));
+    *diags = collector.into_vec();
+}
+
+type ExactKey = (Severity, String, String);
+
+/// Diagnostics as they are found, with repeats folded on the way in, so
+/// that memory follows the distinct problems and not their number. An
+/// exact repeat (same severity, message and label) folds into its first
+/// occurrence; beyond [`SHOWN_PER_KIND`] distinct messages of one kind,
+/// the rest fold into the last one kept. Order of first occurrence is kept.
+#[derive(Default)]
+pub struct Collector {
+    kept: Vec<Diagnostic>,
+    exact: HashMap<ExactKey, usize>,
+    /// Per kind: how many distinct messages are kept, and the last one.
+    kinds: HashMap<ExactKey, (usize, usize)>,
+}
+
+impl Collector {
+    pub fn push(&mut self, d: Diagnostic) {
+        let exact_key = (d.severity, d.message.clone(), d.label.clone());
+        if let Some(&i) = self.exact.get(&exact_key) {
+            self.kept[i].absorb(&d);
+            return;
+        }
+        let (severity, label, shape) = d.kind();
+        let kind_key = (severity, label.to_string(), shape);
+        let next = self.kept.len();
+        match self.kinds.get_mut(&kind_key) {
+            Some((shown, last)) if *shown >= SHOWN_PER_KIND => {
+                self.kept[*last].absorb(&d);
+                return;
+            }
+            Some((shown, last)) => {
+                *shown += 1;
+                *last = next;
+            }
+            None => {
+                self.kinds.insert(kind_key, (1, next));
+            }
+        }
+        self.exact.insert(exact_key, next);
+        self.kept.push(d);
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Diagnostic> {
+        self.kept.iter()
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.kept.iter().any(Diagnostic::is_error)
+    }
+
+    pub fn into_vec(self) -> Vec<Diagnostic> {
+        self.kept
+    }
+}
+
+impl Extend<Diagnostic> for Collector {
+    fn extend<I: IntoIterator<Item = Diagnostic>>(&mut self, iter: I) {
+        for d in iter {
+            self.push(d);
         }
     }
 }
@@ -115,20 +239,53 @@ pub struct JsonDiagnostic {
     pub end_column: u32,
     pub label: String,
     pub help: Option<String>,
+    /// How many more diagnostics like this one were folded into it.
+    pub more_like_this: u32,
 }
 
 /// 1-based line and column (in characters) of a byte offset. Offsets past
 /// the end, or inside a character, are clamped to a valid place.
+///
+/// Scans the text up to `offset`: for many positions in one text, use a
+/// [`LineIndex`].
 pub fn line_col(source: &str, offset: usize) -> (u32, u32) {
+    LineIndex::new(&source[..clamp_offset(source, offset)]).line_col(offset)
+}
+
+/// The line starts of a text, found once, so that each position costs a
+/// binary search and a walk along its own line, not a scan from the start.
+pub struct LineIndex<'a> {
+    source: &'a str,
+    /// Byte offset of the start of each line; the first is 0.
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub fn new(source: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { source, starts }
+    }
+
+    /// 1-based line and column (in characters); see [`line_col`].
+    pub fn line_col(&self, offset: usize) -> (u32, u32) {
+        let offset = clamp_offset(self.source, offset);
+        // The last line starting at or before `offset`.
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let line_start = self.starts[line - 1];
+        let column = self.source[line_start..offset].chars().count() + 1;
+        (to_u32(line), to_u32(column))
+    }
+}
+
+/// `offset` moved into the text and back to the start of its character.
+fn clamp_offset(source: &str, offset: usize) -> usize {
     let mut offset = offset.min(source.len());
     while !source.is_char_boundary(offset) {
         offset -= 1;
     }
-    let before = &source[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    (to_u32(line), to_u32(column))
+    offset
 }
 
 fn to_u32(n: usize) -> u32 {
@@ -152,9 +309,10 @@ pub fn render(diags: &[Diagnostic], file_name: &str, source: &str, color: bool) 
         chars: term::Chars::ascii(),
         ..term::Config::default()
     };
+    let lines = LineIndex::new(source);
     let mut out: Vec<u8> = Vec::new();
     for d in diags {
-        let cs_diag = to_codespan(d, source);
+        let cs_diag = to_codespan(d, source, &lines);
         let result = if color {
             let mut writer = termcolor::Ansi::new(&mut out);
             term::emit(&mut writer, &config, &file, &cs_diag)
@@ -191,7 +349,41 @@ fn clamp(source: &str, span: &Range<usize>) -> Range<usize> {
     start..end
 }
 
-fn to_codespan(d: &Diagnostic, source: &str) -> cs::Diagnostic<()> {
+/// "and 4,999 more like this, at 4:13, 4:16, ...".
+fn repeats_note(d: &Diagnostic, lines: &LineIndex<'_>) -> String {
+    let mut note = format!("and {} more like this", thousands(d.repeats as usize),);
+    let places: Vec<String> = d
+        .repeat_spans
+        .iter()
+        .map(|span| {
+            let (line, column) = lines.line_col(span.start);
+            format!("{line}:{column}")
+        })
+        .collect();
+    if !places.is_empty() {
+        note.push_str(", at ");
+        note.push_str(&places.join(", "));
+        if d.repeats as usize > places.len() {
+            note.push_str(", ...");
+        }
+    }
+    note
+}
+
+/// 4999 -> "4,999".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn to_codespan(d: &Diagnostic, source: &str, lines: &LineIndex<'_>) -> cs::Diagnostic<()> {
     let base = match d.severity {
         Severity::Error => cs::Diagnostic::error(),
         Severity::Warning => cs::Diagnostic::warning(),
@@ -201,11 +393,16 @@ fn to_codespan(d: &Diagnostic, source: &str) -> cs::Diagnostic<()> {
         labels
             .push(cs::Label::secondary((), clamp(source, &note.span)).with_message(&note.message));
     }
-    let mut diag = base.with_message(&d.message).with_labels(labels);
+    let mut notes = Vec::new();
     if let Some(help) = &d.help {
-        diag = diag.with_notes(vec![format!("help: {help}")]);
+        notes.push(format!("help: {help}"));
     }
-    diag
+    if d.repeats > 0 {
+        notes.push(repeats_note(d, lines));
+    }
+    base.with_message(&d.message)
+        .with_labels(labels)
+        .with_notes(notes)
 }
 
 #[cfg(test)]
@@ -222,6 +419,30 @@ mod tests {
         assert_eq!(line_col(src, 1000), (3, 1));
         // Inside a multi-byte character: clamped back to its start.
         assert_eq!(line_col(src, 6), (2, 3));
+    }
+
+    #[test]
+    fn line_index_agrees_with_a_scan_from_the_start() {
+        let src = "ab\ncdé f\n\n\nxyz";
+        let lines = LineIndex::new(src);
+        for offset in 0..src.len() + 3 {
+            let scan = {
+                let o = clamp_offset(src, offset);
+                let before = &src[..o];
+                let line = before.matches('\n').count() + 1;
+                let start = before.rfind('\n').map_or(0, |i| i + 1);
+                (to_u32(line), to_u32(before[start..].chars().count() + 1))
+            };
+            assert_eq!(lines.line_col(offset), scan, "offset {offset}");
+            assert_eq!(line_col(src, offset), scan, "offset {offset}");
+        }
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(7), "7");
+        assert_eq!(thousands(4999), "4,999");
+        assert_eq!(thousands(1234567), "1,234,567");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use flowstate_wire::field::TCP_FLAG_NAMES;
 use flowstate_wire::{Field, Layer};
 
-use crate::diag::{line_col, Diagnostic};
+use crate::diag::{Collector, Diagnostic, LineIndex};
 use crate::ir::{self, BinOp, Expr, RegTarget, StateId};
 use crate::syntax::ast::{self, DeclKind, ExprKind, ItemKind, MatchOp, PatternAst};
 use crate::syntax::parser::{is_prefix_length, suggest_help};
@@ -47,8 +47,8 @@ const RESERVED: [&str; 14] = [
 /// Check a parsed file. `source` is only used for row positions.
 pub fn check(file: &ast::File, source: &str) -> (Option<ir::Program>, Vec<Diagnostic>) {
     let mut cx = Checker {
-        source,
-        diags: Vec::new(),
+        lines: LineIndex::new(source),
+        diags: Collector::default(),
         consts: HashMap::new(),
         const_order: Vec::new(),
         registers: HashMap::new(),
@@ -74,14 +74,15 @@ pub fn check(file: &ast::File, source: &str) -> (Option<ir::Program>, Vec<Diagno
         }
     }
     let program = cx.program(file);
-    let has_errors = cx.diags.iter().any(Diagnostic::is_error);
+    let has_errors = cx.diags.has_errors();
     let program = if has_errors { None } else { program };
-    (program, cx.diags)
+    (program, cx.diags.into_vec())
 }
 
 struct Checker<'a> {
-    source: &'a str,
-    diags: Vec<Diagnostic>,
+    /// Row positions, found once for the whole text.
+    lines: LineIndex<'a>,
+    diags: Collector,
     consts: HashMap<String, i64>,
     const_order: Vec<String>,
     registers: HashMap<String, ir::RegId>,
@@ -213,7 +214,7 @@ impl Checker<'_> {
             capacity,
             full_policy,
         };
-        if self.diags.iter().any(Diagnostic::is_error) {
+        if self.diags.has_errors() {
             return None;
         }
         if singles.default.is_none() {
@@ -222,7 +223,7 @@ impl Checker<'_> {
                 self.coverage_warning(&program, &t.keyword);
             }
         }
-        let warnings = table::unreachable_rows(&program, &row_spans, self.source);
+        let warnings = table::unreachable_rows(&program, &row_spans, &self.lines);
         self.diags.extend(warnings);
         Some(program)
     }
@@ -889,7 +890,7 @@ impl Checker<'_> {
     // ---- rows ----------------------------------------------------------
 
     fn row(&mut self, row: &ast::Row) -> Option<ir::Row> {
-        let (line, column) = line_col(self.source, row.span.start);
+        let (line, column) = self.lines.line_col(row.span.start);
         let mut ok = true;
         let state = match &row.state {
             ast::StatePat::Any(_) => ir::StatePattern::Any,

@@ -9,7 +9,7 @@
 use flowstate_wire::Field;
 
 use super::width_mask;
-use crate::diag::{line_col, Diagnostic};
+use crate::diag::{Diagnostic, LineIndex};
 use crate::ir::{Pattern, Program, Row, StatePattern};
 use crate::syntax::Span;
 
@@ -18,7 +18,11 @@ const ENUMERATE_LIMIT: u128 = 4096;
 
 /// A warning for each row that an earlier row covers. `spans[i]` is the
 /// source span of `program.rows[i]`.
-pub(super) fn unreachable_rows(program: &Program, spans: &[Span], source: &str) -> Vec<Diagnostic> {
+pub(super) fn unreachable_rows(
+    program: &Program,
+    spans: &[Span],
+    lines: &LineIndex<'_>,
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (j, later) in program.rows.iter().enumerate() {
         let Some(i) = program.rows[..j]
@@ -30,7 +34,7 @@ pub(super) fn unreachable_rows(program: &Program, spans: &[Span], source: &str) 
         let (Some(later_span), Some(earlier_span)) = (spans.get(j), spans.get(i)) else {
             continue;
         };
-        let (line, _) = line_col(source, earlier_span.start);
+        let (line, _) = lines.line_col(earlier_span.start);
         out.push(
             Diagnostic::warning(
                 format!(

@@ -6,9 +6,13 @@
 //! capped at [`MAX_NESTING`] so that no input can exhaust the stack here
 //! or in the passes that walk the tree.
 
+// A syntax error is a whole `Diagnostic` (with its fold count and places);
+// errors are rare and the parser is not a hot path, so no boxing.
+#![allow(clippy::result_large_err)]
+
 use super::ast::*;
 use super::lexer::{LitKind, Span, Tok, Token};
-use crate::diag::Diagnostic;
+use crate::diag::{Collector, Diagnostic};
 use crate::ir::{BinOp, CmpOp, ControllerThen};
 
 /// Deepest expression tree (or negation chain) accepted.
@@ -25,16 +29,16 @@ pub fn parse_tokens(tokens: Vec<Token>) -> (File, Vec<Diagnostic>) {
     let mut p = Parser {
         tokens,
         pos: 0,
-        diags: Vec::new(),
+        diags: Collector::default(),
     };
     let file = p.file();
-    (file, p.diags)
+    (file, p.diags.into_vec())
 }
 
 struct Parser {
     tokens: Vec<Token>,
     pos: usize,
-    diags: Vec<Diagnostic>,
+    diags: Collector,
 }
 
 /// A parsed expression and the depth of its tree.
