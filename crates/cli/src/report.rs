@@ -18,12 +18,20 @@ pub fn describe(err: &anyhow::Error, touches_kernel: bool) -> String {
         }
         text.push_str(&message);
     }
-    if touches_kernel && lacks_privilege(err) && !text.contains("needs root") {
+    if touches_kernel && (lacks_privilege(err) || !is_root()) && !text.contains("needs root") {
         text.push_str(
             "\n  hint: this command needs root (CAP_BPF and CAP_NET_ADMIN): run it with sudo",
         );
     }
     text
+}
+
+/// Not everything a refusal looks like keeps its errno (aya's "`BPF_OBJ_GET`
+/// failed" does not say why), so a kernel command that fails for a user
+/// other than root gets the hint whatever the error.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// The error is the kernel (or bpffs) saying EPERM or EACCES.
@@ -101,8 +109,8 @@ mod tests {
         assert!(describe(&eperm(), true).contains("needs root (CAP_BPF"));
         // Not for a command that only reads and writes files.
         assert!(!describe(&eperm(), false).contains("needs root"));
-        // Nor for another error.
+        // Nor for another error, when root runs it.
         let enoent = anyhow::Error::new(not_found());
-        assert!(!describe(&enoent, true).contains("needs root"));
+        assert_eq!(describe(&enoent, true).contains("needs root"), !is_root());
     }
 }
