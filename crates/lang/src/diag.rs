@@ -15,6 +15,7 @@ use codespan_reporting::diagnostic as cs;
 use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term::{self, termcolor};
 use serde::Serialize;
+use unicode_width::UnicodeWidthChar;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -304,7 +305,8 @@ fn to_u32(n: usize) -> u32 {
 ///   = help: did you mean `OPEN`? ...
 /// ```
 pub fn render(diags: &[Diagnostic], file_name: &str, source: &str, color: bool) -> String {
-    let file = SimpleFile::new(file_name, source);
+    let shown = visible(source);
+    let file = SimpleFile::new(file_name, shown.as_ref());
     let config = term::Config {
         chars: term::Chars::ascii(),
         ..term::Config::default()
@@ -312,7 +314,7 @@ pub fn render(diags: &[Diagnostic], file_name: &str, source: &str, color: bool) 
     let lines = LineIndex::new(source);
     let mut out: Vec<u8> = Vec::new();
     for d in diags {
-        let cs_diag = to_codespan(d, source, &lines);
+        let cs_diag = to_codespan(d, &shown, &lines);
         let result = if color {
             let mut writer = termcolor::Ansi::new(&mut out);
             term::emit(&mut writer, &config, &file, &cs_diag)
@@ -334,6 +336,38 @@ pub fn render(diags: &[Diagnostic], file_name: &str, source: &str, color: bool) 
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The text with every character that takes no column on a terminal
+/// (control characters, zero-width and combining marks) replaced by a
+/// visible one of the same length in bytes, so that spans, lines and
+/// columns stay the same and a caret can point at it.
+fn visible(source: &str) -> std::borrow::Cow<'_, str> {
+    // Control characters have no width (`None`), combining marks width 0.
+    let invisible =
+        |c: char| !matches!(c, '\n' | '\r' | '\t') && UnicodeWidthChar::width(c).unwrap_or(0) == 0;
+    // A carriage return ends a line only before a line feed.
+    let lone_cr = |i: usize, c: char| c == '\r' && source.as_bytes().get(i + 1) != Some(&b'\n');
+    if !source
+        .char_indices()
+        .any(|(i, c)| invisible(c) || lone_cr(i, c))
+    {
+        return std::borrow::Cow::Borrowed(source);
+    }
+    let shown = source
+        .char_indices()
+        .map(
+            |(i, c)| match (invisible(c) || lone_cr(i, c), c.len_utf8()) {
+                (false, _) => c,
+                (true, 1) => '?',
+                // Same length in bytes, one column wide each.
+                (true, 2) => '\u{bf}',
+                (true, 3) => '\u{fffd}',
+                (true, _) => '\u{1d54f}',
+            },
+        )
+        .collect();
+    std::borrow::Cow::Owned(shown)
 }
 
 fn clamp(source: &str, span: &Range<usize>) -> Range<usize> {
@@ -456,6 +490,17 @@ mod tests {
         assert!(text.contains("2 | hook xdpp"), "{text}");
         assert!(text.contains("|      ^^^^ not a hook"), "{text}");
         assert!(text.contains("= help: write `xdp`"), "{text}");
+    }
+
+    #[test]
+    fn invisible_characters_get_a_caret_and_keep_their_columns() {
+        let src = "ab\u{0}\u{200b}\u{301}\u{e0001}\rx\n";
+        for (span, column) in [(2..3, 3), (3..6, 4), (6..8, 5), (8..12, 6), (12..12, 7)] {
+            let d = Diagnostic::error("unexpected character", span, "here");
+            let text = render(&[d], "f", src, false);
+            assert!(text.contains(&format!("--> f:1:{column}")), "{text}");
+            assert!(text.contains("^ here"), "{text}");
+        }
     }
 
     #[test]
