@@ -269,6 +269,23 @@ impl<'a> LineIndex<'a> {
         LineIndex { source, starts }
     }
 
+    /// The byte range of the line holding `offset`, without its line end.
+    pub fn line_containing(&self, offset: usize) -> Range<usize> {
+        let offset = clamp_offset(self.source, offset);
+        let line = self.starts.partition_point(|&s| s <= offset);
+        let start = self.starts[line - 1];
+        let end = self
+            .starts
+            .get(line)
+            .map_or(self.source.len(), |next| next - 1);
+        let end = if self.source[start..end].ends_with('\r') {
+            end - 1
+        } else {
+            end
+        };
+        start..end
+    }
+
     /// 1-based line and column (in characters); see [`line_col`].
     pub fn line_col(&self, offset: usize) -> (u32, u32) {
         let offset = clamp_offset(self.source, offset);
@@ -314,6 +331,10 @@ pub fn render(diags: &[Diagnostic], file_name: &str, source: &str, color: bool) 
     let lines = LineIndex::new(source);
     let mut out: Vec<u8> = Vec::new();
     for d in diags {
+        if touches_long_line(d, &lines) {
+            out.extend_from_slice(excerpt(d, file_name, &shown, &lines).as_bytes());
+            continue;
+        }
         let cs_diag = to_codespan(d, &shown, &lines);
         let result = if color {
             let mut writer = termcolor::Ansi::new(&mut out);
@@ -336,6 +357,73 @@ pub fn render(diags: &[Diagnostic], file_name: &str, source: &str, color: bool) 
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Lines longer than this (in bytes) are shown as an excerpt around the
+/// caret, so that output stays in proportion to the problems even when the
+/// whole text is one line.
+pub const LONG_LINE: usize = 240;
+/// Characters shown on each side of the caret in an excerpt.
+const EXCERPT_CONTEXT: usize = 40;
+/// Longest caret in an excerpt.
+const EXCERPT_CARET: usize = 80;
+
+fn touches_long_line(d: &Diagnostic, lines: &LineIndex<'_>) -> bool {
+    std::iter::once(&d.span)
+        .chain(d.notes.iter().map(|n| &n.span))
+        .any(|span| lines.line_containing(span.start).len() > LONG_LINE)
+}
+
+/// A diagnostic on a long line, in the layout codespan-reporting uses but
+/// with only a window of the line around the caret; notes become lines
+/// with their positions. `shown` is the text from [`visible`].
+fn excerpt(d: &Diagnostic, file_name: &str, shown: &str, lines: &LineIndex<'_>) -> String {
+    let severity = match d.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    let start = clamp_offset(shown, d.span.start);
+    let (line, column) = lines.line_col(start);
+    let line_range = lines.line_containing(start);
+    let line_text = &shown[line_range.clone()];
+    // Window in characters around the caret.
+    let caret_at = column as usize - 1;
+    let span_end = clamp_offset(shown, d.span.end.min(line_range.end)).max(start);
+    let caret_len = shown[start..span_end]
+        .chars()
+        .count()
+        .clamp(1, EXCERPT_CARET);
+    let from = caret_at.saturating_sub(EXCERPT_CONTEXT);
+    let to = caret_at + caret_len + EXCERPT_CONTEXT;
+    let total = line_text.chars().count();
+    let window: String = line_text.chars().skip(from).take(to - from).collect();
+    let before = if from > 0 { "..." } else { "" };
+    let after = if to < total { "..." } else { "" };
+
+    let gutter = " ".repeat(line.to_string().len());
+    let mut out = format!(
+        "{severity}: {}\n{gutter} --> {file_name}:{line}:{column}\n",
+        d.message
+    );
+    out.push_str(&format!("{gutter} |\n{line} | {before}{window}{after}\n"));
+    out.push_str(&format!(
+        "{gutter} | {}{} {}\n",
+        " ".repeat(before.len() + caret_at - from),
+        "^".repeat(caret_len),
+        d.label
+    ));
+    for note in &d.notes {
+        let (l, c) = lines.line_col(note.span.start);
+        out.push_str(&format!("{gutter} = note: {} ({l}:{c})\n", note.message));
+    }
+    if let Some(help) = &d.help {
+        out.push_str(&format!("{gutter} = help: {help}\n"));
+    }
+    if d.repeats > 0 {
+        out.push_str(&format!("{gutter} = {}\n", repeats_note(d, lines)));
+    }
+    out.push('\n');
+    out
 }
 
 /// The text with every character that takes no column on a terminal
@@ -501,6 +589,28 @@ mod tests {
             assert!(text.contains(&format!("--> f:1:{column}")), "{text}");
             assert!(text.contains("^ here"), "{text}");
         }
+    }
+
+    #[test]
+    fn a_long_line_is_shown_as_a_window_around_the_caret() {
+        let src = format!("states {}BAD{}\nnext\n", "x".repeat(5000), "y".repeat(5000));
+        let d = Diagnostic::error("bad", 5007..5010, "here")
+            .with_note(0..6, "declared here")
+            .with_help("fix it");
+        let text = render(&[d], "f", &src, false);
+        assert!(text.len() < 600, "{text}");
+        assert!(text.contains("  --> f:1:5008\n"), "{text}");
+        let shown = text.lines().find(|l| l.starts_with("1 | ")).unwrap();
+        let caret = text.lines().find(|l| l.contains("^^^ here")).unwrap();
+        // The caret is under `BAD`.
+        let at = caret.find('^').unwrap();
+        assert_eq!(&shown[at..at + 3], "BAD", "{text}");
+        assert!(
+            shown.starts_with("1 | ...x") && shown.ends_with("y..."),
+            "{text}"
+        );
+        assert!(text.contains("= note: declared here (1:1)"), "{text}");
+        assert!(text.contains("= help: fix it"), "{text}");
     }
 
     #[test]

@@ -19,9 +19,9 @@ pub mod syntax;
 /// keeps time and memory in proportion on any input.
 pub const MAX_SOURCE_BYTES: usize = 4 << 20;
 
-fn too_large(len: usize) -> diag::Diagnostic {
+fn too_large() -> diag::Diagnostic {
     diag::Diagnostic::error(
-        format!("program text is {len} bytes, over the limit of {MAX_SOURCE_BYTES} bytes (4 MiB)"),
+        format!("program text is longer than {MAX_SOURCE_BYTES} bytes (4 MiB), the limit"),
         0..0,
         "program too large",
     )
@@ -44,7 +44,7 @@ pub struct Compiled {
 /// a half-read program would mostly be echoes of the syntax errors.
 pub fn compile(source: &str) -> Result<Compiled, Vec<diag::Diagnostic>> {
     if source.len() > MAX_SOURCE_BYTES {
-        return Err(vec![too_large(source.len())]);
+        return Err(vec![too_large()]);
     }
     let (file, mut diags) = syntax::parse(source);
     let program = if diags.iter().any(diag::Diagnostic::is_error) {
