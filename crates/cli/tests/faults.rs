@@ -480,3 +480,71 @@ fn flows_into_a_closed_pipe_ends_quietly() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// The names in `dir` that `keep` accepts (none when `dir` is absent).
+fn names_in(dir: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| keep(n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn demo_into_a_pipe_closed_midway_ends_quietly_and_cleans_up() {
+    if flowstate_testkit::skip_if(
+        "demo_into_a_pipe_closed_midway_ends_quietly_and_cleans_up",
+        flowstate_netlab::skip_reason(),
+    ) {
+        return;
+    }
+    let mut child = flowstate()
+        .args(["demo", "--idle", "1", "--burst", "50"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Read until a program is attached (namespaces and pins exist), then
+    // close the pipe: the demo's next print fails.
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut program_id = None;
+    while program_id.is_none() {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap() == 0 {
+            break;
+        }
+        program_id = line
+            .split("attached: program id ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next()?.trim().parse::<u32>().ok());
+        seen.push_str(&line);
+    }
+    drop(reader);
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    let program_id = program_id.unwrap_or_else(|| panic!("no program attached:\n{seen}{stderr}"));
+    assert_eq!(out.status.code(), Some(141), "{seen}{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let leftovers = names_in("/run/netns", |n| n.starts_with(&format!("fs-demo-{pid}-")));
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let pins = names_in("/sys/fs/bpf/flowstate", |n| n.ends_with(&format!("-{pid}")));
+    assert!(pins.is_empty(), "{pins:?}");
+    assert!(!std::env::temp_dir()
+        .join(format!("flowstate-demo-{pid}"))
+        .exists());
+    // A program is freed a moment after its last link or pin goes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while flowstate_runtime::program_loaded(program_id).unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "program {program_id} still loaded"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
