@@ -92,10 +92,11 @@ pub fn load_or_report(path: &Path) -> anyhow::Result<Option<Loaded>> {
             diagnostics,
         } => {
             eprint!("{}", render(&diagnostics, &name, &source, color));
-            let errors = diagnostics
+            let errors: usize = diagnostics
                 .iter()
                 .filter(|d| d.severity == Severity::Error)
-                .count();
+                .map(Diagnostic::count)
+                .sum();
             eprintln!("flowstate: {name}: {errors} error(s); nothing was run");
             Ok(None)
         }

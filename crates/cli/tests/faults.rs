@@ -70,6 +70,35 @@ fn check_of_thousands_of_duplicate_states_prints_one_error_with_a_count() {
 }
 
 #[test]
+fn folded_diagnostics_still_count_in_the_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("rows.fsm");
+    let source = header("A, B") + &"  A tcp.dport == 22 => drop\n".repeat(20) + "end\n";
+    std::fs::write(&rows, source).unwrap();
+    let out = run(&["check", rows.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("row can never match").count(), 1, "{stderr}");
+    assert!(stderr.contains("and 18 more like this"), "{stderr}");
+    assert!(
+        text(&out.stdout).contains(": ok (19 warnings)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let dup = dir.path().join("dup.fsm");
+    std::fs::write(&dup, header(&vec!["A"; 100].join(", ")) + "end\n").unwrap();
+    let capture = example("portknock.pcap");
+    let out = run(&["replay", dup.to_str().unwrap(), capture.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(": 99 error(s); nothing was run"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_of_an_endless_file_stops_at_the_size_limit() {
     let out = run(&["check", "/dev/zero"]);
     assert_eq!(out.status.code(), Some(2));

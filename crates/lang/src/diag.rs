@@ -96,6 +96,12 @@ impl Diagnostic {
         self.severity == Severity::Error
     }
 
+    /// How many problems this diagnostic stands for: itself and the
+    /// repeats folded into it.
+    pub fn count(&self) -> usize {
+        1 + self.repeats as usize
+    }
+
     /// 1-based line and column of the start of the span.
     pub fn line_col(&self, source: &str) -> (u32, u32) {
         line_col(source, self.span.start)

@@ -48,11 +48,12 @@ pub fn run(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
                     eprint!("{}", render(warnings, &loaded.name, &loaded.source, color));
                 }
                 print!("{}", summary_text(program));
+                // Folded repeats count too.
+                let count: usize = warnings.iter().map(Diagnostic::count).sum();
                 println!(
-                    "{}: ok ({} warning{})",
+                    "{}: ok ({count} warning{})",
                     loaded.name,
-                    warnings.len(),
-                    if warnings.len() == 1 { "" } else { "s" }
+                    if count == 1 { "" } else { "s" }
                 );
             }
             Ok(ExitCode::SUCCESS)
