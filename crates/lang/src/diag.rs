@@ -212,6 +212,23 @@ impl Collector {
         self.kept.push(d);
     }
 
+    /// Whether a diagnostic with this severity, message and label would be
+    /// folded into one already kept (so its help would never be shown, and
+    /// need not be worked out).
+    pub fn would_fold(&self, severity: Severity, message: &str, label: &str) -> bool {
+        let probe = Diagnostic {
+            severity,
+            ..Diagnostic::error(message, 0..0, label)
+        };
+        let exact_key = (severity, message.to_string(), label.to_string());
+        let (_, _, shape) = probe.kind();
+        self.exact.contains_key(&exact_key)
+            || self
+                .kinds
+                .get(&(severity, label.to_string(), shape))
+                .is_some_and(|(shown, _)| *shown >= SHOWN_PER_KIND)
+    }
+
     pub fn iter(&self) -> std::slice::Iter<'_, Diagnostic> {
         self.kept.iter()
     }

@@ -79,3 +79,31 @@ fn text_over_the_limit_is_refused_naming_the_limit() {
         .iter()
         .all(|d| d.message.starts_with("missing")));
 }
+
+/// `n` declared states and `n` rows naming a state that does not exist.
+fn unknown_states(n: usize) -> String {
+    let states: Vec<String> = (0..n).map(|i| format!("S{i}")).collect();
+    let mut src = format!(
+        "program p\nhook xdp\nflow ip.src\nstates {}\ndefault pass\ntable\n",
+        states.join(", ")
+    );
+    for i in 0..n {
+        src.push_str(&format!("  T{i} * => pass\n"));
+    }
+    src + "end\n"
+}
+
+#[test]
+fn unknown_names_among_thousands_are_a_short_report() {
+    // (The work it takes is counted in check::tests.)
+    let large = unknown_states(20_000);
+    let ds = errors(&large);
+    assert_eq!(ds.len(), SHOWN_PER_KIND);
+    let total: usize = ds.iter().map(Diagnostic::count).sum();
+    assert_eq!(total, 20_000);
+    // The help lists a few states, not all 20,000.
+    let help = ds[0].help.as_deref().unwrap();
+    assert!(help.ends_with("S19, and 19980 more"), "{help}");
+    // Was 1.2 MB: every help listed all 20,000 states.
+    assert!(render(&ds, "p.fsm", &large, false).len() < 4000);
+}
