@@ -1,10 +1,11 @@
 //! Reading and checking a program file, shared by every command.
 
+use std::io::Read;
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{anyhow, bail, Context};
 use flowstate_lang::diag::{render, Diagnostic, Severity};
-use flowstate_lang::Compiled;
+use flowstate_lang::{Compiled, MAX_SOURCE_BYTES};
 
 /// A program that passed the checks, with its text and warnings.
 pub struct Loaded {
@@ -23,9 +24,34 @@ pub enum Checked {
     },
 }
 
+/// A program's text, read no further than [`MAX_SOURCE_BYTES`]: a device
+/// like /dev/zero or a wrong, huge file ends with an error, not with all
+/// the memory.
+pub fn read_program(path: &Path) -> anyhow::Result<String> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SOURCE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() > MAX_SOURCE_BYTES {
+        bail!(
+            "{} is larger than {MAX_SOURCE_BYTES} bytes (4 MiB), the limit for a program text: \
+             is it the right file?",
+            path.display()
+        );
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow!(
+            "{} is not UTF-8 text (invalid byte at offset {}): a program is a text file",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 pub fn check_file(path: &Path) -> anyhow::Result<Checked> {
-    let source =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let source = read_program(path)?;
     let name = path.display().to_string();
     Ok(match flowstate_lang::compile(&source) {
         Ok(compiled) => Checked::Ok(Loaded {
@@ -66,10 +92,11 @@ pub fn load_or_report(path: &Path) -> anyhow::Result<Option<Loaded>> {
             diagnostics,
         } => {
             eprint!("{}", render(&diagnostics, &name, &source, color));
-            let errors = diagnostics
+            let errors: usize = diagnostics
                 .iter()
                 .filter(|d| d.severity == Severity::Error)
-                .count();
+                .map(Diagnostic::count)
+                .sum();
             eprintln!("flowstate: {name}: {errors} error(s); nothing was run");
             Ok(None)
         }

@@ -1,9 +1,14 @@
 //! `flowstate`: the command line. Glue only: every command parses its
 //! arguments, calls the library crates and prints.
 
+mod clobber;
 mod cmd;
 mod load;
+mod output;
+mod report;
 
+use std::io::Write;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -90,8 +95,42 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    output::quiet_broken_pipe_panics();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let touches_kernel = cli.command.touches_kernel();
+    match std::panic::catch_unwind(AssertUnwindSafe(|| run(cli.command))) {
+        Ok(Ok(code)) => code,
+        Ok(Err(err)) if output::is_broken_pipe(&err) => ExitCode::from(output::BROKEN_PIPE_STATUS),
+        Ok(Err(err)) => {
+            // Not eprintln!: a closed standard error is no reason to panic.
+            let text = report::describe(&err, touches_kernel);
+            let _ = writeln!(std::io::stderr(), "flowstate: {text}");
+            ExitCode::from(2)
+        }
+        Err(panic) if output::is_broken_pipe_panic(&*panic) => {
+            ExitCode::from(output::BROKEN_PIPE_STATUS)
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+impl Command {
+    /// Whether the command asks the kernel for privileged things (loads
+    /// programs, reads pinned maps), so that EPERM means "run as root".
+    fn touches_kernel(&self) -> bool {
+        match self {
+            Command::Demo(_) | Command::Control(_) => true,
+            Command::Kernel(c) => c.touches_kernel(),
+            Command::Check { .. }
+            | Command::Replay(_)
+            | Command::Graph { .. }
+            | Command::Synth { .. } => false,
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Check { program, json } => cmd::check::run(&program, json),
         Command::Replay(args) => cmd::replay::run(&args),
         Command::Graph {
@@ -109,12 +148,5 @@ fn main() -> ExitCode {
         Command::Demo(args) => cmd::demo::run(&args),
         Command::Kernel(c) => cmd::kernel::run(c),
         Command::Control(c) => cmd::control::run(c),
-    };
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("flowstate: {err:#}");
-            ExitCode::from(2)
-        }
     }
 }

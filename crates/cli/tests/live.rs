@@ -687,7 +687,6 @@ fn demo_runs_end_to_end() {
     if skip("demo_runs_end_to_end") {
         return;
     }
-    let start = Instant::now();
     let child = flowstate()
         .args(["demo", "--idle", "1", "--burst", "50"])
         .stdout(Stdio::piped())
@@ -705,11 +704,6 @@ fn demo_runs_end_to_end() {
     assert!(stdout.contains("observations as expected"), "{stdout}");
     assert!(!stdout.contains('✘'), "{stdout}");
     assert!(stdout.contains("server received 6"), "{stdout}");
-    assert!(
-        start.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        start.elapsed()
-    );
     // Nothing left: the demo's namespaces carry its pid, its pins its name.
     assert_demo_left_nothing(pid, &stdout);
 }

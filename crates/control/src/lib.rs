@@ -717,10 +717,18 @@ fn detach_elsewhere(name: &str, prog_id: u32, ifindex: Option<u32>) -> Result<()
 }
 
 pub(crate) fn read_source(path: &Path) -> Result<String, ControlError> {
-    std::fs::read_to_string(path).map_err(|io| ControlError::ReadSource {
-        path: path.to_path_buf(),
-        io,
-    })
+    use std::io::Read;
+    // No further than one byte past the limit: `compile` refuses that with
+    // an error naming the limit, and /dev/zero does not fill the memory.
+    let limit = flowstate_lang::MAX_SOURCE_BYTES as u64 + 1;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(limit).read_to_string(&mut text))
+        .map_err(|io| ControlError::ReadSource {
+            path: path.to_path_buf(),
+            io,
+        })?;
+    Ok(text)
 }
 
 pub(crate) fn compile_source(path: &Path, source: &str) -> Result<Program, ControlError> {

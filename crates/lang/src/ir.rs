@@ -165,7 +165,7 @@ impl Pattern {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CondMatch {
     pub cond: Condition,
     /// `true` for a negated condition (`!(a < b)`).
@@ -173,7 +173,7 @@ pub struct CondMatch {
 }
 
 /// A signed 64-bit comparison.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Condition {
     pub op: CmpOp,
     pub lhs: Expr,
@@ -215,7 +215,7 @@ impl CmpOp {
 }
 
 /// A signed 64-bit, wrapping expression.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Expr {
     Const(i64),
     /// A packet field of at most 63 bits (zero-extended).

@@ -14,6 +14,20 @@ pub mod ir;
 pub mod print;
 pub mod syntax;
 
+/// The longest program text [`compile`] accepts, in bytes (4 MiB). The
+/// largest table the kernel can take is a small fraction of this; the bound
+/// keeps time and memory in proportion on any input.
+pub const MAX_SOURCE_BYTES: usize = 4 << 20;
+
+fn too_large() -> diag::Diagnostic {
+    diag::Diagnostic::error(
+        format!("program text is longer than {MAX_SOURCE_BYTES} bytes (4 MiB), the limit"),
+        0..0,
+        "program too large",
+    )
+    .with_help("is this the right file? A program's table fits in far fewer bytes")
+}
+
 /// A program that passed every check, with the warnings found on the way.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Compiled {
@@ -22,11 +36,16 @@ pub struct Compiled {
 }
 
 /// Parse and check. `Ok` if there is no error (warnings allowed); `Err`
-/// holds every error and warning found, in source order.
+/// holds every error and warning found, in source order, with repeats
+/// folded ([`diag::fold_repeats`]). A text over [`MAX_SOURCE_BYTES`] is
+/// refused unread.
 ///
 /// When parsing finds errors, the checker does not run: its messages about
 /// a half-read program would mostly be echoes of the syntax errors.
 pub fn compile(source: &str) -> Result<Compiled, Vec<diag::Diagnostic>> {
+    if source.len() > MAX_SOURCE_BYTES {
+        return Err(vec![too_large()]);
+    }
     let (file, mut diags) = syntax::parse(source);
     let program = if diags.iter().any(diag::Diagnostic::is_error) {
         None
@@ -36,6 +55,7 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<diag::Diagnostic>> {
         program
     };
     diags.sort_by_key(|d| d.span.start);
+    diag::fold_repeats(&mut diags);
     match program {
         Some(program) if !diags.iter().any(diag::Diagnostic::is_error) => Ok(Compiled {
             program,

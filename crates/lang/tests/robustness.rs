@@ -137,9 +137,23 @@ fn check_total(src: &str) {
                     d.span.start <= d.span.end && d.span.end <= src.len(),
                     "{d:?}"
                 );
-                let _ = d.line_col(src);
+                // Folded repeats point into the text too, and are counted.
+                assert!(d.repeat_spans.len() <= d.repeats as usize, "{d:?}");
+                for r in &d.repeat_spans {
+                    assert!(r.start <= r.end && r.end <= src.len(), "{d:?}");
+                }
             }
-            let _ = render(&diags, "f.fsm", src, false);
+            // Each diagnostic shows file:line:column and a caret.
+            let text = render(&diags, "f.fsm", src, false);
+            for d in &diags {
+                let (line, column) = d.line_col(src);
+                let place = format!("--> f.fsm:{line}:{column}");
+                assert!(text.contains(&place), "no {place} in\n{text}");
+            }
+            assert!(
+                text.matches('^').count() >= diags.len(),
+                "a caret per diagnostic:\n{text}"
+            );
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use flowstate_lang::diag::{render, Diagnostic};
+use flowstate_lang::diag::{render, Diagnostic, LineIndex};
 use flowstate_lang::ir::{FullPolicy, Program};
 use flowstate_lang::print;
 use serde_json::{json, Value};
@@ -48,11 +48,12 @@ pub fn run(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
                     eprint!("{}", render(warnings, &loaded.name, &loaded.source, color));
                 }
                 print!("{}", summary_text(program));
+                // Folded repeats count too.
+                let count: usize = warnings.iter().map(Diagnostic::count).sum();
                 println!(
-                    "{}: ok ({} warning{})",
+                    "{}: ok ({count} warning{})",
                     loaded.name,
-                    warnings.len(),
-                    if warnings.len() == 1 { "" } else { "s" }
+                    if count == 1 { "" } else { "s" }
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -78,10 +79,11 @@ pub fn run(path: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn diagnostics_json(diags: &[Diagnostic], file: &str, source: &str) -> Value {
+    let lines = LineIndex::new(source);
     Value::Array(
         diags
             .iter()
-            .map(|d| serde_json::to_value(d.to_json(file, source)).unwrap_or(Value::Null))
+            .map(|d| serde_json::to_value(d.to_json_at(file, &lines)).unwrap_or(Value::Null))
             .collect(),
     )
 }

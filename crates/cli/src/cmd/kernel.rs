@@ -63,6 +63,13 @@ pub enum HookArg {
     TcEgress,
 }
 
+impl KernelCommand {
+    /// `verify` loads into the kernel; `compile` and `disasm` do not.
+    pub fn touches_kernel(&self) -> bool {
+        matches!(self, KernelCommand::Verify { .. })
+    }
+}
+
 impl From<HookArg> for Hook {
     fn from(h: HookArg) -> Hook {
         match h {

@@ -12,6 +12,7 @@ use flowstate_interp::{Counter, Machine, Step};
 use flowstate_lang::ir::{Action, ControllerThen, Program};
 use serde_json::json;
 
+use crate::clobber::{refuse_same_files, Named};
 use crate::load::load_or_report;
 
 #[derive(clap::Args)]
@@ -68,6 +69,31 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let program = &loaded.compiled.program;
+    let outputs: Vec<Named<'_>> = [
+        ("--write-pass", &args.write_pass),
+        ("--write-drop", &args.write_drop),
+    ]
+    .into_iter()
+    .filter_map(|(what, path)| {
+        Some(Named {
+            what,
+            path: path.as_deref()?,
+        })
+    })
+    .collect();
+    refuse_same_files(
+        &[
+            Named {
+                what: "capture",
+                path: &args.capture,
+            },
+            Named {
+                what: "program",
+                path: &args.program,
+            },
+        ],
+        &outputs,
+    )?;
     let reader = CaptureReader::open(&args.capture)
         .with_context(|| format!("cannot replay {}", args.capture.display()))?;
     let mut pass_out = args

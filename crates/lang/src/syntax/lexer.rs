@@ -9,7 +9,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
-use crate::diag::Diagnostic;
+use crate::diag::{Collector, Diagnostic};
 
 pub type Span = Range<usize>;
 
@@ -126,10 +126,10 @@ pub fn lex(source: &str) -> (Vec<Token>, Vec<Diagnostic>) {
         bytes: source.as_bytes(),
         pos: 0,
         tokens: Vec::new(),
-        diags: Vec::new(),
+        diags: Collector::default(),
     };
     lexer.run();
-    (lexer.tokens, lexer.diags)
+    (lexer.tokens, lexer.diags.into_vec())
 }
 
 struct Lexer<'a> {
@@ -137,7 +137,7 @@ struct Lexer<'a> {
     bytes: &'a [u8],
     pos: usize,
     tokens: Vec<Token>,
-    diags: Vec<Diagnostic>,
+    diags: Collector,
 }
 
 fn is_word_byte(b: u8) -> bool {

@@ -6,9 +6,13 @@
 //! capped at [`MAX_NESTING`] so that no input can exhaust the stack here
 //! or in the passes that walk the tree.
 
+// A syntax error is a whole `Diagnostic` (with its fold count and places);
+// errors are rare and the parser is not a hot path, so no boxing.
+#![allow(clippy::result_large_err)]
+
 use super::ast::*;
 use super::lexer::{LitKind, Span, Tok, Token};
-use crate::diag::Diagnostic;
+use crate::diag::{Collector, Diagnostic};
 use crate::ir::{BinOp, CmpOp, ControllerThen};
 
 /// Deepest expression tree (or negation chain) accepted.
@@ -25,16 +29,16 @@ pub fn parse_tokens(tokens: Vec<Token>) -> (File, Vec<Diagnostic>) {
     let mut p = Parser {
         tokens,
         pos: 0,
-        diags: Vec::new(),
+        diags: Collector::default(),
     };
     let file = p.file();
-    (file, p.diags)
+    (file, p.diags.into_vec())
 }
 
 struct Parser {
     tokens: Vec<Token>,
     pos: usize,
-    diags: Vec<Diagnostic>,
+    diags: Collector,
 }
 
 /// A parsed expression and the depth of its tree.
@@ -778,6 +782,15 @@ fn too_deep(span: Span) -> Diagnostic {
     .with_help("split the expression, or name parts of it with `const`")
 }
 
+/// Names listed in a "did you mean" help; a longer list is cut short.
+const LISTED_CHOICES: usize = 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Names compared by [`suggest_help`] on this thread (tests count them).
+    pub(crate) static NAMES_COMPARED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// "did you mean `x`? valid KIND: a, b, c" for a misspelt name.
 pub(crate) fn suggest_help<'a>(
     name: &str,
@@ -785,16 +798,22 @@ pub(crate) fn suggest_help<'a>(
     kind: &str,
 ) -> String {
     let choices: Vec<&str> = choices.into_iter().collect();
+    #[cfg(test)]
+    NAMES_COMPARED.with(|n| n.set(n.get() + choices.len()));
     let closest = choices
         .iter()
         .map(|c| (strsim::jaro_winkler(name, c), *c))
         .filter(|(score, _)| *score > 0.7)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c);
-    let list = if choices.is_empty() {
-        "none declared".to_string()
-    } else {
-        choices.join(", ")
+    let list = match choices.len() {
+        0 => "none declared".to_string(),
+        n if n <= LISTED_CHOICES => choices.join(", "),
+        n => format!(
+            "{}, and {} more",
+            choices[..LISTED_CHOICES].join(", "),
+            n - LISTED_CHOICES
+        ),
     };
     match closest {
         Some(c) => format!("did you mean `{c}`? {kind}: {list}"),
