@@ -555,3 +555,63 @@ fn a_command_waits_for_the_lock_or_gives_up_clearly() {
     assert_eq!(lab.listed(&name).unwrap()["reloads"], 1);
     assert_consistent(&mut lab, &name, &hash(V1), "after waiting");
 }
+
+/// Regression: a migrating reload killed after its handoff swap, whose
+/// interface then went away (its namespace deleted), could not be
+/// repaired: the repair's link swap failed with "Link has been severed",
+/// and `stop`, which repairs first, failed the same way, so the instance
+/// stayed listed for good. A severed link has no traffic to hand over: the
+/// repair finishes without it and `stop` removes everything.
+#[test]
+fn an_interrupted_reload_on_a_vanished_interface_can_be_stopped() {
+    let _serial = one_at_a_time();
+    if skip("an_interrupted_reload_on_a_vanished_interface_can_be_stopped") {
+        return;
+    }
+    let mut lab = Lab::new("crgone");
+    let v1 = lab.write("v1.fsm", V1);
+    let v3 = lab.write("v3.fsm", &v3());
+    let name = unique("gone");
+    let _stop = Stop(env!("CARGO_BIN_EXE_flowstate").into(), name.clone());
+    start(&mut lab, &v1, &name);
+    lab.count_through(&name, 2);
+    lab.killed_at(
+        &["reload", &name, v3.to_str().unwrap()],
+        "FLOWSTATE_TEST_CRASH_AT",
+        "reload:bridge",
+        libc::SIGKILL,
+    );
+    // The namespaces go, and the interface with them.
+    drop(lab);
+    let flowstate = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_flowstate"))
+            .args(args)
+            .env_remove("FLOWSTATE_TEST_CRASH_AT")
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = String::from_utf8_lossy(&flowstate(&["list", "--json"]).stdout).into_owned();
+        if !listed.contains(&name) || listed.contains("gone") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the interface of {name} never went: {listed}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = flowstate(&["stop", &name]);
+    assert!(
+        out.status.success(),
+        "stop: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pin_dir(&name).exists(), "pins of {name} left behind");
+    for leftover in ["json", "journal"] {
+        let path = meta_dir().join(format!("{name}.{leftover}"));
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+}

@@ -306,6 +306,25 @@ impl LoadedObject {
 /// Puts the program pinned at `prog_pin` on the link pinned at
 /// `link_pin` (`bpf_link_update`, atomic like [`LoadedObject::replace`]).
 pub(crate) fn replace_with_pinned(link_pin: &Path, prog_pin: &Path) -> Result<(), ControlError> {
+    link_update(link_pin, prog_pin)?.map_err(|e| ControlError::kernel("bpf_link_update", e))
+}
+
+/// [`replace_with_pinned`], except that a link the kernel has severed
+/// (its interface is gone: `ENOLINK`) is `Ok(false)`, not an error.
+pub(crate) fn replace_with_pinned_unless_severed(
+    link_pin: &Path,
+    prog_pin: &Path,
+) -> Result<bool, ControlError> {
+    match link_update(link_pin, prog_pin)? {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => Ok(false),
+        Err(e) => Err(ControlError::kernel("bpf_link_update", e)),
+    }
+}
+
+/// `BPF_LINK_UPDATE` of the pinned link to the pinned program: the outer
+/// error is opening the pins, the inner one the update itself.
+fn link_update(link_pin: &Path, prog_pin: &Path) -> Result<std::io::Result<()>, ControlError> {
     let link = obj_get(link_pin)?;
     let prog = obj_get(prog_pin)?;
     #[repr(C)]
@@ -322,9 +341,7 @@ pub(crate) fn replace_with_pinned(link_pin: &Path, prog_pin: &Path) -> Result<()
         flags: 0,
         old_prog_fd: 0,
     };
-    bpf(BPF_LINK_UPDATE, &attr)
-        .map(drop)
-        .map_err(|e| ControlError::kernel("bpf_link_update", e))
+    Ok(bpf(BPF_LINK_UPDATE, &attr).map(drop))
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;

@@ -380,6 +380,8 @@ fn roll_forward(
     let pin_dir = paths::pin_dir(name);
     let maps_dir = pin_dir.join("maps");
     let link = pin_dir.join("link");
+    // A repair runs without a journal of its own (it finishes another's).
+    let repairing = journal.is_none();
     let steps = journal::RELOAD_STEPS;
     let begin = steps.iter().position(|s| *s == from).unwrap_or(0);
     for step in &steps[begin..] {
@@ -391,7 +393,7 @@ fn roll_forward(
                 // No packet of the program replaced at `swap` is still
                 // running: those of the handoff build know about moves.
                 kernel::wait_for_running_programs();
-                kernel::replace_with_pinned(&link, &stage.bridge_pin)?;
+                swap_link(&link, &stage.bridge_pin, repairing)?;
             }
             ("sweep", Some(stage)) => {
                 // The handoff build has stopped: the bridge stops
@@ -412,7 +414,7 @@ fn roll_forward(
                 tally.lost = (counts.lost + counts.conflicts) as usize;
             }
             ("final-swap", Some(_)) => {
-                kernel::replace_with_pinned(&link, &plan.prog_staged)?;
+                swap_link(&link, &plan.prog_staged, repairing)?;
             }
             ("rename", _) => {
                 for (staged, current) in &plan.renames {
@@ -446,6 +448,19 @@ fn roll_forward(
         }
     }
     Ok(())
+}
+
+/// Puts the pinned program on the link. When repairing, a link the kernel
+/// has severed (its interface is gone, `ENOLINK`) runs nothing and has no
+/// traffic to hand over: the swap is skipped and the rest of the reload
+/// (maps, pins, metadata) still completes, so that `stop` can then remove
+/// the instance. A reload in progress reports it instead.
+fn swap_link(link: &Path, prog: &Path, repairing: bool) -> Result<(), ControlError> {
+    if repairing {
+        kernel::replace_with_pinned_unless_severed(link, prog).map(drop)
+    } else {
+        kernel::replace_with_pinned(link, prog)
+    }
 }
 
 /// Finishes or undoes an interrupted reload: undone when the link runs the
