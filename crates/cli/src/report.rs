@@ -29,7 +29,7 @@ pub fn describe(err: &anyhow::Error, touches_kernel: bool) -> String {
 /// Not everything a refusal looks like keeps its errno (aya's "`BPF_OBJ_GET`
 /// failed" does not say why), so a kernel command that fails for a user
 /// other than root gets the hint whatever the error.
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

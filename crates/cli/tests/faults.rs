@@ -445,7 +445,8 @@ fn control_commands_without_root_say_they_need_root() {
 
     let program = path.to_str().unwrap();
     // (`repair` with nothing to repair rightly succeeds.)
-    let commands: [&[&str]; 8] = [
+    let commands: [&[&str]; 9] = [
+        &["list"],
         &["flows", &name],
         &["stats", &name],
         &["globals", &name],

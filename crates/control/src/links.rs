@@ -124,6 +124,22 @@ fn open_by_id(id: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Opens link `id`, or `None` when it is gone. A link still being made
+/// (by another process, at this instant) answers `EAGAIN` until it is
+/// settled: asked again a few times, then passed over as not ours (a
+/// program is attached by its own command, which holds the instance lock).
+fn open_by_id_settled(id: u32) -> io::Result<Option<OwnedFd>> {
+    for _ in 0..100 {
+        match open_by_id(id) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => std::thread::yield_now(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// Every link in the kernel that runs program `prog_id`, open.
 pub(crate) fn links_running(prog_id: u32) -> io::Result<Vec<(OwnedFd, LinkState)>> {
     let mut found = Vec::new();
@@ -138,10 +154,10 @@ pub(crate) fn links_running(prog_id: u32) -> io::Result<Vec<(OwnedFd, LinkState)
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(found),
             Err(e) => return Err(e),
         }
-        let fd = match open_by_id(id) {
-            Ok(fd) => fd,
-            // Freed between the two calls.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+        let fd = match open_by_id_settled(id) {
+            Ok(Some(fd)) => fd,
+            // Freed between the two calls, or still being made.
+            Ok(None) => continue,
             Err(e) => return Err(e),
         };
         let state = state_of(std_fd(&fd))?;

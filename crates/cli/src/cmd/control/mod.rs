@@ -382,7 +382,11 @@ fn repaired_for_reading(name: &str) -> anyhow::Result<()> {
 }
 
 fn list(json: bool) -> anyhow::Result<ExitCode> {
-    // Repairs need root; a user who cannot repair still gets the listing.
+    // Metadata is root's alone (0600): another user would see pins
+    // without metadata and be told to stop healthy instances.
+    if !crate::report::is_root() {
+        anyhow::bail!("cannot list instances: their metadata is readable by root only");
+    }
     if let Ok(repaired) = flowstate_control::repair_all() {
         for r in repaired {
             eprintln!("{r}");
