@@ -39,15 +39,7 @@ fn new_text() -> String {
 }
 
 fn skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let reason = if unsafe { libc::geteuid() } != 0 {
-        Some("needs root (CAP_BPF, CAP_NET_ADMIN)".to_string())
-    } else {
-        flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
-            .err()
-            .map(|e| format!("no bpffs: {e}"))
-    };
-    flowstate_testkit::skip_if(test, reason)
+    flowstate_testkit::skip_if(test, flowstate_runtime::kernel_unavailable())
 }
 
 fn program(source: &str) -> Program {

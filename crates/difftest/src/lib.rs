@@ -802,16 +802,7 @@ impl FailureKind {
     }
 }
 
-/// Why kernel tests cannot run here, if they cannot: not root, or no bpffs.
-pub fn kernel_unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (CAP_BPF, CAP_NET_ADMIN)".to_string());
-    }
-    flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
-        .err()
-        .map(|e| format!("no bpffs: {e}"))
-}
+pub use flowstate_runtime::kernel_unavailable;
 
 /// `true` (after printing `SKIP <test>: <reason>`) when kernel tests cannot
 /// run here.

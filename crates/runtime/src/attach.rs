@@ -24,6 +24,18 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+/// Why programs cannot be loaded here, if they cannot: not root, or no
+/// bpffs. Kernel tests skip (through flowstate-testkit) with this reason.
+pub fn kernel_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (CAP_BPF, CAP_NET_ADMIN)".to_string());
+    }
+    ensure_bpffs(BPFFS_ROOT)
+        .err()
+        .map(|e| format!("no bpffs: {e}"))
+}
+
 /// Mounts bpffs at `path` unless one is already mounted there.
 pub fn ensure_bpffs(path: impl AsRef<Path>) -> Result<(), RuntimeError> {
     let path = path.as_ref();

@@ -22,7 +22,9 @@ use std::path::Path;
 use aya::programs::{Program, ProgramError, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
-pub use attach::{ensure_bpffs, tcx_programs, ProgramLink, TcDirection, BPFFS_ROOT};
+pub use attach::{
+    ensure_bpffs, kernel_unavailable, tcx_programs, ProgramLink, TcDirection, BPFFS_ROOT,
+};
 pub use aya::programs::XdpMode;
 pub use aya::VerifierLogLevel;
 pub use map::{Entry, RawMap, UpdateMode};
