@@ -12,6 +12,7 @@
 
 mod attach;
 mod map;
+mod probe;
 mod query;
 mod raw_program;
 mod sys;
@@ -26,6 +27,7 @@ pub use attach::{ensure_bpffs, tcx_programs, ProgramLink, TcDirection, BPFFS_ROO
 pub use aya::programs::XdpMode;
 pub use aya::VerifierLogLevel;
 pub use map::{Entry, RawMap, UpdateMode};
+pub use probe::{kernel_features, Feature, KernelFeatures, Presence};
 pub use query::program_loaded;
 pub use raw_program::RawProgram;
 
