@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use flowstate_runtime::{kernel_features, KernelFeatures, Presence};
+use flowstate_runtime::{kernel_features, Feature, KernelFeatures, Presence};
 use serde_json::{json, Value};
 
 pub fn run(as_json: bool) -> anyhow::Result<ExitCode> {
@@ -70,4 +70,65 @@ fn to_json(features: &KernelFeatures) -> Value {
         "version": features.version.map(|(major, minor)| format!("{major}.{minor}")),
         "features": list,
     })
+}
+
+/// The kernel features a compiled program's instructions need, read from
+/// its listing (the disassembler's mnemonics): `may_goto`, `gotol`, and
+/// the signed `s/=` / `s%=`.
+pub fn needed_features(listing: &str) -> Vec<Feature> {
+    let uses = |mnemonic: &str| {
+        listing
+            .lines()
+            .any(|line| line.split_whitespace().any(|word| word == mnemonic))
+    };
+    let mut needed = Vec::new();
+    if uses("may_goto") {
+        needed.push(Feature::MayGoto);
+    }
+    if uses("gotol") {
+        needed.push(Feature::Gotol);
+    }
+    if uses("s/=") || uses("s%=") {
+        needed.push(Feature::SignedDivision);
+    }
+    needed
+}
+
+/// Why this kernel cannot take a program with `listing`, said before
+/// loading it (a verifier dump about an unknown opcode says none of it);
+/// `None` when the kernel has, or may have, all it needs.
+pub fn missing_features(listing: &str) -> Option<String> {
+    let features = kernel_features();
+    let missing: Vec<String> = needed_features(listing)
+        .into_iter()
+        .filter(|f| matches!(features.get(*f), Presence::Absent { .. }))
+        .map(|f| format!("{} (Linux {})", f.name(), f.since()))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "this program needs {} and this kernel ({}) does not have {}; \
+         run it on a newer kernel (`flowstate probe` lists what this one has; docs/kernels.md)",
+        missing.join(", "),
+        features.release,
+        if missing.len() == 1 { "it" } else { "them" }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needs_are_read_from_the_mnemonics() {
+        let listing = "  0: b7 00 00 00 02 00 00 00  r0 = 0x2\n  \
+                       1: e5 00 01 00 00 00 00 00  may_goto +0x1\n  \
+                       2: 3f 10 01 00 00 00 00 00  r0 s/= r1\n";
+        assert_eq!(
+            needed_features(listing),
+            vec![Feature::MayGoto, Feature::SignedDivision]
+        );
+        assert!(needed_features("  0: 95 00 00 00 00 00 00 00  exit\n").is_empty());
+    }
 }
