@@ -342,8 +342,16 @@ fn may_goto_program() -> Vec<u64> {
 }
 
 fn gotol_program() -> Vec<u64> {
-    // BPF_JMP32 | BPF_JA: the offset is in imm (0: the next instruction).
-    vec![mov_imm(R0, XDP_PASS), insn(0x06, 0, 0, 0, 0), exit()]
+    // BPF_JMP32 | BPF_JA: the offset is in imm. A nonzero one, since an
+    // older kernel reads a zero-offset gotol as a plain `goto +0`; the
+    // conditional jump keeps every instruction reachable.
+    vec![
+        mov_imm(R0, XDP_PASS),
+        insn(0x15, R0, 0, 1, 3), // if r0 == 3 goto +1
+        insn(0x06, 0, 0, 0, 1),  // gotol +1
+        mov_imm(R0, XDP_PASS),
+        exit(),
+    ]
 }
 
 fn signed_division_program() -> Vec<u64> {
