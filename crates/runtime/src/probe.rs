@@ -218,7 +218,7 @@ impl KernelFeatures {
         KernelFeatures {
             may_goto,
             timed_may_goto,
-            gotol: probe_program(PROG_TYPE_XDP, &gotol_program()),
+            gotol: probe_by_running(&gotol_program()),
             signed_division: probe_program(PROG_TYPE_XDP, &signed_division_program()),
             cmpxchg_stack: probe_program(PROG_TYPE_XDP, &cmpxchg_stack_program()),
             cmpxchg_map_value: probe_cmpxchg_map_value(),
@@ -342,16 +342,42 @@ fn may_goto_program() -> Vec<u64> {
 }
 
 fn gotol_program() -> Vec<u64> {
-    // BPF_JMP32 | BPF_JA: the offset is in imm. A nonzero one, since an
-    // older kernel reads a zero-offset gotol as a plain `goto +0`; the
-    // conditional jump keeps every instruction reachable.
+    // BPF_JMP32 | BPF_JA: the offset is in imm. Some kernels without it
+    // (Debian's 6.1) accept the instruction and ignore imm, jumping +0:
+    // the program returns XDP_PASS only when gotol really jumps.
     vec![
         mov_imm(R0, XDP_PASS),
-        insn(0x15, R0, 0, 1, 3), // if r0 == 3 goto +1
+        insn(0x15, R0, 0, 1, 3), // if r0 == 3 goto +1 (keeps slot 3 reachable)
         insn(0x06, 0, 0, 0, 1),  // gotol +1
-        mov_imm(R0, XDP_PASS),
+        mov_imm(R0, XDP_DROP),
         exit(),
     ]
+}
+
+/// Loads `program` and runs it once on a small frame: present when it
+/// returns XDP_PASS.
+fn probe_by_running(program: &[u64]) -> Presence {
+    let prog = match load(PROG_TYPE_XDP, program) {
+        Ok(prog) => prog,
+        Err(p) => return p,
+    };
+    let frame = [0u8; 64];
+    let mut attr = TestRunAttr {
+        prog_fd: std::os::fd::AsRawFd::as_raw_fd(&prog) as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    match sys::bpf(BPF_PROG_TEST_RUN, &mut attr) {
+        Ok(_) if attr.retval == XDP_PASS as u32 => Presence::Present,
+        Ok(_) => Presence::Absent {
+            reason: "accepted, but the jump did not go where its offset says".into(),
+        },
+        Err(e) => Presence::Unknown {
+            error: format!("test run: {e}"),
+        },
+    }
 }
 
 fn signed_division_program() -> Vec<u64> {
