@@ -496,12 +496,19 @@ struct TestRunAttr {
 // SAFETY: as above.
 unsafe impl BpfAttr for TestRunAttr {}
 
-/// A permission problem says nothing about the kernel; anything else the
-/// kernel answered to a well-formed request means it lacks the feature.
+/// A permission problem says nothing about the kernel unless we are root;
+/// the refusals below, to a well-formed request, mean it lacks the feature.
 fn refused(error: io::Error, reason: impl FnOnce() -> String) -> Presence {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
     match error.raw_os_error() {
-        Some(libc::EPERM) => Presence::Unknown {
+        Some(libc::EPERM) if !root => Presence::Unknown {
             error: format!("{error}: probing needs root (CAP_BPF, CAP_NET_ADMIN)"),
+        },
+        // Refused to root: this kernel (or a policy on it) does not allow
+        // it, which for flowstate is the same as not having it.
+        Some(libc::EPERM) => Presence::Absent {
+            reason: format!("{}: refused although root", reason()),
         },
         Some(libc::EINVAL | libc::EACCES | libc::E2BIG | libc::EOPNOTSUPP | 524) => {
             Presence::Absent { reason: reason() }
