@@ -98,7 +98,10 @@ pub fn needed_features(listing: &str) -> Vec<Feature> {
 /// loading it (a verifier dump about an unknown opcode says none of it);
 /// `None` when the kernel has, or may have, all it needs.
 pub fn missing_features(listing: &str) -> Option<String> {
-    let features = kernel_features();
+    missing_features_in(kernel_features(), listing)
+}
+
+fn missing_features_in(features: &KernelFeatures, listing: &str) -> Option<String> {
     let missing: Vec<String> = needed_features(listing)
         .into_iter()
         .filter(|f| matches!(features.get(*f), Presence::Absent { .. }))
