@@ -134,4 +134,46 @@ mod tests {
         );
         assert!(needed_features("  0: 95 00 00 00 00 00 00 00  exit\n").is_empty());
     }
+
+    fn kernel(may_goto: Presence) -> KernelFeatures {
+        let yes = || Presence::Present;
+        KernelFeatures {
+            release: "6.1.0-57-cloud-amd64".into(),
+            version: Some((6, 1)),
+            may_goto,
+            timed_may_goto: yes(),
+            gotol: yes(),
+            signed_division: yes(),
+            cmpxchg_stack: yes(),
+            cmpxchg_map_value: yes(),
+            bpf_loop: yes(),
+            ktime_get_coarse_ns: yes(),
+            ring_buffer: yes(),
+            lru_hash: yes(),
+            kernel_btf: yes(),
+            xdp_link: yes(),
+            tcx: yes(),
+            test_run_live_frames: yes(),
+        }
+    }
+
+    #[test]
+    fn a_kernel_without_may_goto_is_named_with_the_version_needed() {
+        let listing = " 242: may_goto +0x1 <244>\n";
+        let absent = Presence::Absent {
+            reason: "unknown opcode e5".into(),
+        };
+        let why = missing_features_in(&kernel(absent), listing).unwrap();
+        assert!(why.contains("may_goto (Linux 6.9)"), "{why}");
+        assert!(why.contains("6.1.0-57-cloud-amd64"), "{why}");
+        // Present, or unknown (no root): no claim, the loader decides.
+        assert_eq!(
+            missing_features_in(&kernel(Presence::Present), listing),
+            None
+        );
+        let unknown = Presence::Unknown {
+            error: "EPERM".into(),
+        };
+        assert_eq!(missing_features_in(&kernel(unknown), listing), None);
+    }
 }
