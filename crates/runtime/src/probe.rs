@@ -1,8 +1,9 @@
 //! What the running kernel can do, found by trying it: each feature is
 //! probed by loading a tiny program (the verifier refuses instructions and
-//! helpers it does not know), creating a map of the type, or making a call
-//! that fails differently when the kernel knows the command. Version
-//! numbers are not trusted for this (distributions backport features);
+//! helpers it does not know), running one (gotol: Debian's 6.1 accepts it
+//! and the run shows whether it jumps), creating a map of the type, or
+//! attaching. Version numbers are not trusted for this (distributions
+//! backport features);
 //! the one exception is timed `may_goto`, a JIT detail no load can see,
 //! inferred from the version and marked so.
 //!
