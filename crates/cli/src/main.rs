@@ -88,6 +88,17 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Show the running kernel's release and which eBPF features flowstate
+    /// uses it has (may_goto, TCX, cpu v4 instructions, ...).
+    ///
+    /// Each feature is found by trying it (loading a tiny program, creating
+    /// a map), not from the version number. Needs root (CAP_BPF); without
+    /// it features show as unknown.
+    Probe {
+        /// Print the release and features as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     #[command(flatten)]
     Kernel(cmd::kernel::KernelCommand),
     #[command(flatten)]
@@ -146,6 +157,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             seed,
         } => cmd::synth::run(kind, packets, flows, seed, &output),
         Command::Demo(args) => cmd::demo::run(&args),
+        Command::Probe { json } => cmd::probe::run(json),
         Command::Kernel(c) => cmd::kernel::run(c),
         Command::Control(c) => cmd::control::run(c),
     }

@@ -12,6 +12,7 @@
 
 mod attach;
 mod map;
+mod probe;
 mod query;
 mod raw_program;
 mod sys;
@@ -28,6 +29,7 @@ pub use attach::{
 pub use aya::programs::XdpMode;
 pub use aya::VerifierLogLevel;
 pub use map::{Entry, RawMap, UpdateMode};
+pub use probe::{kernel_features, Feature, KernelFeatures, Presence};
 pub use query::program_loaded;
 pub use raw_program::RawProgram;
 

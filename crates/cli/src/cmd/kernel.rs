@@ -154,6 +154,16 @@ fn verify(path: &Path, hook: Option<HookArg>, as_json: bool) -> anyhow::Result<E
     let Some((_, output)) = build(path, hook)? else {
         return Ok(ExitCode::from(1));
     };
+    // A kernel too old for the program is said plainly, not as a dump.
+    if let Some(why) = super::probe::missing_features(&output.listing) {
+        if as_json {
+            let j = json!({ "accepted": false, "error": why });
+            println!("{}", serde_json::to_string_pretty(&j)?);
+        } else {
+            eprintln!("{}: {why}", path.display());
+        }
+        return Ok(ExitCode::from(1));
+    }
     match flowstate_runtime::load(&output.object, &LoadOptions::default()) {
         Ok(loaded) => {
             let stats = loaded.stats(&output.program_name)?;

@@ -323,6 +323,10 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         other => other,
     };
+    // A kernel too old for the program is said plainly, not as a dump.
+    if let Some(why) = crate::cmd::probe::missing_features_for_file(&args.program) {
+        anyhow::bail!("{}: {why}; nothing was attached", args.program.display());
+    }
     let spec = RunSpec {
         program_path: args.program.clone(),
         dev: args.dev.clone(),
