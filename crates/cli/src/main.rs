@@ -130,7 +130,7 @@ impl Command {
     /// programs, reads pinned maps), so that EPERM means "run as root".
     fn touches_kernel(&self) -> bool {
         match self {
-            Command::Demo(_) | Command::Control(_) => true,
+            Command::Demo(_) | Command::Control(_) | Command::Probe { .. } => true,
             Command::Kernel(c) => c.touches_kernel(),
             Command::Check { .. }
             | Command::Replay(_)
