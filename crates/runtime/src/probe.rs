@@ -18,13 +18,11 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
-use crate::sys::{self, BpfAttr};
+use crate::sys::{self, BpfAttr, ProgLoadAttr, TestRunAttr, BPF_PROG_LOAD, BPF_PROG_TEST_RUN};
 
 // `enum bpf_cmd`, `enum bpf_prog_type`, `enum bpf_map_type`,
 // `enum bpf_attach_type` in include/uapi/linux/bpf.h.
 const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const PROG_TYPE_SCHED_CLS: u32 = 3;
 const PROG_TYPE_XDP: u32 = 6;
@@ -441,26 +439,6 @@ struct MapCreateAttr {
 // SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
 unsafe impl BpfAttr for MapCreateAttr {}
 
-/// `BPF_PROG_LOAD`, up to `expected_attach_type`.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-// SAFETY: as above.
-unsafe impl BpfAttr for ProgLoadAttr {}
-
 /// `BPF_LINK_CREATE`, the fields common to every link type.
 #[repr(C)]
 #[derive(Default)]
@@ -472,30 +450,6 @@ struct LinkCreateAttr {
 }
 // SAFETY: as above.
 unsafe impl BpfAttr for LinkCreateAttr {}
-
-/// `BPF_PROG_TEST_RUN`, up to `batch_size`.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-// SAFETY: as above.
-unsafe impl BpfAttr for TestRunAttr {}
 
 /// A permission problem says nothing about the kernel unless we are root;
 /// the refusals below, to a well-formed request, mean it lacks the feature.

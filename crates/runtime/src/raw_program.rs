@@ -8,13 +8,11 @@
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
-use crate::sys::{self, BpfAttr};
+use crate::sys::{self, BpfAttr, ProgLoadAttr, TestRunAttr, BPF_PROG_LOAD, BPF_PROG_TEST_RUN};
 use crate::{RawMap, RuntimeError, TestRunResult};
 
 // `enum bpf_cmd`, `enum bpf_prog_type`.
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `BPF_LD | BPF_DW | BPF_IMM`, the first slot of a map load.
 const LD_IMM64: u8 = 0x18;
@@ -28,28 +26,6 @@ const FAILURE_LOG_BYTES: usize = 4 << 20;
 /// Room for a program to grow the packet in a test run.
 const DATA_OUT_SLACK: usize = 256;
 
-/// The `BPF_PROG_LOAD` member of `union bpf_attr`, up to
-/// `expected_attach_type`.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-// SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
-unsafe impl BpfAttr for ProgLoadAttr {}
-
 /// The `BPF_OBJ_GET` member of `union bpf_attr`, up to `file_flags`.
 #[repr(C)]
 #[derive(Default)]
@@ -61,31 +37,6 @@ struct ObjGetAttr {
 
 // SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
 unsafe impl BpfAttr for ObjGetAttr {}
-
-/// The `BPF_PROG_TEST_RUN` member of `union bpf_attr`, up to `batch_size`.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-// SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
-unsafe impl BpfAttr for TestRunAttr {}
 
 /// An XDP program loaded from instructions; `Send + Sync`, so threads
 /// can share it and test-run it at once.

@@ -12,6 +12,8 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+pub(crate) const BPF_PROG_LOAD: libc::c_long = 5;
+pub(crate) const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 /// The `bpf_attr` member used by the map element commands.
 #[repr(C)]
@@ -35,6 +37,53 @@ pub(crate) unsafe trait BpfAttr {}
 
 // SAFETY: the layout of the map element commands' member.
 unsafe impl BpfAttr for MapElemAttr {}
+
+/// The `BPF_PROG_LOAD` member of `union bpf_attr`, up to
+/// `expected_attach_type`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct ProgLoadAttr {
+    pub(crate) prog_type: u32,
+    pub(crate) insn_cnt: u32,
+    pub(crate) insns: u64,
+    pub(crate) license: u64,
+    pub(crate) log_level: u32,
+    pub(crate) log_size: u32,
+    pub(crate) log_buf: u64,
+    pub(crate) kern_version: u32,
+    pub(crate) prog_flags: u32,
+    pub(crate) prog_name: [u8; 16],
+    pub(crate) prog_ifindex: u32,
+    pub(crate) expected_attach_type: u32,
+}
+
+// SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
+unsafe impl BpfAttr for ProgLoadAttr {}
+
+/// The `BPF_PROG_TEST_RUN` member of `union bpf_attr`, up to `batch_size`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct TestRunAttr {
+    pub(crate) prog_fd: u32,
+    pub(crate) retval: u32,
+    pub(crate) data_size_in: u32,
+    pub(crate) data_size_out: u32,
+    pub(crate) data_in: u64,
+    pub(crate) data_out: u64,
+    pub(crate) repeat: u32,
+    pub(crate) duration: u32,
+    pub(crate) ctx_size_in: u32,
+    pub(crate) ctx_size_out: u32,
+    pub(crate) ctx_in: u64,
+    pub(crate) ctx_out: u64,
+    pub(crate) flags: u32,
+    pub(crate) cpu: u32,
+    pub(crate) batch_size: u32,
+    pub(crate) _pad: u32,
+}
+
+// SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
+unsafe impl BpfAttr for TestRunAttr {}
 
 /// The single syscall entry point. `attr` must be the `bpf_attr` layout
 /// for `cmd`, with any pointers in it valid for the call. Returns the
