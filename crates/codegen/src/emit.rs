@@ -585,17 +585,7 @@ impl<'a> Emitter<'a> {
             Missing::Placeholder(taken) => {
                 self.asm
                     .annotate("missing: insert a held placeholder, then hold it");
-                self.call(Helper::GET_PRANDOM_U32);
-                self.emit(Insn::or64(R0, 1));
-                self.emit(Insn::stx(Size::W, R10, R0, frame.view_at(LOCK_OFFSET)));
-                self.emit(Insn::st(
-                    Size::W,
-                    R10,
-                    frame.view_at(STATE_OFFSET),
-                    PLACEHOLDER_STATE,
-                ));
-                self.store_stack(frame.view_at(layout::CREATED_OFFSET), NOW);
-                self.store_stack(frame.view_at(layout::LAST_SEEN_OFFSET), NOW);
+                self.held_view(PLACEHOLDER_STATE);
                 self.asm.ld_map_fd(R1, map);
                 self.stack_ptr(R2, key);
                 self.stack_ptr(R3, frame.view);
@@ -625,6 +615,19 @@ impl<'a> Emitter<'a> {
         self.budget_spent(contention);
         self.goto(spin);
         self.asm.bind(locked);
+    }
+
+    /// Builds in the view an entry no one else may take: a random odd
+    /// lock word (held, and unlike any earlier life of the element), the
+    /// state word `state`, created and last seen now.
+    pub(crate) fn held_view(&mut self, state: i32) {
+        let frame = self.frame;
+        self.call(Helper::GET_PRANDOM_U32);
+        self.emit(Insn::or64(R0, 1));
+        self.emit(Insn::stx(Size::W, R10, R0, frame.view_at(LOCK_OFFSET)));
+        self.emit(Insn::st(Size::W, R10, frame.view_at(STATE_OFFSET), state));
+        self.store_stack(frame.view_at(layout::CREATED_OFFSET), NOW);
+        self.store_stack(frame.view_at(layout::LAST_SEEN_OFFSET), NOW);
     }
 
     /// Gives back a lock word taken from the `seq` slot's number (odd

@@ -5,7 +5,7 @@
 use flowstate_asm::{AtomicOp, Helper, Insn, JmpOp, Label, MapRef, Size};
 
 use super::{Emitter, Missing, BPF_NOEXIST, EEXIST, ENTRY, MAPS, NOW};
-use crate::layout::{self, LOCK_OFFSET, REGISTERS_OFFSET, STATE_OFFSET};
+use crate::layout::{self, REGISTERS_OFFSET, STATE_OFFSET};
 use crate::migrate::{
     Conversion, RegisterSource, MIGRATION_CONTROL, MIGRATION_COUNTS, MIGRATION_OFFSETS,
 };
@@ -144,17 +144,7 @@ impl Emitter<'_> {
                 MIGRATION_OFFSETS.drained as i16,
             ));
             self.jmp(JmpOp::Ne, R1, 0, done);
-            self.call(Helper::GET_PRANDOM_U32);
-            self.emit(Insn::or64(R0, 1));
-            self.emit(Insn::stx(Size::W, R10, R0, frame.view_at(LOCK_OFFSET)));
-            self.emit(Insn::st(
-                Size::W,
-                R10,
-                frame.view_at(STATE_OFFSET),
-                MOVED_STATE,
-            ));
-            self.store_stack(frame.view_at(layout::CREATED_OFFSET), NOW);
-            self.store_stack(frame.view_at(layout::LAST_SEEN_OFFSET), NOW);
+            self.held_view(MOVED_STATE);
             for i in 0..conversion.old_registers {
                 self.emit(Insn::st(
                     Size::DW,
