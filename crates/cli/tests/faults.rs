@@ -110,6 +110,42 @@ fn check_of_an_endless_file_stops_at_the_size_limit() {
     assert!(out.stdout.is_empty());
 }
 
+/// Every command that reads a program stops at the limit: `run` (with
+/// and without `--xdp-mode`, which reads the program to learn its hook)
+/// read it unbounded before its kernel-feature check. The child gets a
+/// 1 GiB address-space limit, so an unbounded read fails fast instead of
+/// filling the machine's memory.
+#[test]
+fn run_of_an_endless_file_stops_at_the_size_limit() {
+    for extra in [&[][..], &["--xdp-mode", "generic"][..]] {
+        let mut command = flowstate();
+        command
+            .args(["run", "/dev/zero", "--dev", "lo"])
+            .args(extra);
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                let limit = libc::rlimit {
+                    rlim_cur: 1 << 30,
+                    rlim_max: 1 << 30,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = command.output().expect("flowstate runs");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("/dev/zero is larger than 4194304 bytes (4 MiB), the limit"),
+            "run {extra:?}: {:?} {stderr}",
+            out.status
+        );
+        assert_no_panic(&out);
+    }
+}
+
 #[test]
 fn check_of_a_file_that_is_not_text_says_so() {
     let dir = tempfile::tempdir().unwrap();

@@ -119,12 +119,11 @@ fn missing_features_in(features: &KernelFeatures, listing: &str) -> Option<Strin
     ))
 }
 
-/// [`missing_features`] for a program file, before `run` loads it. `None`
-/// also when the program does not compile here: `run` then reports that
-/// itself, with the diagnostics.
-pub fn missing_features_for_file(path: &std::path::Path) -> Option<String> {
-    let source = std::fs::read_to_string(path).ok()?;
-    let program = flowstate_lang::compile(&source).ok()?.program;
+/// [`missing_features`] for a program's text, before `run` loads it.
+/// `None` also when the program does not compile here: `run` then reports
+/// that itself, with the diagnostics.
+pub fn missing_features_for_source(source: &str) -> Option<String> {
+    let program = flowstate_lang::compile(source).ok()?.program;
     let output =
         flowstate_codegen::compile(&program, &flowstate_codegen::Options::default()).ok()?;
     missing_features(&output.listing)

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
 use flowstate_control::{AttachPoint, FlowsMigration, RunSpec, XdpMode};
 use serde_json::json;
@@ -302,6 +302,9 @@ pub fn run(command: ControlCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // Read once, within the size limit, for the checks below (the control
+    // crate reads it again, bounded too, to compile and keep a copy).
+    let source = crate::load::read_program(&args.program)?;
     let attach = args.hook.map(|hook| match hook {
         HookArg::Xdp => AttachPoint::Xdp {
             mode: xdp_mode(args.xdp_mode),
@@ -312,8 +315,6 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
     // `--xdp-mode` alone applies to a program whose own hook is XDP.
     let attach = match attach {
         None if !matches!(args.xdp_mode, XdpModeArg::Auto) => {
-            let source = std::fs::read_to_string(&args.program)
-                .with_context(|| format!("cannot read {}", args.program.display()))?;
             match flowstate_lang::compile(&source).map(|c| c.program.hook) {
                 Ok(flowstate_lang::ir::Hook::Xdp) => Some(AttachPoint::Xdp {
                     mode: xdp_mode(args.xdp_mode),
@@ -324,7 +325,7 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
         other => other,
     };
     // A kernel too old for the program is said plainly, not as a dump.
-    if let Some(why) = crate::cmd::probe::missing_features_for_file(&args.program) {
+    if let Some(why) = crate::cmd::probe::missing_features_for_source(&source) {
         anyhow::bail!("{}: {why}; nothing was attached", args.program.display());
     }
     let spec = RunSpec {
