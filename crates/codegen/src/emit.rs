@@ -1250,15 +1250,21 @@ impl<'a> Emitter<'a> {
         let frame = self.frame;
         self.asm.annotate("switch on the flow's state");
         self.emit(Insn::ldx(Size::W, R1, R10, frame.view_at(STATE_OFFSET)));
-        let labels: Vec<(u64, Label)> = self
+        let labels: Vec<(u64, u64, Label)> = self
             .lowered
             .branches
             .iter()
-            .map(|b| (u64::from(b.state.0), self.asm.new_label()))
+            .map(|b| {
+                (
+                    u64::from(b.state.0),
+                    u64::from(b.state.0),
+                    self.asm.new_label(),
+                )
+            })
             .collect();
         let no_match = self.no_match;
-        self.search(R1, &labels, no_match);
-        for (branch, (_, label)) in self.lowered.branches.iter().zip(labels) {
+        self.interval_search(R1, &labels, no_match, (0, u64::from(u32::MAX)));
+        for (branch, (_, _, label)) in self.lowered.branches.iter().zip(labels) {
             self.asm.bind(label);
             self.asm
                 .annotate(format!("state {}", self.program.state_name(branch.state)));
@@ -1275,24 +1281,6 @@ impl<'a> Emitter<'a> {
             self.row_run(&run);
             self.goto(no_match);
         }
-    }
-
-    /// Binary search of `reg` (unsigned) over sorted `cases`; `miss` when
-    /// no case equals it. Clobbers R5 for wide constants.
-    fn search(&mut self, reg: Reg, cases: &[(u64, Label)], miss: Label) {
-        if cases.len() <= 4 {
-            for &(value, label) in cases {
-                self.jmp_const(JmpOp::Eq, reg, value, label, R5);
-            }
-            self.goto(miss);
-            return;
-        }
-        let mid = cases.len() / 2;
-        let upper = self.label();
-        self.jmp_const(JmpOp::Gt, reg, cases[mid - 1].0, upper, R5);
-        self.search(reg, &cases[..mid], miss);
-        self.asm.bind(upper);
-        self.search(reg, &cases[mid..], miss);
     }
 
     /// Binary search of `reg` (unsigned) over sorted, disjoint `cases`
@@ -1634,8 +1622,15 @@ impl<'a> Emitter<'a> {
                     }
                     self.goto(fail);
                 } else {
-                    let cases: Vec<(u64, Label)> = values.iter().map(|v| (lo(*v), ok)).collect();
-                    self.search(R1, &cases, fail);
+                    // Sorted members; consecutive ones make one interval.
+                    let mut cases: Vec<(u64, u64, Label)> = Vec::new();
+                    for v in values.iter().map(|v| lo(*v)) {
+                        match cases.last_mut() {
+                            Some((_, hi, _)) if hi.checked_add(1) == Some(v) => *hi = v,
+                            _ => cases.push((v, v, ok)),
+                        }
+                    }
+                    self.interval_search(R1, &cases, fail, (0, u64::MAX));
                 }
                 self.asm.bind(ok);
             }
