@@ -335,57 +335,21 @@ fn link_update(link_pin: &Path, prog_pin: &Path) -> Result<std::io::Result<()>, 
         old_prog_fd: u32,
     }
     use std::os::fd::AsRawFd;
-    let attr = LinkUpdate {
+    let mut attr = LinkUpdate {
         link_fd: link.as_raw_fd() as u32,
         new_prog_fd: prog.as_raw_fd() as u32,
         flags: 0,
         old_prog_fd: 0,
     };
-    Ok(bpf(BPF_LINK_UPDATE, &attr).map(drop))
+    Ok(crate::links::bpf(BPF_LINK_UPDATE, &mut attr).map(drop))
 }
 
-const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
-
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid, initialised `union bpf_attr` prefix for
-    // `cmd`, and its size is passed along.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const T,
-            std::mem::size_of::<T>(),
-        )
-    };
-    if ret < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 /// Opens a pinned object.
 fn obj_get(path: &Path) -> Result<std::os::fd::OwnedFd, ControlError> {
-    use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))?;
-    let attr = ObjGet {
-        pathname: c_path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
-    let fd = bpf(BPF_OBJ_GET, &attr)
-        .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))?;
-    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    crate::links::obj_get(path)
+        .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))
 }
 
 /// Waits until no program run that started before the call can still be

@@ -40,7 +40,9 @@ impl LinkState {
     }
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+/// The control crate's one `bpf(2)` entry point: `attr` must be the
+/// `union bpf_attr` prefix for `cmd`.
+pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: attr is a live, initialised bpf_attr prefix of the size
     // passed; the kernel reads it and writes only within it (or into
     // buffers it points to, which the callers keep alive).
@@ -82,6 +84,12 @@ pub(crate) fn state_of(fd: BorrowedFd<'_>) -> io::Result<LinkState> {
 
 /// The link pinned at `path` (`BPF_OBJ_GET`).
 pub(crate) fn state_of_pin(path: &Path) -> io::Result<LinkState> {
+    let fd = obj_get(path)?;
+    state_of(std_fd(&fd))
+}
+
+/// Opens a pinned object (`BPF_OBJ_GET`).
+pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     #[repr(C)]
     struct ObjAttr {
         pathname: u64,
@@ -97,8 +105,7 @@ pub(crate) fn state_of_pin(path: &Path) -> io::Result<LinkState> {
     };
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: the kernel just returned this new fd to us.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    state_of(std_fd(&fd))
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn std_fd(fd: &OwnedFd) -> BorrowedFd<'_> {
