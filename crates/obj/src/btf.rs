@@ -249,6 +249,7 @@ const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
 
 const INT_SIGNED: u32 = 1 << 24;
+const LINKAGE_STATIC: u32 = 0;
 const LINKAGE_GLOBAL: u32 = 1;
 const BTF_MAGIC: u16 = 0xeb9f;
 const BTF_HEADER_LEN: u32 = 24;
@@ -283,7 +284,7 @@ impl BtfWriter {
         }
     }
 
-    fn string(&mut self, s: &str) -> u32 {
+    pub(crate) fn string(&mut self, s: &str) -> u32 {
         if s.is_empty() {
             return 0;
         }
@@ -408,6 +409,12 @@ impl BtfWriter {
 
     pub fn func_global(&mut self, name: &str, proto: u32) -> u32 {
         self.push(name, KIND_FUNC, LINKAGE_GLOBAL, proto, &[])
+    }
+
+    /// A `static` function: a bpf-to-bpf subprogram, whose arguments the
+    /// verifier takes from the caller rather than from BTF.
+    pub fn func_static(&mut self, name: &str, proto: u32) -> u32 {
+        self.push(name, KIND_FUNC, LINKAGE_STATIC, proto, &[])
     }
 
     pub fn var_global(&mut self, name: &str, type_id: u32) -> u32 {

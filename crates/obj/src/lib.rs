@@ -18,9 +18,17 @@
 //!   `struct { __uint(type, ..); __type(key, K); ... } name SEC(".maps")`:
 //!   a `VAR` per map in a `DATASEC` named `.maps`.
 //! - `.BTF`: the maps, their key and value types (named, so
-//!   `bpftool map dump` shows fields), and a `FUNC` per program.
-//!   No `.BTF.ext`: line and function info are optional for programs
-//!   without bpf-to-bpf calls, and libbpf, aya and the kernel load without.
+//!   `bpftool map dump` shows fields), and a `FUNC` per program typed as
+//!   the kernel types the hook's entry, `int NAME(struct xdp_md *ctx)`
+//!   (the whole `struct xdp_md`, since an extension's arguments are
+//!   matched against its target's by struct name and kind) or
+//!   `int NAME(struct __sk_buff *ctx)`.
+//! - `.BTF.ext` (module `btf_ext`): func_info for every function (the
+//!   program, and each bpf-to-bpf subprogram found in its instructions),
+//!   and line_info when the caller gave source lines
+//!   ([`ObjectBuilder::add_source_lines`]): `bpftool prog dump xlated
+//!   linum` then shows the source. The kernel loads a program as an
+//!   extension (into a libxdp dispatcher's slot) only with func_info.
 //! - `R_BPF_64_64` relocations (addend 0) at each `ld_imm64` that loads a
 //!   map, against that map's symbol; the loader patches in the map fd.
 //!
@@ -41,6 +49,7 @@
 //! ```
 
 mod btf;
+mod btf_ext;
 
 use object::write::{Object, Relocation, StandardSegment, Symbol, SymbolId, SymbolSection};
 use object::{
@@ -262,6 +271,44 @@ impl ProgramSection {
     }
 }
 
+/// `struct xdp_md` as in include/uapi/linux/bpf.h. A libxdp dispatcher's
+/// slot functions take it, and the kernel matches an extension against
+/// its target by the pointed-to struct's name, so it must be a struct,
+/// not a forward declaration.
+fn xdp_md() -> BtfType {
+    [
+        "data",
+        "data_end",
+        "data_meta",
+        "ingress_ifindex",
+        "rx_queue_index",
+        "egress_ifindex",
+    ]
+    .into_iter()
+    .fold(StructType::new("xdp_md"), |st, name| {
+        st.field(name, BtfType::u32())
+    })
+    .into()
+}
+
+/// One source line behind a stretch of a program's instructions, for
+/// line_info: from `slot` on (until the next line's slot), the code is
+/// line `line` (1-based) of the file, whose text is `text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceLine {
+    pub slot: usize,
+    pub line: u32,
+    pub text: String,
+}
+
+/// The source lines of one program (see [`ObjectBuilder::add_source_lines`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProgramLines {
+    program: String,
+    file: String,
+    lines: Vec<SourceLine>,
+}
+
 /// One program: its instructions, encoded, and where it loads maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramDef {
@@ -333,6 +380,7 @@ pub struct ObjectBuilder {
     license: String,
     maps: Vec<MapDef>,
     programs: Vec<ProgramDef>,
+    source_lines: Vec<ProgramLines>,
 }
 
 impl Default for ObjectBuilder {
@@ -348,6 +396,7 @@ impl ObjectBuilder {
             license: "GPL".to_string(),
             maps: Vec::new(),
             programs: Vec::new(),
+            source_lines: Vec::new(),
         }
     }
 
@@ -363,6 +412,23 @@ impl ObjectBuilder {
 
     pub fn add_program(&mut self, program: ProgramDef) -> &mut Self {
         self.programs.push(program);
+        self
+    }
+
+    /// Says which lines of `file` the instructions of `program` came from,
+    /// for the object's line_info. Each function start gets the line in
+    /// force there (the first line for slot 0 when none starts there).
+    pub fn add_source_lines(
+        &mut self,
+        program: &str,
+        file: impl Into<String>,
+        lines: Vec<SourceLine>,
+    ) -> &mut Self {
+        self.source_lines.push(ProgramLines {
+            program: program.to_string(),
+            file: file.into(),
+            lines,
+        });
         self
     }
 
@@ -392,10 +458,14 @@ impl ObjectBuilder {
         ));
 
         let map_symbols = self.write_maps(&mut obj, &mut btf);
-        self.write_programs(&mut obj, &mut btf, &map_symbols)?;
+        let ext = self.write_programs(&mut obj, &mut btf, &map_symbols)?;
 
         let btf_section = obj.add_section(Vec::new(), b".BTF".to_vec(), SectionKind::Other);
         obj.set_section_data(btf_section, btf.finish(), 4);
+        if !ext.is_empty() {
+            let ext_section = obj.add_section(Vec::new(), b".BTF.ext".to_vec(), SectionKind::Other);
+            obj.set_section_data(ext_section, btf_ext::encode(&ext), 4);
+        }
 
         obj.write().map_err(|e| ObjError::Write(e.to_string()))
     }
@@ -412,6 +482,31 @@ impl ObjectBuilder {
                 return Err(ObjError::DuplicateName {
                     what: "maps",
                     name: map.name.clone(),
+                });
+            }
+        }
+        for lines in &self.source_lines {
+            let Some(program) = self.programs.iter().find(|p| p.name == lines.program) else {
+                return Err(ObjError::InvalidProgram {
+                    program: lines.program.clone(),
+                    reason: "source lines given for a program the object does not have".into(),
+                });
+            };
+            let slots = program.insns.len() / SLOT_SIZE;
+            if let Some(bad) = lines
+                .lines
+                .iter()
+                .find(|l| l.slot >= slots || l.line == 0 || l.line > btf_ext::MAX_LINE)
+            {
+                return Err(ObjError::InvalidProgram {
+                    program: program.name.clone(),
+                    reason: format!(
+                        "source line {} at slot {}: the program has {slots} slots and lines \
+                         run from 1 to {}",
+                        bad.line,
+                        bad.slot,
+                        btf_ext::MAX_LINE
+                    ),
                 });
             }
         }
@@ -489,8 +584,9 @@ impl ObjectBuilder {
         obj: &mut Object<'_>,
         btf: &mut btf::BtfWriter,
         map_symbols: &[SymbolId],
-    ) -> Result<(), ObjError> {
+    ) -> Result<Vec<btf_ext::SectionInfo>, ObjError> {
         let int = btf.add_type(&BtfType::int("int", 4, true));
+        let mut ext = Vec::new();
         for kind in [ProgramSection::Xdp, ProgramSection::Classifier] {
             let programs: Vec<&ProgramDef> =
                 self.programs.iter().filter(|p| p.section == kind).collect();
@@ -502,11 +598,22 @@ impl ObjectBuilder {
                 kind.section_name().as_bytes().to_vec(),
                 SectionKind::Text,
             );
-            let context = btf.fwd_struct(kind.context_struct());
+            let context = match kind {
+                ProgramSection::Xdp => btf.add_type(&xdp_md()),
+                ProgramSection::Classifier => btf.fwd_struct(kind.context_struct()),
+            };
             let context_ptr = btf.ptr(context);
             let proto = btf.func_proto(int, &[("ctx", context_ptr)]);
+            // Subprograms' arguments come from their callers; BTF only
+            // has to say they are functions.
+            let sub_proto = btf.func_proto(int, &[]);
+            let mut info = btf_ext::SectionInfo {
+                name_off: btf.string(kind.section_name()),
+                ..btf_ext::SectionInfo::default()
+            };
             for program in programs {
                 let start = obj.append_section_data(section, &program.insns, SLOT_SIZE as u64);
+                self.describe_functions(btf, program, start as u32, proto, sub_proto, &mut info);
                 obj.add_symbol(global_symbol(
                     &program.name,
                     SymbolKind::Text,
@@ -514,7 +621,6 @@ impl ObjectBuilder {
                     start,
                     program.insns.len() as u64,
                 ));
-                btf.func_global(&program.name, proto);
                 for (slot, map_name) in &program.map_relocs {
                     // validate() checked that every relocation names a map.
                     let Some(index) = self.maps.iter().position(|m| &m.name == map_name) else {
@@ -534,8 +640,66 @@ impl ObjectBuilder {
                     .map_err(|e| ObjError::Write(e.to_string()))?;
                 }
             }
+            ext.push(info);
         }
-        Ok(())
+        Ok(ext)
+    }
+
+    /// func_info and line_info records of one program placed at byte
+    /// `start` of its section, with the `FUNC` types they name.
+    fn describe_functions(
+        &self,
+        btf: &mut btf::BtfWriter,
+        program: &ProgramDef,
+        start: u32,
+        proto: u32,
+        sub_proto: u32,
+        info: &mut btf_ext::SectionInfo,
+    ) {
+        let byte = |slot: usize| start + (slot * SLOT_SIZE) as u32;
+        let main = btf.func_global(&program.name, proto);
+        info.funcs.push(btf_ext::FuncRecord {
+            insn_off: byte(0),
+            type_id: main,
+        });
+        let subprograms = btf_ext::subprogram_starts(&program.insns);
+        for &slot in &subprograms {
+            let func = btf.func_static(&format!("{}_sub{slot}", program.name), sub_proto);
+            info.funcs.push(btf_ext::FuncRecord {
+                insn_off: byte(slot),
+                type_id: func,
+            });
+        }
+        let Some(source) = self.source_lines.iter().find(|l| l.program == program.name) else {
+            return;
+        };
+        let mut lines = source.lines.clone();
+        lines.sort_by_key(|l| l.slot);
+        lines.dedup_by_key(|l| l.slot);
+        let Some(first) = lines.first().cloned() else {
+            return;
+        };
+        // The kernel wants a line at every function start.
+        for slot in std::iter::once(0).chain(subprograms) {
+            if lines.iter().any(|l| l.slot == slot) {
+                continue;
+            }
+            let in_force = lines.iter().rev().find(|l| l.slot < slot).unwrap_or(&first);
+            lines.push(SourceLine {
+                slot,
+                ..in_force.clone()
+            });
+        }
+        let file_name_off = btf.string(&source.file);
+        for line in lines {
+            info.lines.push(btf_ext::LineRecord {
+                insn_off: byte(line.slot),
+                file_name_off,
+                line_off: btf.string(&line.text),
+                line: line.line,
+                column: 1,
+            });
+        }
     }
 }
 
