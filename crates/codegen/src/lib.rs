@@ -177,6 +177,17 @@ pub struct Options {
     pub hook: Option<Hook>,
     /// Resolves `redirect IFNAME` to an ifindex.
     pub ifindex_of: IfindexResolver,
+    /// The program's file, for the object's line_info (`bpftool prog
+    /// dump xlated linum` then shows the `.fsm` lines). Without it, the
+    /// lines are named after the program and show the rows as printed.
+    pub source: Option<SourceText>,
+}
+
+/// A program's file name and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceText {
+    pub file: String,
+    pub text: String,
 }
 
 impl Default for Options {
@@ -186,6 +197,7 @@ impl Default for Options {
             atomic: true,
             hook: None,
             ifindex_of: Box::new(ifindex_from_sysfs),
+            source: None,
         }
     }
 }
@@ -332,7 +344,15 @@ fn compile_parts(
     }
     let name = layout::c_name(&program.name);
     let name = variant.symbol.unwrap_or(name);
-    let object = object::build(program, &layout, hook, &name, &code, variant.extra_maps)?;
+    let object = object::build(
+        program,
+        &layout,
+        hook,
+        &name,
+        &code,
+        variant.extra_maps,
+        options.source.as_ref(),
+    )?;
     let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
     Ok(Output {
         object,

@@ -2,10 +2,11 @@
 
 use flowstate_asm::{MapRef, Program as AsmProgram};
 use flowstate_lang::ir::{Hook, Program};
-use flowstate_obj::{MapDef, ObjError, ObjectBuilder, ProgramDef, ProgramSection};
+use flowstate_obj::{MapDef, ObjError, ObjectBuilder, ProgramDef, ProgramSection, SourceLine};
 
 use crate::emit::{migrate, MAPS};
 use crate::layout::{self, Layout};
+use crate::SourceText;
 
 /// The map a `MapRef` of the emitted code names.
 pub(crate) fn map_name(layout: &Layout, map: MapRef) -> &'static str {
@@ -41,6 +42,7 @@ pub(crate) fn build(
     name: &str,
     code: &AsmProgram,
     extra: Vec<MapDef>,
+    source: Option<&SourceText>,
 ) -> Result<Vec<u8>, ObjError> {
     let mut builder = ObjectBuilder::new();
     for map in layout::map_defs(program, layout).into_iter().chain(extra) {
@@ -56,5 +58,30 @@ pub(crate) fn build(
             .map(|r| (r.insn_index, map_name(layout, r.map).to_string()))
             .collect(),
     });
+    let file = source.map_or_else(|| format!("{}.fsm", program.name), |s| s.file.clone());
+    builder.add_source_lines(name, file, source_lines(code, source));
     builder.build()
+}
+
+/// A line_info entry wherever the emitter said which source line the code
+/// is for: that line's text from the source, or else the annotation (the
+/// row as printed).
+fn source_lines(code: &AsmProgram, source: Option<&SourceText>) -> Vec<SourceLine> {
+    let texts: Vec<&str> = source.map_or_else(Vec::new, |s| s.text.lines().collect());
+    code.annotations
+        .iter()
+        .filter(|a| a.slot < code.insns.len())
+        .filter_map(|a| {
+            let line = a.line.filter(|&l| l > 0)?;
+            let text = match texts.get(line as usize - 1) {
+                Some(text) => text.trim_end().to_string(),
+                None => a.notes.first().cloned().unwrap_or_default(),
+            };
+            Some(SourceLine {
+                slot: a.slot,
+                line,
+                text,
+            })
+        })
+        .collect()
 }

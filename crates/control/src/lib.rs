@@ -302,7 +302,11 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
             (e, _) => e,
         })?;
     let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
-    let output = codegen(&program, attach.hook())?;
+    let output = codegen_with_source(
+        &program,
+        attach.hook(),
+        source_text(&spec.program_path, &source),
+    )?;
 
     flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
         .map_err(|e| ControlError::kernel("mounting bpffs", e))?;
@@ -749,8 +753,26 @@ pub(crate) fn codegen(
     program: &Program,
     hook: Hook,
 ) -> Result<flowstate_codegen::Output, ControlError> {
+    codegen_with_source(program, hook, None)
+}
+
+/// The program's file name and text, for the object's line_info.
+pub(crate) fn source_text(path: &Path, text: &str) -> Option<flowstate_codegen::SourceText> {
+    Some(flowstate_codegen::SourceText {
+        file: path.file_name()?.to_string_lossy().into_owned(),
+        text: text.to_string(),
+    })
+}
+
+/// [`codegen`], with line_info naming the `.fsm` lines of `source`.
+pub(crate) fn codegen_with_source(
+    program: &Program,
+    hook: Hook,
+    source: Option<flowstate_codegen::SourceText>,
+) -> Result<flowstate_codegen::Output, ControlError> {
     let options = flowstate_codegen::Options {
         hook: Some(hook),
+        source,
         ..flowstate_codegen::Options::default()
     };
     flowstate_codegen::compile(program, &options).map_err(|e| ControlError::Codegen(e.to_string()))

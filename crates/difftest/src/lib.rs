@@ -252,6 +252,7 @@ pub fn test_options(atomic: bool) -> Options {
         atomic,
         hook: None,
         ifindex_of: Box::new(|_| Some(TEST_RUN_IFINDEX)),
+        source: None,
     }
 }
 

@@ -104,6 +104,10 @@ fn build(path: &Path, hook: Option<HookArg>) -> anyhow::Result<Option<(Program, 
     let program = loaded.compiled.program;
     let options = Options {
         hook: hook.map(Hook::from),
+        source: path.file_name().map(|file| flowstate_codegen::SourceText {
+            file: file.to_string_lossy().into_owned(),
+            text: loaded.source.clone(),
+        }),
         ..Options::default()
     };
     match flowstate_codegen::compile(&program, &options) {
