@@ -170,3 +170,53 @@ fn bpftool_loads_the_object_and_dumps_named_fields() {
         assert!(dump.contains(name), "`{name}` not in the dump:\n{dump}");
     }
 }
+
+/// libbpf loads the object's `.BTF.ext`, and the kernel keeps its
+/// line_info: the translated program shows the `.fsm` file and the text
+/// of each row's line.
+#[test]
+fn bpftool_shows_the_fsm_lines_of_a_loaded_program() {
+    if skip("bpftool_shows_the_fsm_lines_of_a_loaded_program") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let object = compile(dir.path(), "portknock.fsm", "xdp");
+    let pin = PathBuf::from(format!(
+        "/sys/fs/bpf/flowstate-linum-{}",
+        std::process::id()
+    ));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _unpin = Unpin(pin.clone());
+    let bpftool = |args: &[&str]| {
+        let out = Command::new("bpftool").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "bpftool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pin_text = pin.to_str().unwrap();
+    bpftool(&["prog", "load", object.to_str().unwrap(), pin_text]);
+    let xlated = bpftool(&["prog", "dump", "xlated", "pinned", pin_text, "linum"]);
+    let source = std::fs::read_to_string(example("portknock.fsm")).unwrap();
+    let (number, text) = source
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("tcp.dport == 22"))
+        .expect("the example has its OPEN row");
+    let expected = format!(
+        "; {} [file:portknock.fsm line_num:{} line_col:1]",
+        text.trim(),
+        number + 1
+    );
+    assert!(
+        xlated.lines().any(|l| l.trim() == expected),
+        "no line `{expected}` in:\n{xlated}"
+    );
+}
