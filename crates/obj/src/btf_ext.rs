@@ -78,8 +78,20 @@ pub(crate) fn encode(sections: &[SectionInfo]) -> Vec<u8> {
             }
         }
     }
-    let func_len = func_block.len() as u32;
-    let line_len = line_block.len() as u32;
+    // libbpf refuses a block that has a record size but no records: an
+    // empty block is left out entirely (length 0).
+    let func_len = if func_block.len() > 4 {
+        func_block.len() as u32
+    } else {
+        func_block.clear();
+        0
+    };
+    let line_len = if line_block.len() > 4 {
+        line_block.len() as u32
+    } else {
+        line_block.clear();
+        0
+    };
     let mut out = Vec::with_capacity((HEADER_LEN + func_len + line_len) as usize);
     out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
     out.push(1); // version
@@ -174,6 +186,21 @@ mod tests {
         code.extend(insn(0x85, 1, 0)); // bytes of the immediate's upper half
         code.extend(insn(0x95, 0, 0));
         assert!(subprogram_starts(&code).is_empty());
+    }
+
+    #[test]
+    fn a_block_without_records_is_left_out() {
+        let bytes = encode(&[SectionInfo {
+            name_off: 7,
+            funcs: vec![FuncRecord {
+                insn_off: 0,
+                type_id: 3,
+            }],
+            lines: Vec::new(),
+        }]);
+        let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+        assert_eq!((word(16), word(20)), (20, 0), "line_info offset and length");
+        assert_eq!(bytes.len(), 32 + 20);
     }
 
     #[test]

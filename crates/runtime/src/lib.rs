@@ -11,7 +11,9 @@
 //! [`Loaded::test_run`] concurrently (see the two-CPU test).
 
 mod attach;
+pub mod dispatcher;
 mod map;
+pub mod netlink;
 mod probe;
 mod query;
 mod raw_program;
@@ -91,6 +93,9 @@ pub enum RuntimeError {
     BadInstructions(String),
     #[error("{call}: {io}")]
     Syscall { call: &'static str, io: io::Error },
+    /// Sharing the XDP hook through the libxdp dispatcher protocol.
+    #[error("{0}")]
+    Dispatcher(String),
 }
 
 impl RuntimeError {

@@ -48,6 +48,12 @@ pub struct RawMap {
 }
 
 impl RawMap {
+    /// A map of an object loaded with aya directly (e.g. an extension
+    /// loaded against a dispatcher), for byte-level access.
+    pub fn from_map(name: &str, map: &aya::maps::Map) -> Result<RawMap, RuntimeError> {
+        RawMap::from_map_data(name, crate::map_data(map))
+    }
+
     pub(crate) fn from_map_data(name: &str, data: &MapData) -> Result<RawMap, RuntimeError> {
         let map_error = |source| RuntimeError::Map {
             map: name.to_string(),
@@ -85,6 +91,35 @@ impl RawMap {
             source,
         })?;
         RawMap::from_map_data(&name, &data)
+    }
+
+    /// The maps program `prog_id` uses, by name (e.g. those of a program
+    /// another tool loaded).
+    pub fn of_program(prog_id: u32) -> Result<Vec<RawMap>, RuntimeError> {
+        let info = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == prog_id)
+            .ok_or_else(|| RuntimeError::NoSuchProgram(format!("id {prog_id}")))?;
+        let ids = info
+            .map_ids()
+            .map_err(|e| RuntimeError::program(&format!("id {prog_id}"), e))?
+            .unwrap_or_default();
+        ids.into_iter()
+            .map(|id| {
+                let named = |source| RuntimeError::Map {
+                    map: format!("id {id}"),
+                    source,
+                };
+                let data = MapData::from_id(id).map_err(named)?;
+                let name = data
+                    .info()
+                    .map_err(named)?
+                    .name_as_str()
+                    .unwrap_or("")
+                    .to_string();
+                RawMap::from_map_data(&name, &data)
+            })
+            .collect()
     }
 
     pub fn name(&self) -> &str {

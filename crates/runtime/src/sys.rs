@@ -153,3 +153,171 @@ pub(crate) fn next_key(
         Err(e) => Err(e),
     }
 }
+
+// Commands of the libxdp dispatcher protocol (see `dispatcher.rs`).
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// The `BPF_OBJ_PIN` / `BPF_OBJ_GET` member, up to `file_flags`.
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+// SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
+unsafe impl BpfAttr for ObjAttr {}
+
+/// The `*_GET_FD_BY_ID` member: the id, then `next_id` and `open_flags`.
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+// SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
+unsafe impl BpfAttr for GetFdByIdAttr {}
+
+/// The `BPF_OBJ_GET_INFO_BY_FD` member.
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+// SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
+unsafe impl BpfAttr for InfoAttr {}
+
+/// `struct bpf_btf_info` up to `id`.
+#[repr(C)]
+#[derive(Default)]
+struct BtfInfo {
+    btf: u64,
+    btf_size: u32,
+    id: u32,
+}
+
+/// The `BPF_LINK_CREATE` member for a tracing (freplace) link: the
+/// program, its target program, attach type 0, flags, target BTF id.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    target_btf_id: u32,
+    _pad: u32,
+    _cookie: u64,
+}
+
+// SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
+unsafe impl BpfAttr for LinkCreateAttr {}
+
+fn c_path(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+fn owned(fd: i64) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the command returned a new fd that nothing else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// Pins the program, map or link `fd` at `path` on bpffs.
+pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    let path = c_path(path)?;
+    let mut a = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        ..ObjAttr::default()
+    };
+    bpf(BPF_OBJ_PIN, &mut a).map(drop)
+}
+
+/// Opens what is pinned at `path`.
+pub(crate) fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    let path = c_path(path)?;
+    let mut a = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        ..ObjAttr::default()
+    };
+    bpf(BPF_OBJ_GET, &mut a).map(owned)
+}
+
+pub(crate) fn prog_fd_by_id(id: u32) -> io::Result<std::os::fd::OwnedFd> {
+    let mut a = GetFdByIdAttr {
+        id,
+        ..GetFdByIdAttr::default()
+    };
+    bpf(BPF_PROG_GET_FD_BY_ID, &mut a).map(owned)
+}
+
+/// The raw BTF (`.BTF` bytes) with id `btf_id`.
+pub(crate) fn btf_bytes(btf_id: u32) -> io::Result<Vec<u8>> {
+    let mut a = GetFdByIdAttr {
+        id: btf_id,
+        ..GetFdByIdAttr::default()
+    };
+    let fd = bpf(BPF_BTF_GET_FD_BY_ID, &mut a).map(owned)?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let mut info = BtfInfo {
+            btf: buf.as_mut_ptr() as u64,
+            btf_size: buf.len() as u32,
+            ..BtfInfo::default()
+        };
+        let mut a = InfoAttr {
+            bpf_fd: fd.as_raw_fd() as u32,
+            info_len: std::mem::size_of::<BtfInfo>() as u32,
+            info: &mut info as *mut BtfInfo as u64,
+        };
+        // SAFETY-relevant: the kernel writes at most btf_size bytes to buf.
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+        if info.btf_size as usize <= buf.len() {
+            buf.truncate(info.btf_size as usize);
+            return Ok(buf);
+        }
+        buf = vec![0u8; info.btf_size as usize];
+    }
+}
+
+/// Attaches the extension `prog` in place of the function with BTF id
+/// `btf_id` of program `target`: a tracing link, whose fd is returned.
+pub(crate) fn link_freplace(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    btf_id: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    let mut a = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: target.as_raw_fd() as u32,
+        target_btf_id: btf_id,
+        ..LinkCreateAttr::default()
+    };
+    bpf(BPF_LINK_CREATE, &mut a).map(owned)
+}
+
+/// The id of the program `fd` refers to (`bpf_prog_info.id`; the kernel
+/// fills no more of the info than the length given).
+pub(crate) fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = [0u32; 2]; // type, id
+    let mut a = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(info[1])
+}

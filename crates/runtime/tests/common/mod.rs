@@ -327,3 +327,39 @@ impl Drop for PinDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// Sends `count` copies of `frame` out of `interface` with an AF_PACKET
+/// socket (in the calling thread's namespace).
+pub fn send_frames(interface: &str, frame: &[u8], count: usize) {
+    let name = std::ffi::CString::new(interface).unwrap();
+    // SAFETY: plain socket calls on a fresh fd, closed below; the address
+    // and buffer outlive the calls.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        assert_ne!(ifindex, 0, "no interface {interface}");
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        for _ in 0..count {
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(
+                sent,
+                frame.len() as isize,
+                "sendto: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        libc::close(fd);
+    }
+}

@@ -1,0 +1,352 @@
+//! The libxdp dispatcher protocol against libxdp itself: a program joined
+//! through `flowstate_runtime::dispatcher` and one loaded with
+//! `xdp-loader` share `veth0`, both see the frames sent into `veth1` in
+//! their priority order, and either leaves without disturbing the other.
+
+mod common;
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use aya::programs::Program;
+use aya::{Ebpf, EbpfLoader};
+use common::*;
+use flowstate_runtime::dispatcher::{self, NewComponent, XdpOccupant, CHAIN_ON_PASS};
+use flowstate_runtime::{RawMap, UpdateMode};
+
+/// Skips where the kernel refuses extension programs (some do, EPERM:
+/// run these in the VM, `.ci/vm/run-kernel`).
+fn skip_without_extensions(test: &str) -> bool {
+    skip(test) || flowstate_testkit::skip_if(test, dispatcher::extensions_unavailable())
+}
+
+fn skip_without_xdp_loader(test: &str) -> bool {
+    if skip_without_extensions(test) {
+        return true;
+    }
+    // `xdp-loader status --version` prints the version and exits 1.
+    let found = std::process::Command::new("xdp-loader")
+        .args(["status", "--version"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("xdp-loader version"));
+    let missing = (!found).then_some("xdp-loader is not installed (run .ci/install-deps)");
+    flowstate_testkit::skip_if(test, missing)
+}
+
+/// The counting program as an extension of `dispatcher`'s `slot`, kept
+/// alive (with its maps) in `keep`.
+fn load_counter(
+    keep: &mut Option<Ebpf>,
+    dispatcher: &aya::programs::ProgramFd,
+    slot: &str,
+) -> OwnedFd {
+    let mut ebpf = EbpfLoader::new()
+        .verifier_log_level(aya::VerifierLogLevel::DEBUG | aya::VerifierLogLevel::STATS)
+        .extension("count_xdp")
+        .load(&counting_object())
+        .expect("object");
+    let Some(Program::Extension(ext)) = ebpf.program_mut("count_xdp") else {
+        panic!("count_xdp is not an extension");
+    };
+    ext.load(dispatcher.try_clone().unwrap(), slot)
+        .expect("loads as an extension");
+    let fd = ext.fd().unwrap().as_fd().try_clone_to_owned().unwrap();
+    for (name, value) in [
+        ("flows", vec![0u8; 16]),
+        ("verdict", XDP_PASS.to_le_bytes().to_vec()),
+    ] {
+        let map = ebpf.map(name).unwrap();
+        let raw = RawMap::from_map(name, map).unwrap();
+        let key = if name == "flows" { FLOW_KEY } else { 0 };
+        raw.update(&key.to_le_bytes(), &value, UpdateMode::Any)
+            .unwrap();
+    }
+    *keep = Some(ebpf);
+    fd
+}
+
+/// The counting object in a file of its own, removed on drop (bpffs
+/// holds no plain files).
+struct ObjectFile(std::path::PathBuf);
+
+impl ObjectFile {
+    fn new(tag: &str) -> ObjectFile {
+        let path = std::env::temp_dir().join(format!("flowstate-{tag}-{}.o", std::process::id()));
+        std::fs::write(&path, counting_object()).unwrap();
+        ObjectFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ObjectFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn packets_in(flows: &RawMap) -> u64 {
+    let value = flows.lookup(&FLOW_KEY.to_le_bytes()).unwrap().unwrap();
+    u64::from_le_bytes(value[8..16].try_into().unwrap())
+}
+
+fn set_verdict(verdict: &RawMap, action: u32) {
+    verdict.array_set(0, &action.to_le_bytes()).unwrap();
+}
+
+/// Runs xdp-loader in the namespace. Not through `ip netns exec`, whose
+/// fresh /sys has no bpffs (libxdp would load without a dispatcher): the
+/// child of a thread inside the namespace keeps the mounts.
+fn xdp_loader(netns: &Netns, args: &[&str]) -> Result<String, String> {
+    netns.enter(|| run("xdp-loader", args))
+}
+
+/// The maps `flows` and `verdict` of program `prog_id`.
+fn counter_maps(prog_id: u32) -> (RawMap, RawMap) {
+    let mut maps = RawMap::of_program(prog_id).unwrap();
+    let mut take = |name: &str| {
+        let at = maps
+            .iter()
+            .position(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("program {prog_id} has no map {name}"));
+        maps.remove(at)
+    };
+    (take("flows"), take("verdict"))
+}
+
+/// Loads the counting object with xdp-loader at `priority`; returns its
+/// program id.
+fn xdp_loader_load(netns: &Netns, priority: u32) -> u32 {
+    let object = ObjectFile::new("foreign");
+    let before: Vec<u32> = ids(netns);
+    xdp_loader(
+        netns,
+        &[
+            "load",
+            "-m",
+            "native",
+            "-P",
+            &priority.to_string(),
+            "-n",
+            "count_xdp",
+            "veth0",
+            object.path(),
+        ],
+    )
+    .expect("xdp-loader loads into the dispatcher");
+    let after = ids(netns);
+    let new: Vec<u32> = after
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(new.len(), 1, "xdp-loader added one program: {new:?}");
+    let (flows, verdict) = counter_maps(new[0]);
+    flows
+        .update(&FLOW_KEY.to_le_bytes(), &[0; 16], UpdateMode::Any)
+        .unwrap();
+    set_verdict(&verdict, XDP_PASS);
+    new[0]
+}
+
+fn ids(netns: &Netns) -> Vec<u32> {
+    let ifindex = netns.enter(|| ifindex("veth0"));
+    match netns.enter(|| dispatcher::xdp_occupant(ifindex)).unwrap() {
+        XdpOccupant::Dispatcher { components, .. } => {
+            components.iter().map(|c| c.prog_id).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn send(netns: &Netns, count: usize) {
+    netns.enter(|| send_frames("veth1", &udp_packet(), count));
+}
+
+fn components(netns: &Netns) -> Vec<dispatcher::Component> {
+    let ifindex = netns.enter(|| ifindex("veth0"));
+    match netns.enter(|| dispatcher::xdp_occupant(ifindex)).unwrap() {
+        XdpOccupant::Dispatcher { components, .. } => components,
+        other => panic!("no dispatcher on veth0: {other:?}"),
+    }
+}
+
+fn ifindex(dev: &str) -> u32 {
+    let name = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: a valid NUL-terminated name.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+/// Ours at priority `ours`, xdp-loader's at `theirs`; ours joins first
+/// when `ours_first`. Checks order, sharing and each leaving.
+fn share(tag: &str, ours: u32, theirs: u32, ours_first: bool, ours_leaves_first: bool) {
+    let netns = Netns::new(tag);
+    let ifindex = netns.enter(|| ifindex("veth0"));
+    let mut keep = None;
+    let join = |keep: &mut Option<Ebpf>| {
+        netns
+            .enter(|| {
+                dispatcher::join(
+                    ifindex,
+                    NewComponent {
+                        name: "count_xdp".into(),
+                        priority: ours,
+                        chain_call_actions: CHAIN_ON_PASS,
+                        load: Box::new(|d, slot| Ok(load_counter(keep, d, slot))),
+                    },
+                    dispatcher::XDP_FLAGS_DRV_MODE,
+                )
+            })
+            .expect("joins the dispatcher")
+    };
+    let (joined, their_id) = if ours_first {
+        let joined = join(&mut keep);
+        (joined, xdp_loader_load(&netns, theirs))
+    } else {
+        let theirs = xdp_loader_load(&netns, theirs);
+        (join(&mut keep), theirs)
+    };
+    let (their_flows, their_verdict) = counter_maps(their_id);
+    let ebpf = keep.as_ref().unwrap();
+    let our_flows = RawMap::from_map("flows", ebpf.map("flows").unwrap()).unwrap();
+    let our_verdict = RawMap::from_map("verdict", ebpf.map("verdict").unwrap()).unwrap();
+
+    // Both listed, in priority order, by us and by xdp-loader.
+    let listed = components(&netns);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let our_slot = listed
+        .iter()
+        .position(|c| c.prog_id == joined.prog_id)
+        .unwrap();
+    assert_eq!(our_slot, usize::from(ours > theirs), "{listed:?}");
+    assert_eq!(listed[our_slot].priority, ours);
+    assert_eq!(listed[1 - our_slot].priority, theirs);
+    let status = xdp_loader(&netns, &["status", "veth0"]).unwrap();
+    assert_eq!(status.matches("count_xdp").count(), 2, "{status}");
+    assert!(status.contains("xdp_dispatcher"), "{status}");
+
+    // Both pass: both see every frame.
+    send(&netns, 5);
+    assert_eq!((packets_in(&our_flows), packets_in(&their_flows)), (5, 5));
+    // The first in run order drops: the second sees nothing more.
+    let (first_verdict, second_flows) = if our_slot == 0 {
+        (&our_verdict, &their_flows)
+    } else {
+        (&their_verdict, &our_flows)
+    };
+    set_verdict(first_verdict, XDP_DROP);
+    send(&netns, 3);
+    assert_eq!(packets_in(second_flows), 5, "a drop ends the chain");
+    set_verdict(first_verdict, XDP_PASS);
+
+    if ours_leaves_first {
+        assert!(netns
+            .enter(|| dispatcher::leave(ifindex, joined.prog_id))
+            .unwrap());
+        let left = components(&netns);
+        assert_eq!(left.len(), 1, "{left:?}");
+        send(&netns, 2);
+        assert_eq!(
+            packets_in(&their_flows),
+            5 + 3 * u64::from(our_slot == 1) + 2
+        );
+        xdp_loader(&netns, &["unload", "--all", "veth0"]).unwrap();
+    } else {
+        assert_eq!(listed[1 - our_slot].prog_id, their_id);
+        xdp_loader(&netns, &["unload", "-i", &their_id.to_string(), "veth0"]).unwrap();
+        let left = components(&netns);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].prog_id, joined.prog_id);
+        let before = packets_in(&our_flows);
+        send(&netns, 2);
+        assert_eq!(packets_in(&our_flows), before + 2, "ours runs on alone");
+        assert!(netns
+            .enter(|| dispatcher::leave(ifindex, joined.prog_id))
+            .unwrap());
+    }
+    assert_eq!(
+        netns.enter(|| dispatcher::xdp_occupant(ifindex)).unwrap(),
+        XdpOccupant::Free
+    );
+}
+
+#[test]
+fn ours_first_and_before_theirs_leaving_first() {
+    if skip_without_xdp_loader("ours_first_and_before_theirs_leaving_first") {
+        return;
+    }
+    share("dspa", 10, 20, true, true);
+}
+
+#[test]
+fn theirs_first_and_ours_after_them_leaving_last() {
+    if skip_without_xdp_loader("theirs_first_and_ours_after_them_leaving_last") {
+        return;
+    }
+    share("dspb", 30, 20, false, false);
+}
+
+#[test]
+fn ours_first_but_after_theirs_leaving_last() {
+    if skip_without_xdp_loader("ours_first_but_after_theirs_leaving_last") {
+        return;
+    }
+    share("dspc", 60, 40, true, false);
+}
+
+#[test]
+fn theirs_first_and_ours_before_them_leaving_first() {
+    if skip_without_xdp_loader("theirs_first_and_ours_before_them_leaving_first") {
+        return;
+    }
+    share("dspd", 5, 50, false, true);
+}
+
+#[test]
+fn a_plain_program_is_refused_and_left_attached() {
+    if skip_without_extensions("a_plain_program_is_refused_and_left_attached") {
+        return;
+    }
+    let netns = Netns::new("dspe");
+    let object = ObjectFile::new("plain");
+    netns
+        .exec(
+            "ip",
+            &[
+                "link",
+                "set",
+                "dev",
+                "veth0",
+                "xdp",
+                "obj",
+                object.path(),
+                "sec",
+                "xdp",
+            ],
+        )
+        .unwrap();
+    let ifindex = netns.enter(|| ifindex("veth0"));
+    let before = netns.enter(|| dispatcher::xdp_occupant(ifindex)).unwrap();
+    assert!(matches!(before, XdpOccupant::Program { .. }), "{before:?}");
+    let mut keep = None;
+    let err = netns
+        .enter(|| {
+            dispatcher::join(
+                ifindex,
+                NewComponent {
+                    name: "count_xdp".into(),
+                    priority: 50,
+                    chain_call_actions: CHAIN_ON_PASS,
+                    load: Box::new(|d, slot| Ok(load_counter(&mut keep, d, slot))),
+                },
+                dispatcher::XDP_FLAGS_DRV_MODE,
+            )
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("xdp-loader load"), "{err}");
+    assert_eq!(
+        netns.enter(|| dispatcher::xdp_occupant(ifindex)).unwrap(),
+        before
+    );
+}
