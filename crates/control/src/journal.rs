@@ -57,7 +57,12 @@ pub const RELOAD_STEPS: &[&str] = &[
     "write-meta",
 ];
 /// The steps of `stop`, in order.
-pub const STOP_STEPS: &[&str] = &["unpin-link", "remove-pins", "remove-meta"];
+pub const STOP_STEPS: &[&str] = &[
+    "leave-dispatcher",
+    "unpin-link",
+    "remove-pins",
+    "remove-meta",
+];
 
 /// One interrupted (or running) change.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -67,6 +67,57 @@ pub(crate) fn load(
     })
 }
 
+/// Loads `object` as [`load`] does, its program as an extension replacing
+/// function `slot` of program `target` (a dispatcher's slot).
+pub(crate) fn load_extension(
+    object: &[u8],
+    program: &str,
+    pins: &[(&'static str, std::path::PathBuf)],
+    target: &aya::programs::ProgramFd,
+    slot: &str,
+) -> Result<LoadedObject, ControlError> {
+    let mut loader = EbpfLoader::new();
+    loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
+    loader.extension(program);
+    for (map, path) in pins {
+        loader.map_pin_path(map, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(object)
+        .map_err(|e| permission_or(e, |e| ControlError::kernel("loading the object", e)))?;
+    let Some(Program::Extension(ext)) = ebpf.program_mut(program) else {
+        return Err(ControlError::kernel(
+            "loading the object",
+            format!("no program named {program}"),
+        ));
+    };
+    let target = target
+        .try_clone()
+        .map_err(|e| ControlError::kernel("duplicating the dispatcher's fd", e))?;
+    ext.load(target, slot).map_err(program_error)?;
+    Ok(LoadedObject {
+        ebpf,
+        program: program.to_string(),
+    })
+}
+
+/// A new fd for the loaded program (to hand to the dispatcher code).
+impl LoadedObject {
+    pub fn program_fd(&self) -> Result<std::os::fd::OwnedFd, ControlError> {
+        use std::os::fd::AsFd;
+        let program = self
+            .ebpf
+            .program(&self.program)
+            .ok_or_else(|| ControlError::kernel("program", format!("{} vanished", self.program)))?;
+        program
+            .fd()
+            .map_err(|e| ControlError::kernel("program fd", e))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| ControlError::kernel("duplicating the program fd", e))
+    }
+}
+
 fn program_error(e: ProgramError) -> ControlError {
     match e {
         ProgramError::LoadError { verifier_log, .. } => ControlError::Verifier {
@@ -222,7 +273,13 @@ fn describe_attach_error(e: &ProgramError, hook: &str, mode: &str) -> String {
     match errno {
         Some(libc::EBUSY) | Some(libc::EEXIST) => format!(
             "the interface already has an {hook} program attached ({text}); remove it first \
-             (`ip link set dev DEV xdp off`, or `flowstate list` / `bpftool net`)"
+             (`ip link set dev DEV xdp off`, or `flowstate list` / `bpftool net`){}",
+            if hook == "XDP" {
+                ", or share the hook: load that program with `xdp-loader load DEV OBJECT` \
+                 (libxdp's dispatcher) and run flowstate with --xdp-share shared"
+            } else {
+                ""
+            }
         ),
         Some(libc::EOPNOTSUPP) => format!(
             "the driver does not support {hook} in {mode} mode ({text}); try --xdp-mode generic"

@@ -41,8 +41,11 @@ pub mod meta;
 pub mod netns;
 mod paths;
 mod reload;
+mod shared;
 pub mod summary;
 pub mod trust;
+
+pub use shared::{run_shared, xdp_occupant, XdpShare};
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -393,6 +396,10 @@ impl Drop for JournalOnDrop {
 pub(crate) fn repair_run(journal: &Journal) -> Result<Outcome, ControlError> {
     let name = &journal.name;
     if let Op::Run { meta: Some(meta) } = &journal.op {
+        if meta.xdp_priority.is_some() {
+            // Joined a dispatcher (or not yet): take the program out.
+            shared::leave(meta)?;
+        }
         let link = paths::pin_dir(name).join("link");
         if journal.reached(journal::RUN_STEPS, "pin-link")
             && kernel::link_program_id(&link).ok() == Some(meta.prog_id)
@@ -516,6 +523,16 @@ fn inspect_pins(name: &str) -> Instance {
         Some(_) => format!(" in {}", place.describe()),
         None => String::new(),
     };
+    if meta.xdp_priority.is_some() {
+        let (found, mode) = shared::position(&meta);
+        problem = found;
+        if let Ok(map) = flowstate_runtime::RawMap::from_pin(pin_dir.join("maps").join("flows")) {
+            flows = map.keys().map_or(0, |k| k.len());
+        }
+        let mut instance = instance_of(&meta, flows, problem);
+        instance.mode = mode;
+        return instance;
+    }
     match links::state_of_pin(&pin_dir.join("link")) {
         Err(e) => {
             problem = Some(format!(
@@ -647,6 +664,13 @@ pub(crate) fn stop_steps(
     };
     let pin_dir = paths::pin_dir(name);
     let meta_path = paths::meta_path(name);
+    if let Some(meta) = Meta::load(&meta_path)
+        .ok()
+        .filter(|m| m.xdp_priority.is_some())
+    {
+        step("leave-dispatcher")?;
+        shared::leave(&meta)?;
+    }
     // The link is the only thing keeping the program attached; once its
     // pin is gone and no process holds its fd, the kernel detaches it.
     step("unpin-link")?;

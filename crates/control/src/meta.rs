@@ -45,6 +45,11 @@ pub struct Meta {
     /// were recorded (read as "wherever the reader is").
     #[serde(default)]
     pub netns_inode: u64,
+    /// Run priority in the interface's libxdp dispatcher, when the
+    /// program runs in one (`run --xdp-share`); `None`: attached alone
+    /// through its own link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_priority: Option<u32>,
 }
 
 impl Meta {
@@ -81,6 +86,7 @@ impl Meta {
             reloads: 0,
             netns: None,
             netns_inode: 0,
+            xdp_priority: None,
         }
     }
 

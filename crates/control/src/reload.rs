@@ -133,6 +133,14 @@ pub fn reload(
         return Err(ControlError::NotRunning(name.to_string()));
     }
     let meta = Meta::load(&meta_path)?;
+    if meta.xdp_priority.is_some() {
+        return Err(ControlError::Attach {
+            dev: meta.dev.clone(),
+            message: format!(
+                "instance {name} runs in a shared XDP dispatcher, where reload is not supported                  yet; `flowstate stop {name}` and `flowstate run --xdp-share shared` again                  replace it (with an empty flow table)"
+            ),
+        });
+    }
     let old = crate::compile_source(&meta.source_path, &meta.source)?;
     if old.lookup_key != new.lookup_key && !reset_state {
         let show = |p: &Program| {

@@ -214,6 +214,18 @@ pub struct RunArgs {
     /// else generic.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: XdpModeArg,
+    /// Sharing the XDP hook with other programs through libxdp's
+    /// multi-program dispatcher (as xdp-loader and bpfman do): `shared`
+    /// joins the interface's dispatcher, or makes one; `exclusive`
+    /// attaches alone and refuses a hook in use; `auto` joins a dispatcher
+    /// already there, else attaches alone. In a dispatcher `pass` goes on
+    /// to the next program.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_share: XdpShareArg,
+    /// Run priority in the dispatcher: lower runs first (libxdp's default
+    /// is 50).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    priority: u32,
     /// Name of the running instance (letters, digits, `_`, `-`); default:
     /// the program's name.
     #[arg(long)]
@@ -228,6 +240,13 @@ enum HookArg {
     Xdp,
     TcIngress,
     TcEgress,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum XdpShareArg {
+    Auto,
+    Shared,
+    Exclusive,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -334,7 +353,29 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
         attach,
         name: args.name.clone(),
     };
-    let instance = flowstate_control::run_in_netns(&spec, args.netns.as_deref())?;
+    let at_xdp = match attach {
+        Some(point) => matches!(point, AttachPoint::Xdp { .. }),
+        None => matches!(
+            flowstate_lang::compile(&source).map(|c| c.program.hook),
+            Ok(flowstate_lang::ir::Hook::Xdp)
+        ),
+    };
+    let shared = at_xdp
+        && match args.xdp_share {
+            XdpShareArg::Shared => true,
+            XdpShareArg::Exclusive => false,
+            // A query that fails (no such device, ...) leaves the error to
+            // the exclusive path, which says it plainly.
+            XdpShareArg::Auto => matches!(
+                flowstate_control::xdp_occupant(&args.dev, args.netns.as_deref()),
+                Ok(flowstate_runtime::dispatcher::XdpOccupant::Dispatcher { .. })
+            ),
+        };
+    let instance = if shared {
+        flowstate_control::run_shared(&spec, args.netns.as_deref(), args.priority)?
+    } else {
+        flowstate_control::run_in_netns(&spec, args.netns.as_deref())?
+    };
     if args.json {
         println!("{}", show::instance_json(&instance));
     } else {

@@ -1,0 +1,284 @@
+//! `run --xdp-share`: a program that shares its interface's XDP hook with
+//! other programs through the libxdp dispatcher protocol
+//! (`flowstate_runtime::dispatcher`), so xdp-loader, bpfman and flowstate
+//! stack programs on one interface.
+//!
+//! What differs from a program attached alone:
+//! - The program is loaded as an extension of a slot of a new dispatcher
+//!   and the dispatcher swapped in; the pins that keep it attached are
+//!   libxdp's (`/sys/fs/bpf/xdp/dispatch-IFINDEX-ID/`), so the instance
+//!   keeps no `link` pin, only `prog` and its maps. The metadata records
+//!   the run priority (`Meta::xdp_priority`).
+//! - `stop` takes the program out of the dispatcher (a new dispatcher runs
+//!   the others; the last one out leaves the hook empty).
+//! - `reload` swaps the program within the dispatcher in one dispatcher
+//!   swap, when the flow table keeps its layout. A migrating reload (its
+//!   handoff programs tail-call across, which extensions do not) is
+//!   refused.
+//! - Crash safety: the dispatcher swap is the only step that changes what
+//!   the interface runs, and the old dispatcher keeps running until it
+//!   succeeds. The journal records the instance before the swap, so an
+//!   interrupted `run` is undone (the program taken out again, if the
+//!   swap happened) by the next command on the name.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use flowstate_runtime::dispatcher::{self, NewComponent, XdpOccupant, CHAIN_ON_PASS};
+
+use crate::journal::{Journal, Op};
+use crate::lock::InstanceLock;
+use crate::meta::Meta;
+use crate::{
+    codegen_with_source, compile_source, journal, kernel, map_names, netns, paths, read_source,
+    source_text, trust, within, AttachPoint, ControlError, Instance, JournalOnDrop, RunSpec,
+    XdpMode,
+};
+
+/// How `run` treats an XDP hook other programs may want too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpShare {
+    /// Attach alone through a `bpf_link`; refuse a hook in use.
+    Exclusive,
+    /// Join the interface's libxdp dispatcher, making one if needed.
+    Shared,
+    /// Join a dispatcher already there; else attach alone.
+    Auto,
+}
+
+/// What runs at `dev`'s XDP hook (in namespace `netns`).
+pub fn xdp_occupant(dev: &str, netns: Option<&str>) -> Result<XdpOccupant, ControlError> {
+    let target = netns.map(netns::Target::open).transpose()?;
+    within(target.as_ref(), || {
+        let ifindex = kernel::ifindex(dev)?;
+        dispatcher::xdp_occupant(ifindex).map_err(|e| ControlError::Attach {
+            dev: dev.to_string(),
+            message: e.to_string(),
+        })
+    })?
+}
+
+/// [`crate::run_in_netns`] through the interface's dispatcher at run
+/// priority `priority` (libxdp's default is
+/// [`dispatcher::DEFAULT_PRIORITY`]); `pass` goes on to the next program.
+pub fn run_shared(
+    spec: &RunSpec,
+    netns_name: Option<&str>,
+    priority: u32,
+) -> Result<Instance, ControlError> {
+    if let Some(name) = &spec.name {
+        paths::check_name(name)?;
+    }
+    let target = netns_name.map(netns::Target::open).transpose()?;
+    let place = match &target {
+        Some(t) => t.place.clone(),
+        None => netns::current_place()?,
+    };
+    let source = read_source(&spec.program_path)?;
+    let program = compile_source(&spec.program_path, &source)?;
+    let name = spec.name.clone().unwrap_or_else(|| program.name.clone());
+    paths::check_name(&name)?;
+    crate::check_privileges()?;
+    let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
+    let AttachPoint::Xdp { mode } = attach else {
+        return Err(ControlError::Attach {
+            dev: spec.dev.clone(),
+            message: "--xdp-share is for XDP programs; TC programs share their hook in order \
+                      (see --before/--after)"
+                .into(),
+        });
+    };
+    if let Some(why) = dispatcher::extensions_unavailable() {
+        return Err(ControlError::Attach {
+            dev: spec.dev.clone(),
+            message: format!("{why}; run with --xdp-share exclusive to attach alone"),
+        });
+    }
+    let ifindex = within(target.as_ref(), || kernel::ifindex(&spec.dev))??;
+    let output = codegen_with_source(
+        &program,
+        attach.hook(),
+        source_text(&spec.program_path, &source),
+    )?;
+
+    flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
+        .map_err(|e| ControlError::kernel("mounting bpffs", e))?;
+    paths::check_roots(true)?;
+    let _lock = InstanceLock::acquire(&name)?;
+    journal::repair_locked(&name)?;
+    if paths::pin_dir(&name).exists() || paths::meta_path(&name).exists() {
+        return Err(ControlError::NameTaken(name));
+    }
+    let pin_dir = paths::pin_dir(&name);
+    let maps_dir = pin_dir.join("maps");
+    let mode_name = match mode {
+        XdpMode::Generic => "generic",
+        XdpMode::Native | XdpMode::Auto => "native",
+    };
+    let mut meta = Meta::new(
+        &name,
+        &spec.dev,
+        ifindex,
+        attach,
+        mode_name,
+        0,
+        SystemTime::now(),
+        &spec.program_path,
+        &source,
+        &output.program_name,
+    );
+    meta.netns = place.name.clone();
+    meta.netns_inode = place.inode;
+    meta.xdp_priority = Some(priority);
+    // Recorded before anything is loaded: a repair knows where to look.
+    let mut journal = Journal::new(
+        &name,
+        Op::Run {
+            meta: Some(Box::new(meta.clone())),
+        },
+    );
+    journal.step("pin-maps")?;
+    let mut guard = crate::paths::RemoveOnDrop::new(pin_dir.clone());
+    let mut journal_guard = JournalOnDrop(Some(name.clone()));
+    trust::create_private_dir(&pin_dir)?;
+    trust::create_private_dir(&maps_dir)?;
+    let pins: Vec<(&'static str, PathBuf)> = map_names(&output.layout)
+        .into_iter()
+        .map(|m| (m, maps_dir.join(m)))
+        .collect();
+
+    journal.step("attach")?;
+    let mut loaded = None;
+    let load_error = std::sync::Mutex::new(None);
+    let joined = {
+        let object = &output.object;
+        let symbol = &output.program_name;
+        let pins = &pins;
+        let loaded = &mut loaded;
+        let load_error = &load_error;
+        let prog_pin = pin_dir.join("prog");
+        let mode_flags = match mode {
+            XdpMode::Generic => dispatcher::XDP_FLAGS_SKB_MODE,
+            XdpMode::Native | XdpMode::Auto => dispatcher::XDP_FLAGS_DRV_MODE,
+        };
+        within(target.as_ref(), move || {
+            dispatcher::join(
+                ifindex,
+                NewComponent {
+                    name: symbol.clone(),
+                    priority,
+                    chain_call_actions: CHAIN_ON_PASS,
+                    load: Box::new(move |dispatcher_fd, slot| {
+                        let mut attempt = || -> Result<std::os::fd::OwnedFd, ControlError> {
+                            let mut object =
+                                kernel::load_extension(object, symbol, pins, dispatcher_fd, slot)?;
+                            object.pin_program(&prog_pin)?;
+                            let fd = object.program_fd()?;
+                            *loaded = Some(object);
+                            Ok(fd)
+                        };
+                        attempt().map_err(|e| {
+                            let text = e.to_string();
+                            if let Ok(mut slot) = load_error.lock() {
+                                *slot = Some(e);
+                            }
+                            flowstate_runtime::RuntimeError::Dispatcher(text)
+                        })
+                    }),
+                },
+                mode_flags,
+            )
+        })?
+    };
+    let joined = match joined {
+        Ok(joined) => joined,
+        Err(e) => {
+            let loading = load_error.into_inner().ok().flatten();
+            return Err(loading.unwrap_or(ControlError::Attach {
+                dev: spec.dev.clone(),
+                message: e.to_string(),
+            }));
+        }
+    };
+    meta.prog_id = joined.prog_id;
+    meta.started_unix_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    journal.op = Op::Run {
+        meta: Some(Box::new(meta.clone())),
+    };
+    journal.step("write-meta")?;
+    meta.save(&paths::meta_path(&name))?;
+    guard.disarm();
+    journal_guard.0 = None;
+    journal.finish()?;
+    drop(loaded);
+    Ok(crate::instance_of(&meta, 0, None))
+}
+
+/// Takes the instance's program out of its dispatcher (see [`crate::stop`]).
+/// The program is found by its pin, else by the metadata's id.
+pub(crate) fn leave(meta: &Meta) -> Result<(), ControlError> {
+    let prog_id =
+        program_id_of_pin(&paths::pin_dir(&meta.name).join("prog")).unwrap_or(meta.prog_id);
+    if prog_id == 0 {
+        return Ok(());
+    }
+    let place = meta.place();
+    let left = netns::run_at(&place, || dispatcher::leave(meta.ifindex, prog_id));
+    match left {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ControlError::Attach {
+            dev: meta.dev.clone(),
+            message: format!("taking program {prog_id} out of the XDP dispatcher: {e}"),
+        }),
+        // The namespace is gone, and its interfaces with it.
+        Err(_) => Ok(()),
+    }
+}
+
+fn program_id_of_pin(path: &std::path::Path) -> Option<u32> {
+    aya::programs::ProgramInfo::from_pin(path)
+        .ok()
+        .map(|info| info.id())
+}
+
+/// The instance's place in its dispatcher, for `list`: a problem when it
+/// is not running there, else `mode` with the slot and priority.
+pub(crate) fn position(meta: &Meta) -> (Option<String>, String) {
+    let place = meta.place();
+    let occupant = netns::run_at(&place, || dispatcher::xdp_occupant(meta.ifindex));
+    let components = match occupant {
+        Ok(Ok(XdpOccupant::Dispatcher { components, .. })) => components,
+        Ok(Ok(_)) => {
+            return (
+                Some(format!(
+                    "no XDP dispatcher runs on {} (index {}) any more",
+                    meta.dev, meta.ifindex
+                )),
+                meta.mode.clone(),
+            )
+        }
+        Ok(Err(e)) => return (Some(e.to_string()), meta.mode.clone()),
+        Err(why) => return (Some(why), meta.mode.clone()),
+    };
+    match components.iter().position(|c| c.prog_id == meta.prog_id) {
+        Some(slot) => (
+            None,
+            format!(
+                "{} dispatcher {}/{} prio {}",
+                meta.mode,
+                slot + 1,
+                components.len(),
+                components[slot].priority
+            ),
+        ),
+        None => (
+            Some(format!(
+                "the XDP dispatcher on {} no longer runs program {}",
+                meta.dev, meta.prog_id
+            )),
+            meta.mode.clone(),
+        ),
+    }
+}
