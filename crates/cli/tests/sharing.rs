@@ -363,6 +363,8 @@ fn a_drop_ends_the_chain_in_priority_order() {
         return;
     }
     let mut lab = Lab::new("drop");
+    // Resolve the neighbours first: a dropper would drop the ARP replies.
+    lab.send(3);
     // A foreign dropper before flowstate: flowstate sees nothing.
     let dropper = lab.load_foreign(XDP_DROP, 10);
     let ours = lab.name("c");
