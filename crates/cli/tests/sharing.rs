@@ -119,6 +119,16 @@ impl Lab {
 
     /// `flowstate run --xdp-share shared --priority P`; stopped at cleanup.
     fn run_flowstate(&mut self, name: &str, priority: u32, share: &str) -> Result<String, String> {
+        self.run_flowstate_env(name, priority, share, &[])
+    }
+
+    fn run_flowstate_env(
+        &mut self,
+        name: &str,
+        priority: u32,
+        share: &str,
+        env: &[(&str, &str)],
+    ) -> Result<String, String> {
         let path = self.dir.join(format!("{name}.fsm"));
         std::fs::write(&path, PASS_ALL).unwrap();
         let owned = name.to_string();
@@ -131,6 +141,7 @@ impl Lab {
             .args(["run", "--dev", DEV, "--name", name, "--xdp-share", share])
             .args(["--priority", &priority.to_string()])
             .arg(&path)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let text = format!(
@@ -416,4 +427,53 @@ fn run_refuses_a_program_attached_alone_and_leaves_it() {
             "{share}: the program stays attached"
         );
     }
+}
+
+#[test]
+fn an_interrupted_shared_run_or_stop_leaves_the_interface_working() {
+    if skip("an_interrupted_shared_run_or_stop_leaves_the_interface_working") {
+        return;
+    }
+    let mut lab = Lab::new("crash");
+    let theirs = lab.load_foreign(XDP_PASS, 20);
+    // Killed before joining, and after joining but before its metadata:
+    // the next command on the name takes it out again.
+    for step in ["attach", "write-meta"] {
+        let ours = lab.name(&step.replace('-', ""));
+        let crash = format!("run:{step}");
+        let killed =
+            lab.run_flowstate_env(&ours, 10, "shared", &[("FLOWSTATE_TEST_CRASH_AT", &crash)]);
+        assert!(killed.is_err(), "{step}: the run was killed");
+        let joined = usize::from(step == "write-meta");
+        assert_eq!(
+            lab.components().len(),
+            1 + joined,
+            "{step}: before the repair"
+        );
+        let out = flowstate().args(["repair", &ours]).output().unwrap();
+        assert!(out.status.success(), "{step}: repair: {out:?}");
+        let left: Vec<u32> = lab.components().iter().map(|c| c.prog_id).collect();
+        assert_eq!(left, [theirs], "{step}: only xdp-loader's program runs");
+    }
+    // Killed before leaving: the repair finishes the stop.
+    let ours = lab.name("stopped");
+    lab.run_flowstate(&ours, 10, "shared").unwrap();
+    assert_eq!(lab.components().len(), 2);
+    let out = flowstate()
+        .args(["stop", &ours])
+        .env("FLOWSTATE_TEST_CRASH_AT", "stop:leave-dispatcher")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the stop was killed");
+    let out = flowstate().args(["repair", &ours]).output().unwrap();
+    assert!(out.status.success(), "repair: {out:?}");
+    let left: Vec<u32> = lab.components().iter().map(|c| c.prog_id).collect();
+    assert_eq!(left, [theirs]);
+    let before = seen_by_foreign(theirs);
+    lab.send(5);
+    assert!(
+        seen_by_foreign(theirs) >= before + 5,
+        "the interface still works"
+    );
+    lab.unload_foreign(theirs);
 }
