@@ -348,6 +348,18 @@ fn flowstate_and_a_foreign_program_share_in_both_orders() {
     lab.send(10);
     assert!(seen_by_foreign(theirs) >= 10);
     assert!(seen_by_flowstate(&ours) >= 10);
+    // Reload is not supported in a dispatcher yet: refused, nothing moves.
+    let program = lab.dir.join(format!("{ours}.fsm"));
+    let out = flowstate()
+        .arg("reload")
+        .arg(&ours)
+        .arg(&program)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("shared XDP dispatcher"), "{text}");
+    assert_eq!(lab.components().len(), 2);
     lab.unload_foreign(theirs);
     assert!(
         list_mode(&ours).contains("dispatcher 1/1"),
