@@ -138,6 +138,13 @@ impl ProtocolLock {
 
 /// What runs on `ifindex` at XDP, read as libxdp reads it.
 pub fn xdp_occupant(ifindex: u32) -> Result<XdpOccupant, RuntimeError> {
+    // A free hook needs no lock (nor libxdp's directory, which the lock
+    // would create).
+    let attached = netlink::xdp_attached(ifindex)
+        .map_err(|e| error(format!("reading the XDP program of ifindex {ifindex}: {e}")))?;
+    if attached.is_none() {
+        return Ok(XdpOccupant::Free);
+    }
     let _lock = ProtocolLock::acquire()?;
     occupant_locked(ifindex).map(|(occupant, _)| occupant)
 }

@@ -180,7 +180,11 @@ mod tests {
         let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
         assert_eq!(word(4), 1 << 2 | 1 << 31);
         assert_eq!(word(8), 1 << 2 | 1 << 1 | 1 << 31);
-        assert_eq!(word(12), 0, "unused slots are never called: 0, as libxdp leaves them");
+        assert_eq!(
+            word(12),
+            0,
+            "unused slots are never called: 0, as libxdp leaves them"
+        );
         assert_eq!(word(44), 50);
         assert_eq!(word(48), 10);
     }
