@@ -145,6 +145,32 @@ impl Lab {
         &self.lab.switch
     }
 
+    /// xdp-loader in the switch. xdp-loader allows one run at a time (a
+    /// PID lock file; a second at once fails with "Unable to read PID
+    /// from lockfile"): this binary's runs take turns, and a run that met
+    /// another process's is tried again.
+    fn xdp_loader(&self, args: &[&str]) -> std::process::Output {
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        let once = || {
+            self.switch()
+                .command("xdp-loader")
+                .unwrap()
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let mut out = once();
+        for _ in 0..50 {
+            if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("lockfile") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            out = once();
+        }
+        out
+    }
+
     /// `flowstate run --xdp-share shared --priority P`; stopped at cleanup.
     fn run_flowstate(&mut self, name: &str, priority: u32, share: &str) -> Result<String, String> {
         self.run_flowstate_env(name, priority, share, &[])
@@ -195,14 +221,16 @@ impl Lab {
         let object = self.dir.join(format!("counter-{verdict}-{priority}.o"));
         std::fs::write(&object, counter_object(verdict)).unwrap();
         let before = self.components();
-        let out = self
-            .switch()
-            .command("xdp-loader")
-            .unwrap()
-            .args(["load", "-m", "native", "-P", &priority.to_string(), DEV])
-            .arg(&object)
-            .output()
-            .unwrap();
+        let priority = priority.to_string();
+        let out = self.xdp_loader(&[
+            "load",
+            "-m",
+            "native",
+            "-P",
+            &priority,
+            DEV,
+            object.to_str().unwrap(),
+        ]);
         assert!(out.status.success(), "xdp-loader load: {out:?}");
         let ids: Vec<u32> = self
             .components()
@@ -222,24 +250,12 @@ impl Lab {
     }
 
     fn unload_foreign(&self, prog_id: u32) {
-        let out = self
-            .switch()
-            .command("xdp-loader")
-            .unwrap()
-            .args(["unload", "-i", &prog_id.to_string(), DEV])
-            .output()
-            .unwrap();
+        let out = self.xdp_loader(&["unload", "-i", &prog_id.to_string(), DEV]);
         assert!(out.status.success(), "xdp-loader unload: {out:?}");
     }
 
     fn status(&self) -> String {
-        let out = self
-            .switch()
-            .command("xdp-loader")
-            .unwrap()
-            .args(["status", DEV])
-            .output()
-            .unwrap();
+        let out = self.xdp_loader(&["status", DEV]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

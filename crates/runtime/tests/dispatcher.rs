@@ -172,8 +172,24 @@ fn set_verdict(verdict: &RawMap, action: u32) {
 /// Runs xdp-loader in the namespace. Not through `ip netns exec`, whose
 /// fresh /sys has no bpffs (libxdp would load without a dispatcher): the
 /// child of a thread inside the namespace keeps the mounts.
+/// xdp-loader itself allows one run at a time (a PID lock file; a second
+/// one at once fails with "Unable to read PID from lockfile"): this
+/// binary's runs take turns, and a run that met another process's is
+/// tried again.
 fn xdp_loader(netns: &Netns, args: &[&str]) -> Result<String, String> {
-    netns.enter(|| run("xdp-loader", args))
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut result = netns.enter(|| run("xdp-loader", args));
+    for _ in 0..50 {
+        match &result {
+            Err(e) if e.contains("lockfile") => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                result = netns.enter(|| run("xdp-loader", args));
+            }
+            _ => break,
+        }
+    }
+    result
 }
 
 /// The maps `flows` and `verdict` of program `prog_id`.
