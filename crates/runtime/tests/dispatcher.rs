@@ -144,7 +144,11 @@ struct ObjectFile(std::path::PathBuf);
 
 impl ObjectFile {
     fn new(tag: &str) -> ObjectFile {
-        let path = std::env::temp_dir().join(format!("flowstate-{tag}-{}.o", std::process::id()));
+        // Unique per call: the tests run at once in one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("flowstate-{tag}-{}-{n}.o", std::process::id()));
         std::fs::write(&path, counting_object()).unwrap();
         ObjectFile(path)
     }
