@@ -444,3 +444,66 @@ fn a_plain_program_is_refused_and_left_attached() {
         before
     );
 }
+
+#[test]
+fn replace_swaps_our_program_in_its_slot() {
+    if skip_without_xdp_loader("replace_swaps_our_program_in_its_slot") {
+        return;
+    }
+    let netns = Netns::new("dspr");
+    let ifindex = netns.enter(|| ifindex("veth0"));
+    let mut first = None;
+    let joined = netns
+        .enter(|| {
+            dispatcher::join(
+                ifindex,
+                NewComponent {
+                    name: "count_xdp".into(),
+                    priority: 10,
+                    chain_call_actions: CHAIN_ON_PASS,
+                    load: Box::new(|d, slot| Ok(load_counter(&mut first, d, slot))),
+                },
+                dispatcher::XDP_FLAGS_DRV_MODE,
+            )
+        })
+        .unwrap();
+    let their_id = xdp_loader_load(&netns, 20);
+    let mut second = None;
+    let replaced = netns
+        .enter(|| {
+            dispatcher::replace(
+                ifindex,
+                joined.prog_id,
+                NewComponent {
+                    name: "count_xdp".into(),
+                    // The slot's own priority and actions are kept.
+                    priority: 99,
+                    chain_call_actions: 0,
+                    load: Box::new(|d, slot| Ok(load_counter(&mut second, d, slot))),
+                },
+            )
+        })
+        .unwrap();
+    assert_ne!(replaced.prog_id, joined.prog_id);
+    let listed = components(&netns);
+    let ids: Vec<u32> = listed.iter().map(|c| c.prog_id).collect();
+    assert_eq!(ids, [replaced.prog_id, their_id]);
+    assert_eq!(listed[0].priority, 10);
+    assert_eq!(listed[0].chain_call_actions, CHAIN_ON_PASS);
+    let flows = |keep: &Option<Ebpf>| {
+        RawMap::from_map("flows", keep.as_ref().unwrap().map("flows").unwrap()).unwrap()
+    };
+    let (their_flows, _) = counter_maps(their_id);
+    send(&netns, 4);
+    assert_eq!(packets_in(&flows(&first)), 0, "the old program is out");
+    assert_eq!(packets_in(&flows(&second)), 4);
+    assert_eq!(packets_in(&their_flows), 4, "the next program still runs");
+    assert!(netns
+        .enter(|| dispatcher::leave(ifindex, replaced.prog_id))
+        .unwrap());
+    xdp_loader(&netns, &["unload", "--all", "veth0"]).unwrap();
+    assert_eq!(
+        netns.enter(|| dispatcher::xdp_occupant(ifindex)).unwrap(),
+        XdpOccupant::Free
+    );
+}
