@@ -26,6 +26,11 @@ pub const EVENTS_MAP: &str = "events";
 /// Name of the test clock (array, one u64), present only with
 /// [`crate::Options::test_clock`].
 pub const CLOCK_MAP: &str = "clock";
+/// Name of the redirect ports (array of u32 ifindexes, one slot per
+/// interface name the program's `redirect` actions use), present only when
+/// some action redirects to a named interface. The loader fills it in the
+/// namespace the program runs in; a slot left 0 drops the packet.
+pub const PORTS_MAP: &str = "ports";
 
 /// Size of the events ring buffer.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -81,6 +86,10 @@ pub struct Layout {
     pub events_map: Option<&'static str>,
     /// `None` unless compiled with the test clock.
     pub clock_map: Option<&'static str>,
+    /// `None` unless some action is `redirect IFNAME`.
+    pub ports_map: Option<&'static str>,
+    /// The interface names of the `ports` map, by slot.
+    pub ports: Vec<String>,
     /// Fields of the state table key, in packing order.
     pub key_fields: Vec<Field>,
     /// Bytes of a packed key (`flowstate_interp::Key` packs the same way).
@@ -122,12 +131,15 @@ impl Layout {
         let rows = program.rows.len() as u32;
         let event_key_offset = 24;
         let event_head_offset = event_key_offset + key_size.next_multiple_of(8);
+        let ports = port_names(program);
         Layout {
             flows_map: FLOWS_MAP,
             globals_map: (!program.globals.is_empty()).then_some(GLOBALS_MAP),
             counters_map: COUNTERS_MAP,
             events_map: uses_controller(program).then_some(EVENTS_MAP),
             clock_map: test_clock.then_some(CLOCK_MAP),
+            ports_map: (!ports.is_empty()).then_some(PORTS_MAP),
+            ports,
             key_fields: program.lookup_key.clone(),
             key_size,
             value_size: REGISTERS_OFFSET + 8 * registers,
@@ -146,6 +158,14 @@ impl Layout {
             event_key_offset,
             event_head_offset,
         }
+    }
+
+    /// The `ports` slot of interface `ifname`.
+    pub fn port_slot(&self, ifname: &str) -> Option<u32> {
+        self.ports
+            .iter()
+            .position(|p| p == ifname)
+            .map(|slot| slot as u32)
     }
 
     /// Decodes a flow entry; bytes missing from a short value read as 0 (a
@@ -247,6 +267,25 @@ pub fn uses_controller(program: &Program) -> bool {
         .any(|a| matches!(a, Action::Controller { .. }))
 }
 
+/// The distinct interface names of `redirect IFNAME` actions, in order of
+/// first use (rows, then the default action).
+pub fn port_names(program: &Program) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let actions = program
+        .rows
+        .iter()
+        .map(|r| &r.action)
+        .chain([&program.default_action]);
+    for action in actions {
+        if let Action::Redirect { ifname } = action {
+            if !names.contains(ifname) {
+                names.push(ifname.clone());
+            }
+        }
+    }
+    names
+}
+
 /// A C identifier made from a name (`ip.src` -> `ip_src`).
 pub(crate) fn c_name(name: &str) -> String {
     let mut out: String = name
@@ -320,6 +359,15 @@ pub(crate) fn map_defs(program: &Program, layout: &Layout) -> Vec<MapDef> {
             BtfType::u32(),
             BtfType::i64(),
             1,
+        ));
+    }
+    if let Some(name) = layout.ports_map {
+        maps.push(MapDef::new(
+            name,
+            MapKind::Array,
+            BtfType::u32(),
+            BtfType::u32(),
+            layout.ports.len() as u32,
         ));
     }
     maps

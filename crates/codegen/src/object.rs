@@ -15,6 +15,7 @@ pub(crate) fn map_name(layout: &Layout, map: MapRef) -> &'static str {
         (MAPS.counters, Some(layout.counters_map)),
         (MAPS.events, layout.events_map),
         (MAPS.clock, layout.clock_map),
+        (crate::emit::PORTS, layout.ports_map),
         (migrate::OLD_FLOWS, Some(crate::migrate::OLD_FLOWS_MAP)),
         (migrate::MIGRATION, Some(crate::migrate::MIGRATION_MAP)),
         (migrate::SUCCESSOR, Some(crate::migrate::SUCCESSOR_MAP)),

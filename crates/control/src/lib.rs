@@ -40,6 +40,7 @@ pub mod lock;
 pub mod meta;
 pub mod netns;
 mod paths;
+mod ports;
 mod reload;
 pub mod summary;
 pub mod trust;
@@ -173,6 +174,12 @@ pub enum ControlError {
     NoSuchInterface(String),
     #[error("no interface named {dev:?} in network namespace {netns} (see `ip -n {netns} link`)")]
     NoSuchInterfaceIn { dev: String, netns: String },
+    /// A `redirect IFNAME` target missing where the program would run.
+    #[error(
+        "the program redirects to {port:?}, but {place} has no interface of that name: create \
+         it, or change the program's `redirect`; nothing was changed"
+    )]
+    NoSuchPort { port: String, place: String },
     #[error(
         "a program named {0:?} is already running: pick another --name, or `flowstate stop {0}`"
     )]
@@ -303,6 +310,7 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
         })?;
     let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
     let output = codegen(&program, attach.hook())?;
+    let port_indexes = ports::resolve_at(&output.layout, &place)?;
 
     flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
         .map_err(|e| ControlError::kernel("mounting bpffs", e))?;
@@ -327,7 +335,7 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
         .into_iter()
         .map(|m| (m, maps_dir.join(m)))
         .collect();
-    let mut loaded = kernel::load(&output.object, &output.program_name, &pins)?;
+    let mut loaded = kernel::load(&output.object, &output.program_name, &pins, &port_indexes)?;
     journal.step("pin-prog")?;
     loaded.pin_program(&pin_dir.join("prog"))?;
     let prog_id = loaded.prog_id()?;

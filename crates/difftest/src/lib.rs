@@ -245,13 +245,12 @@ impl From<RuntimeError> for HarnessError {
 }
 
 /// Options for differential runs: the test clock, per-flow atomicity as
-/// asked, every `redirect` resolved to the loopback.
+/// asked (every `redirect` port is filled with the loopback at load).
 pub fn test_options(atomic: bool) -> Options {
     Options {
         test_clock: true,
         atomic,
         hook: None,
-        ifindex_of: Box::new(|_| Some(TEST_RUN_IFINDEX)),
     }
 }
 
@@ -297,6 +296,13 @@ impl Kernel {
         let clock = loaded.map(layout.clock_map.ok_or(HarnessError::MissingMap(
             flowstate_codegen::layout::CLOCK_MAP,
         ))?)?;
+        // As `flowstate run` fills it: every port is the test run's.
+        if let Some(name) = layout.ports_map {
+            let ports = loaded.map(name)?;
+            for slot in 0..layout.ports.len() as u32 {
+                ports.array_set(slot, &TEST_RUN_IFINDEX.to_le_bytes())?;
+            }
+        }
         Ok(Kernel {
             output,
             loaded,
