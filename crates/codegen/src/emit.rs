@@ -1791,6 +1791,7 @@ impl<'a> Emitter<'a> {
             self.program.state_name(commit.next),
             self.row_text(row)
         ));
+        self.keep_port(&row.action);
 
         // 0. A row that writes nothing but `last_seen` to an entry read
         // unchanged: one plain store, no lock (the view was a consistent
@@ -2212,6 +2213,7 @@ impl<'a> Emitter<'a> {
                 let slot = self.layout.port_slot(ifname).unwrap_or(u32::MAX);
                 return self.redirect_to_port(ifname, slot);
             }
+            Action::RedirectPort { name, .. } => return self.redirect_to_kept_port(name),
             // Controller tails hand their `then` verdict here.
             Action::Controller { .. } => Some(if xdp { XDP_PASS } else { TC_ACT_OK }),
         };

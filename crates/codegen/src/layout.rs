@@ -286,6 +286,14 @@ pub fn port_names(program: &Program) -> Vec<String> {
     names
 }
 
+/// Whether some row's verdict is `redirect REGISTER`.
+pub(crate) fn redirects_to_register(program: &Program) -> bool {
+    program
+        .rows
+        .iter()
+        .any(|r| matches!(r.action, Action::RedirectPort { .. }))
+}
+
 /// A C identifier made from a name (`ip.src` -> `ip_src`).
 pub(crate) fn c_name(name: &str) -> String {
     let mut out: String = name
@@ -419,6 +427,9 @@ pub(crate) struct Frame {
     /// no constant there, so rows reaching one commit look alike to it
     /// (their paths merge instead of being walked once per row).
     pub row_index: i16,
+    /// The port of a `redirect REGISTER` row, read when the row fires
+    /// (its value before the row); 0 (never used) when no row has one.
+    pub port: i16,
     /// Bytes used.
     pub size: usize,
 }
@@ -458,6 +469,11 @@ impl Frame {
         let globals_ptr = take(8);
         let event_state = take(8);
         let row_index = take(8);
+        let port = if redirects_to_register(program) {
+            take(8)
+        } else {
+            0
+        };
         Frame {
             field_slots,
             fields,
@@ -478,6 +494,7 @@ impl Frame {
             globals_ptr,
             event_state,
             row_index,
+            port,
             size,
         }
     }

@@ -79,7 +79,7 @@ fn verdict(action: &Action, hook: Hook) -> u32 {
         }
         Action::Tx => 3,
         // bpf_redirect's return value.
-        Action::Redirect { .. } => {
+        Action::Redirect { .. } | Action::RedirectPort { .. } => {
             if xdp {
                 4
             } else {
