@@ -52,8 +52,10 @@ use migrate::Role;
 use Reg::*;
 
 mod editor;
+mod meta;
 mod redirect;
 
+pub(crate) use meta::META;
 pub(crate) use redirect::PORTS;
 
 pub(crate) use editor::emit_editor;
@@ -287,6 +289,7 @@ impl<'a> Emitter<'a> {
             self.mover(conversion);
             return self.finish();
         }
+        self.reference_metadata();
         self.entry();
         self.pull_prologue();
         self.lookup_and_view();

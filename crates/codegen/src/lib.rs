@@ -143,6 +143,7 @@ pub mod editor;
 pub mod emit;
 pub mod layout;
 pub mod lower;
+pub mod meta;
 pub mod migrate;
 pub mod object;
 pub mod parse;
@@ -172,6 +173,10 @@ pub struct Options {
     pub atomic: bool,
     /// Attach somewhere else than the program's `hook`.
     pub hook: Option<Hook>,
+    /// The text the program was compiled from, for the object's metadata
+    /// (see [`meta`]); without it the metadata carries the program
+    /// printed back to text.
+    pub source: Option<String>,
 }
 
 impl Default for Options {
@@ -180,6 +185,7 @@ impl Default for Options {
             test_clock: false,
             atomic: true,
             hook: None,
+            source: None,
         }
     }
 }
@@ -315,7 +321,16 @@ fn compile_parts(
     }
     let name = layout::c_name(&program.name);
     let name = variant.symbol.unwrap_or(name);
-    let object = object::build(program, &layout, hook, &name, &code, variant.extra_maps)?;
+    let metadata = meta::document(program, &layout, hook, options.source.as_deref());
+    let object = object::build(
+        program,
+        &layout,
+        hook,
+        &name,
+        &code,
+        variant.extra_maps,
+        metadata,
+    )?;
     let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
     Ok(Output {
         object,

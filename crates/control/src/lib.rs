@@ -31,6 +31,7 @@
 //! names, metadata files).
 
 mod edit;
+mod foreign;
 mod handle;
 pub mod journal;
 mod kernel;
@@ -52,6 +53,7 @@ use flowstate_codegen::Layout;
 use flowstate_lang::ir::{Hook, Program};
 use serde::{Deserialize, Serialize};
 
+pub use foreign::{open_program, ProgramRef};
 pub use handle::{open, Event, Events, FlowRow, Handle, RowStat, Stats};
 pub use journal::{Outcome, Repaired};
 pub use lock::InstanceLock;
@@ -174,6 +176,12 @@ pub enum ControlError {
     NoSuchInterface(String),
     #[error("no interface named {dev:?} in network namespace {netns} (see `ip -n {netns} link`)")]
     NoSuchInterfaceIn { dev: String, netns: String },
+    /// A program without flowstate's metadata among its maps.
+    #[error(
+        "{program} carries no flowstate metadata: it was not compiled by flowstate (or by a \
+         flowstate from before objects carried it); recompile it with `flowstate compile`"
+    )]
+    NotFlowstate { program: String },
     /// A `redirect IFNAME` target missing where the program would run.
     #[error(
         "the program redirects to {port:?}, but {place} has no interface of that name: create \
@@ -309,7 +317,7 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
             (e, _) => e,
         })?;
     let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
-    let output = codegen(&program, attach.hook())?;
+    let output = codegen(&program, attach.hook(), &source)?;
     let port_indexes = ports::resolve_at(&output.layout, &place)?;
 
     flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
@@ -756,9 +764,11 @@ pub(crate) fn compile_source(path: &Path, source: &str) -> Result<Program, Contr
 pub(crate) fn codegen(
     program: &Program,
     hook: Hook,
+    source: &str,
 ) -> Result<flowstate_codegen::Output, ControlError> {
     let options = flowstate_codegen::Options {
         hook: Some(hook),
+        source: Some(source.to_string()),
         ..flowstate_codegen::Options::default()
     };
     flowstate_codegen::compile(program, &options).map_err(|e| ControlError::Codegen(e.to_string()))

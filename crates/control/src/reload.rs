@@ -149,7 +149,7 @@ pub fn reload(
     }
     // The link's kind is fixed: compile for where the program runs.
     let hook = meta.attach.hook();
-    let output = crate::codegen(&new, hook)?;
+    let output = crate::codegen(&new, hook, &source)?;
     let old_layout = Layout::new(&old, false);
     let new_layout = &output.layout;
     // Redirect targets, looked up where the instance runs (the old

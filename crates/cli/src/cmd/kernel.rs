@@ -104,6 +104,7 @@ fn build(path: &Path, hook: Option<HookArg>) -> anyhow::Result<Option<(Program, 
     let program = loaded.compiled.program;
     let options = Options {
         hook: hook.map(Hook::from),
+        source: Some(loaded.source),
         ..Options::default()
     };
     match flowstate_codegen::compile(&program, &options) {
