@@ -23,6 +23,11 @@
 //!   without bpf-to-bpf calls, and libbpf, aya and the kernel load without.
 //! - `R_BPF_64_64` relocations (addend 0) at each `ld_imm64` that loads a
 //!   map, against that map's symbol; the loader patches in the map fd.
+//! - `.rodata` (only when variables are added, [`ObjectBuilder::add_rodata`]):
+//!   read-only globals, one global `STT_OBJECT` symbol each, typed
+//!   `char[N]` in a `DATASEC` named `.rodata`. A relocation against one
+//!   loads its address (libbpf and aya make the section a frozen array map
+//!   of one element and use `BPF_PSEUDO_MAP_VALUE`).
 //!
 //! ```
 //! use flowstate_obj::{BtfType, MapDef, MapKind, ObjectBuilder, ProgramDef, ProgramSection};
