@@ -17,6 +17,9 @@
 //! - A row's updates are evaluated in parallel from the values before it.
 //! - Under `flows N refuse`, a new flow that finds the table full gets the
 //!   default action and nothing (not even a global) is written.
+//! - `redirect REGISTER` sends to the register's value before the row; a
+//!   value that is no ifindex (`flowstate_lang::ir::port_ifindex`) makes
+//!   the step's verdict `drop` (the row still fires and writes).
 //!
 //! Full tables under `flows N evict`: the promise every execution keeps
 //! (docs/language.md, "Capacity and full policy"; the differential tests
