@@ -1,6 +1,8 @@
-//! `redirect REGISTER` on real veths: `examples/switch/learnswitch.fsm`,
-//! one program attached (TC ingress) to both ports of a switch namespace,
-//! learns where each station is and forwards frames to the learned port.
+//! Redirects on real veths. `redirect REGISTER`:
+//! `examples/switch/learnswitch.fsm`, one program attached (TC ingress) to
+//! both ports of a switch namespace, learns where each station is and
+//! forwards frames to the learned port. `redirect IFNAME`: `flowstate run
+//! --netns` fills the port's ifindex as the switch namespace numbers it.
 //!
 //! ```text
 //!  a: eth0 10.77.0.1 ── port-a  [switch]  port-b ── eth0 10.77.0.2 :b
@@ -14,6 +16,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use flowstate_netlab::{send_udp, Netns, Topology, UdpSink};
@@ -62,12 +65,19 @@ fn burst(from: &Netns, from_addr: Ipv4Addr, sink: &UdpSink) -> u64 {
     sink.settle(Duration::from_millis(200), Duration::from_secs(5)) - before
 }
 
-#[test]
-fn a_learning_switch_forwards_to_the_learned_port() {
-    if skip("a_learning_switch_forwards_to_the_learned_port") {
-        return;
-    }
-    let mut topology = Topology::new("lsw").unwrap();
+/// The switch and its two stations, who know each other's MAC.
+struct Lab {
+    switch: Netns,
+    a: Netns,
+    b: Netns,
+    mac_a: String,
+    mac_b: String,
+    // Last: dropping it removes the namespaces.
+    _topology: Topology,
+}
+
+fn lab(tag: &str) -> Lab {
+    let mut topology = Topology::new(tag).unwrap();
     let switch = topology.add_netns("sw").unwrap();
     switch
         .sysctl("net.ipv6.conf.all.disable_ipv6", "1")
@@ -98,6 +108,30 @@ fn a_learning_switch_forwards_to_the_learned_port() {
         "eth0",
     ])
     .unwrap();
+
+    Lab {
+        switch,
+        a,
+        b,
+        mac_a,
+        mac_b,
+        _topology: topology,
+    }
+}
+
+#[test]
+fn a_learning_switch_forwards_to_the_learned_port() {
+    if skip("a_learning_switch_forwards_to_the_learned_port") {
+        return;
+    }
+    let Lab {
+        switch,
+        a,
+        b,
+        mac_a,
+        mac_b,
+        _topology,
+    } = lab("lsw");
 
     let source_path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/switch/learnswitch.fsm");
@@ -149,4 +183,67 @@ fn a_learning_switch_forwards_to_the_learned_port() {
     expected.sort();
     assert_eq!(ports, expected);
     drop(links);
+}
+
+/// `flowstate stop NAME` on drop.
+struct Stop(String);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_flowstate"))
+            .args(["stop", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn run_fills_a_named_port_in_the_instance_namespace() {
+    if skip("run_fills_a_named_port_in_the_instance_namespace") {
+        return;
+    }
+    let lab = lab("nport");
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("toport.fsm");
+    std::fs::write(
+        &program,
+        format!(
+            "program toport\nhook tc ingress\nflow ip.src\nstates A\ndefault pass\ntable\n  \
+             * udp.dport == {PORT} => redirect \"port-b\"\n  * * => pass\nend\n"
+        ),
+    )
+    .unwrap();
+    let sink_b = UdpSink::start(&lab.b, SocketAddrV4::new(B_ADDR, PORT)).unwrap();
+    assert_eq!(
+        burst(&lab.a, A_ADDR, &sink_b),
+        0,
+        "forwarded with no program"
+    );
+
+    // `port-b` exists only in the switch's namespace: that is where `run
+    // --netns` looks it up.
+    let name = format!("nport{}", std::process::id());
+    let _stop = Stop(name.clone());
+    let out = Command::new(env!("CARGO_BIN_EXE_flowstate"))
+        .args([
+            "run",
+            "--netns",
+            lab.switch.name(),
+            "--dev",
+            "port-a",
+            "--name",
+            &name,
+        ])
+        .arg(&program)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        burst(&lab.a, A_ADDR, &sink_b),
+        BURST as u64,
+        "redirected to port-b"
+    );
 }
