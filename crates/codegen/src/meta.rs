@@ -38,15 +38,25 @@ pub fn text_hash(text: &str) -> String {
         .collect()
 }
 
+/// Longest program text the metadata carries. `.rodata` is one array
+/// element, and the kernel refuses values past a few MiB (KMALLOC_MAX_SIZE);
+/// a longer source (comments, mostly) is replaced by the program printed
+/// back, and a program whose printed text is longer still goes without.
+pub const MAX_TEXT_BYTES: usize = 1 << 20;
+
 /// The metadata of a program compiled for `hook`: the JSON document,
 /// NUL-terminated.
 pub fn document(program: &Program, layout: &Layout, hook: Hook, source: Option<&str>) -> Vec<u8> {
     let printed;
     let text = match source {
-        Some(text) => text,
-        None => {
+        Some(text) if text.len() <= MAX_TEXT_BYTES => text,
+        _ => {
             printed = flowstate_lang::print::program(program);
-            &printed
+            if printed.len() <= MAX_TEXT_BYTES {
+                &printed
+            } else {
+                ""
+            }
         }
     };
     let doc = json!({
@@ -135,10 +145,18 @@ pub fn parse(bytes: &[u8]) -> Result<ObjectMeta, String> {
         "tc egress" => Hook::TcEgress,
         other => return Err(format!("flowstate metadata with unknown hook {other:?}")),
     };
+    let text = field("text")?;
+    if text.is_empty() {
+        return Err(format!(
+            "the object's metadata carries no program text: the program is longer than {} KiB \
+             printed; open it through `flowstate run` instead",
+            MAX_TEXT_BYTES / 1024
+        ));
+    }
     Ok(ObjectMeta {
         program: field("program")?,
         hook,
-        text: field("text")?,
+        text,
         text_hash: field("text_hash")?,
     })
 }
@@ -186,6 +204,18 @@ mod tests {
         let printed = parse(&document(&program, &layout, Hook::Xdp, None)).unwrap();
         let again = flowstate_lang::compile(&printed.text).unwrap().program;
         assert_eq!(Layout::new(&again, false), layout);
+    }
+
+    #[test]
+    fn a_source_past_the_limit_is_replaced_by_the_printed_program() {
+        let comment = format!("# {}\n", "x".repeat(MAX_TEXT_BYTES));
+        let source = format!(
+            "{comment}program p\nhook xdp\nflow ip.src\nstates A\ndefault pass\ntable\n  * * => drop\nend\n"
+        );
+        let program = flowstate_lang::compile(&source).unwrap().program;
+        let layout = Layout::new(&program, false);
+        let meta = parse(&document(&program, &layout, Hook::Xdp, Some(&source))).unwrap();
+        assert_eq!(meta.text, flowstate_lang::print::program(&program));
     }
 
     #[test]
