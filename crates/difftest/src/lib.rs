@@ -261,7 +261,7 @@ pub fn test_options(atomic: bool) -> Options {
     Options {
         test_clock: true,
         atomic,
-        hook: None,
+        ..Options::default()
     }
 }
 
