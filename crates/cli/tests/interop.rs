@@ -171,10 +171,12 @@ fn bpftool_loads_the_object_and_dumps_named_fields() {
     }
 }
 
-/// A program with a register, a global and a row that writes both.
+/// A program with a register, a global, a row that writes both and one
+/// that sends an event.
 const COUNTING: &str = "program counting\nhook xdp\nflow ip.src\nstates NEW, SEEN\n\
                         registers hits = 0\nglobals total = 100\ndefault pass\ntable\n  \
                         * udp.dport == 9 => drop, hits = hits + 1, total = total + 1, next SEEN\n  \
+                        * udp.dport == 10 => controller then drop\n  \
                         * * => pass\nend\n";
 
 /// `flowstate ARGS`, its standard output parsed as JSON.
@@ -242,16 +244,21 @@ fn flows_globals_and_stats_of_a_program_loaded_by_bpftool() {
     // Packets through the loaded program: 10.0.0.1 three times, 10.0.0.2
     // once, all to port 9.
     let program = flowstate_runtime::RawProgram::from_pin(&pin).unwrap();
+    let frame = |src: [u8; 4], port: u16| {
+        flowstate_wire::build::PacketBuilder::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, [10, 0, 0, 100])
+            .udp(40000, port)
+            .build()
+    };
     for (src, times) in [([10, 0, 0, 1], 3), ([10, 0, 0, 2], 1)] {
-        let frame =
-            flowstate_wire::build::PacketBuilder::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-                .ipv4(src, [10, 0, 0, 100])
-                .udp(40000, 9)
-                .build();
         for _ in 0..times {
-            assert_eq!(program.test_run(&frame).unwrap().retval, 1, "XDP_DROP");
+            let verdict = program.test_run(&frame(src, 9)).unwrap().retval;
+            assert_eq!(verdict, 1, "XDP_DROP");
         }
     }
+    // One event waits in the ring buffer for the reader below.
+    let verdict = program.test_run(&frame([10, 0, 0, 3], 10)).unwrap().retval;
+    assert_eq!(verdict, 1, "XDP_DROP");
 
     for by in [["--prog-id", id.as_str()], ["--pin", pin.to_str().unwrap()]] {
         let flows = flowstate_json(&["flows", by[0], by[1], "--json"]);
@@ -281,6 +288,18 @@ fn flows_globals_and_stats_of_a_program_loaded_by_bpftool() {
         assert_eq!(stats["rows"][0]["packets"], 4, "{by:?}: {stats}");
         assert_eq!(stats["flows_by_state"]["SEEN"], 2, "{by:?}: {stats}");
     }
+    let event = flowstate_json(&[
+        "events",
+        "--prog-id",
+        &id,
+        "--json",
+        "--count",
+        "1",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(event["key"], "10.0.0.3", "{event}");
+    assert_eq!(event["row_line"], 10, "{event}");
 }
 
 #[test]
