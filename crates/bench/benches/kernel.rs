@@ -142,9 +142,6 @@ impl Compiled {
         let options = Options {
             test_clock: false,
             hook,
-            // Only portknock, tokenbucket and generated tables are
-            // compiled: no redirects.
-            ifindex_of: Box::new(|_| None),
             ..Options::default()
         };
         let output = flowstate_codegen::compile(program, &options)

@@ -16,7 +16,8 @@ pub struct Loaded {
 
 /// The outcome of checking a file: a program, or the diagnostics that stop it.
 pub enum Checked {
-    Ok(Loaded),
+    /// Boxed: a checked program is much larger than the failure.
+    Ok(Box<Loaded>),
     Failed {
         source: String,
         name: String,
@@ -54,11 +55,11 @@ pub fn check_file(path: &Path) -> anyhow::Result<Checked> {
     let source = read_program(path)?;
     let name = path.display().to_string();
     Ok(match flowstate_lang::compile(&source) {
-        Ok(compiled) => Checked::Ok(Loaded {
+        Ok(compiled) => Checked::Ok(Box::new(Loaded {
             source,
             name,
             compiled,
-        }),
+        })),
         Err(diagnostics) => Checked::Failed {
             source,
             name,
@@ -84,7 +85,7 @@ pub fn load_or_report(path: &Path) -> anyhow::Result<Option<Loaded>> {
                     )
                 );
             }
-            Ok(Some(loaded))
+            Ok(Some(*loaded))
         }
         Checked::Failed {
             source,

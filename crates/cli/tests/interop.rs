@@ -171,6 +171,166 @@ fn bpftool_loads_the_object_and_dumps_named_fields() {
     }
 }
 
+/// A program with a register, a global, a row that writes both and one
+/// that sends an event.
+const COUNTING: &str = "program counting\nhook xdp\nflow ip.src\nstates NEW, SEEN\n\
+                        registers hits = 0\nglobals total = 100\ndefault pass\ntable\n  \
+                        * udp.dport == 9 => drop, hits = hits + 1, total = total + 1, next SEEN\n  \
+                        * udp.dport == 10 => controller then drop\n  \
+                        * * => pass\nend\n";
+
+/// `flowstate ARGS`, its standard output parsed as JSON.
+fn flowstate_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::cargo_bin("flowstate")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "flowstate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn flows_globals_and_stats_of_a_program_loaded_by_bpftool() {
+    if skip("flows_globals_and_stats_of_a_program_loaded_by_bpftool") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("counting.fsm");
+    std::fs::write(&source, COUNTING).unwrap();
+    let object = dir.path().join("counting.o");
+    let status = Command::cargo_bin("flowstate")
+        .unwrap()
+        .args(["compile", "-o"])
+        .arg(&object)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pin = PathBuf::from(format!("/sys/fs/bpf/flowstate-meta-{}", std::process::id()));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _unpin = Unpin(pin.clone());
+    let out = Command::new("bpftool")
+        .args(["prog", "load"])
+        .arg(&object)
+        .arg(&pin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = Command::new("bpftool")
+        .args(["-j", "prog", "show", "pinned"])
+        .arg(&pin)
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let id = shown["id"].as_u64().unwrap().to_string();
+    // bpftool shows the metadata's one-line summary too.
+    let summary = shown["metadata"]["flowstate"].as_str().unwrap_or_default();
+    assert!(summary.starts_with("counting "), "{shown}");
+
+    // Packets through the loaded program: 10.0.0.1 three times, 10.0.0.2
+    // once, all to port 9.
+    let program = flowstate_runtime::RawProgram::from_pin(&pin).unwrap();
+    let frame = |src: [u8; 4], port: u16| {
+        flowstate_wire::build::PacketBuilder::eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, [10, 0, 0, 100])
+            .udp(40000, port)
+            .build()
+    };
+    for (src, times) in [([10, 0, 0, 1], 3), ([10, 0, 0, 2], 1)] {
+        for _ in 0..times {
+            let verdict = program.test_run(&frame(src, 9)).unwrap().retval;
+            assert_eq!(verdict, 1, "XDP_DROP");
+        }
+    }
+    // One event waits in the ring buffer for the reader below.
+    let verdict = program.test_run(&frame([10, 0, 0, 3], 10)).unwrap().retval;
+    assert_eq!(verdict, 1, "XDP_DROP");
+
+    for by in [["--prog-id", id.as_str()], ["--pin", pin.to_str().unwrap()]] {
+        let flows = flowstate_json(&["flows", by[0], by[1], "--json"]);
+        let rows: Vec<(String, String, i64)> = flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["key"].as_str().unwrap().to_string(),
+                    r["state"].as_str().unwrap().to_string(),
+                    r["registers"]["hits"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("10.0.0.1".to_string(), "SEEN".to_string(), 3),
+                ("10.0.0.2".to_string(), "SEEN".to_string(), 1)
+            ],
+            "{by:?}"
+        );
+        let globals = flowstate_json(&["globals", by[0], by[1], "--json"]);
+        assert_eq!(globals["total"], 104, "{by:?}");
+        let stats = flowstate_json(&["stats", by[0], by[1], "--json", "--interval", "0.01"]);
+        assert_eq!(stats["rows"][0]["packets"], 4, "{by:?}: {stats}");
+        assert_eq!(stats["flows_by_state"]["SEEN"], 2, "{by:?}: {stats}");
+    }
+    let event = flowstate_json(&[
+        "events",
+        "--prog-id",
+        &id,
+        "--json",
+        "--count",
+        "1",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(event["key"], "10.0.0.3", "{event}");
+    assert_eq!(event["row_line"], 10, "{event}");
+}
+
+#[test]
+fn flows_finds_the_metadata_of_a_program_ip_attached() {
+    if skip("flows_finds_the_metadata_of_a_program_ip_attached") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let object = compile(dir.path(), "portknock.fsm", "xdp");
+    let (_topology, ns) = lab("ipmeta");
+    ns.ip(&[
+        "link",
+        "set",
+        "dev",
+        "dut",
+        "xdp",
+        "obj",
+        object.to_str().unwrap(),
+        "sec",
+        "xdp",
+    ])
+    .expect("ip accepts the object");
+    let shown = ns.ip(&["-j", "-d", "link", "show", "dev", "dut"]).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let id = shown[0]["xdp"]["prog"]["id"].as_u64().unwrap().to_string();
+    let flows = flowstate_json(&["flows", "--prog-id", &id, "--json"]);
+    assert_eq!(flows, serde_json::json!([]));
+    let stats = flowstate_json(&["stats", "--prog-id", &id, "--json", "--interval", "0.01"]);
+    assert_eq!(stats["flows_by_state"]["OPEN"], 0, "{stats}");
+}
+
 /// libbpf loads the object's `.BTF.ext`, and the kernel keeps its
 /// line_info: the translated program shows the `.fsm` file and the text
 /// of each row's line.

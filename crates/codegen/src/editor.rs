@@ -150,17 +150,15 @@ pub fn compile(program: &Program, test_clock: bool) -> Result<Editor, CodegenErr
     let layout = Layout::new(program, test_clock);
     let frame = layout::Frame::plan(program);
     let lowered = lower::lower(program);
-    let no_interfaces = |_: &str| None;
     let target = emit::Target {
         hook: flowstate_lang::ir::Hook::Xdp,
         clock: emit::clock_for(program, test_clock),
         atomic: true,
-        ifindex: &no_interfaces,
         conflict: crate::testing::StagedConflict::None,
     };
     let code = match emit::emit_editor(program, &target, &layout, &frame, &lowered) {
         Ok(code) => code,
-        Err(Ok(message)) => return Err(CodegenError::Interface(message)),
+        Err(Ok(message)) => return Err(CodegenError::Program(message)),
         Err(Err(asm)) => return Err(CodegenError::Assembly(asm)),
     };
     let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());

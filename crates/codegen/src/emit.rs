@@ -52,6 +52,11 @@ use migrate::Role;
 use Reg::*;
 
 mod editor;
+mod meta;
+mod redirect;
+
+pub(crate) use meta::META;
+pub(crate) use redirect::PORTS;
 
 pub(crate) use editor::emit_editor;
 
@@ -140,12 +145,10 @@ pub(crate) fn clock_for(program: &Program, test_clock: bool) -> Clock {
 }
 
 /// What the emitter needs besides the program.
-pub(crate) struct Target<'a> {
+pub(crate) struct Target {
     pub hook: Hook,
     pub clock: Clock,
     pub atomic: bool,
-    /// The ifindex of each `redirect` action's interface, by name.
-    pub ifindex: &'a dyn Fn(&str) -> Option<u32>,
     /// A race staged by the code itself (tests only).
     pub conflict: StagedConflict,
 }
@@ -168,7 +171,7 @@ const ROW_ENV: EvalEnv = EvalEnv {
 pub(crate) struct Emitter<'a> {
     asm: Assembler,
     program: &'a Program,
-    target: &'a Target<'a>,
+    target: &'a Target,
     layout: &'a Layout,
     frame: &'a Frame,
     lowered: &'a Lowered,
@@ -182,7 +185,8 @@ pub(crate) struct Emitter<'a> {
     restart: Label,
     tails: Vec<(Action, Label)>,
     commit_labels: Vec<Label>,
-    /// The first problem found that is the user's (an unknown interface).
+    /// The first problem found that is the user's (none is found while
+    /// emitting today; kept so one has a way out).
     error: Option<String>,
     /// Unconditional jumps resolved after assembly (see [`Emitter::goto`]).
     gotos: Vec<(usize, Label)>,
@@ -218,7 +222,7 @@ enum Pass {
 /// short skip over a `gotol` (code only grows, so passes converge; each
 /// adds at least one site). Unconditional jumps need no second pass: `ja`
 /// and `gotol` take one slot each, chosen once offsets are known.
-/// `Err(Ok(message))` is a user error (an interface that does not exist),
+/// `Err(Ok(message))` is a user error (see `Emitter::error`),
 /// `Err(Err(..))` an internal one.
 /// `role`: what the program is in a migrating reload ([`Role::Plain`]
 /// for a program of its own).
@@ -245,7 +249,7 @@ pub(crate) fn emit(
 impl<'a> Emitter<'a> {
     pub fn new(
         program: &'a Program,
-        target: &'a Target<'a>,
+        target: &'a Target,
         layout: &'a Layout,
         frame: &'a Frame,
         lowered: &'a Lowered,
@@ -285,6 +289,7 @@ impl<'a> Emitter<'a> {
             self.mover(conversion);
             return self.finish();
         }
+        self.reference_metadata();
         self.entry();
         self.pull_prologue();
         self.lookup_and_view();
@@ -1789,6 +1794,7 @@ impl<'a> Emitter<'a> {
             self.program.state_name(commit.next),
             self.row_text(row)
         ));
+        self.keep_port(&row.action);
 
         // 0. A row that writes nothing but `last_seen` to an entry read
         // unchanged: one plain store, no lock (the view was a consistent
@@ -2206,13 +2212,11 @@ impl<'a> Emitter<'a> {
                 None
             }
             Action::Redirect { ifname } => {
-                let ifindex = (self.target.ifindex)(ifname);
-                if ifindex.is_none() && self.error.is_none() {
-                    self.error = Some(format!("redirect {ifname}: no such interface"));
-                }
-                self.emit(Insn::mov32(R1, ifindex.unwrap_or(0) as i32));
-                None
+                // Every name has a slot (Layout::new lists them all).
+                let slot = self.layout.port_slot(ifname).unwrap_or(u32::MAX);
+                return self.redirect_to_port(ifname, slot);
             }
+            Action::RedirectPort { name, .. } => return self.redirect_to_kept_port(name),
             // Controller tails hand their `then` verdict here.
             Action::Controller { .. } => Some(if xdp { XDP_PASS } else { TC_ACT_OK }),
         };

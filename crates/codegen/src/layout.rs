@@ -26,6 +26,11 @@ pub const EVENTS_MAP: &str = "events";
 /// Name of the test clock (array, one u64), present only with
 /// [`crate::Options::test_clock`].
 pub const CLOCK_MAP: &str = "clock";
+/// Name of the redirect ports (array of u32 ifindexes, one slot per
+/// interface name the program's `redirect` actions use), present only when
+/// some action redirects to a named interface. The loader fills it in the
+/// namespace the program runs in; a slot left 0 drops the packet.
+pub const PORTS_MAP: &str = "ports";
 
 /// Size of the events ring buffer.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -81,6 +86,10 @@ pub struct Layout {
     pub events_map: Option<&'static str>,
     /// `None` unless compiled with the test clock.
     pub clock_map: Option<&'static str>,
+    /// `None` unless some action is `redirect IFNAME`.
+    pub ports_map: Option<&'static str>,
+    /// The interface names of the `ports` map, by slot.
+    pub ports: Vec<String>,
     /// Fields of the state table key, in packing order.
     pub key_fields: Vec<Field>,
     /// Bytes of a packed key (`flowstate_interp::Key` packs the same way).
@@ -122,12 +131,15 @@ impl Layout {
         let rows = program.rows.len() as u32;
         let event_key_offset = 24;
         let event_head_offset = event_key_offset + key_size.next_multiple_of(8);
+        let ports = port_names(program);
         Layout {
             flows_map: FLOWS_MAP,
             globals_map: (!program.globals.is_empty()).then_some(GLOBALS_MAP),
             counters_map: COUNTERS_MAP,
             events_map: uses_controller(program).then_some(EVENTS_MAP),
             clock_map: test_clock.then_some(CLOCK_MAP),
+            ports_map: (!ports.is_empty()).then_some(PORTS_MAP),
+            ports,
             key_fields: program.lookup_key.clone(),
             key_size,
             value_size: REGISTERS_OFFSET + 8 * registers,
@@ -146,6 +158,14 @@ impl Layout {
             event_key_offset,
             event_head_offset,
         }
+    }
+
+    /// The `ports` slot of interface `ifname`.
+    pub fn port_slot(&self, ifname: &str) -> Option<u32> {
+        self.ports
+            .iter()
+            .position(|p| p == ifname)
+            .map(|slot| slot as u32)
     }
 
     /// Decodes a flow entry; bytes missing from a short value read as 0 (a
@@ -247,6 +267,33 @@ pub fn uses_controller(program: &Program) -> bool {
         .any(|a| matches!(a, Action::Controller { .. }))
 }
 
+/// The distinct interface names of `redirect IFNAME` actions, in order of
+/// first use (rows, then the default action).
+pub fn port_names(program: &Program) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let actions = program
+        .rows
+        .iter()
+        .map(|r| &r.action)
+        .chain([&program.default_action]);
+    for action in actions {
+        if let Action::Redirect { ifname } = action {
+            if !names.contains(ifname) {
+                names.push(ifname.clone());
+            }
+        }
+    }
+    names
+}
+
+/// Whether some row's verdict is `redirect REGISTER`.
+pub(crate) fn redirects_to_register(program: &Program) -> bool {
+    program
+        .rows
+        .iter()
+        .any(|r| matches!(r.action, Action::RedirectPort { .. }))
+}
+
 /// A C identifier made from a name (`ip.src` -> `ip_src`).
 pub(crate) fn c_name(name: &str) -> String {
     let mut out: String = name
@@ -322,6 +369,15 @@ pub(crate) fn map_defs(program: &Program, layout: &Layout) -> Vec<MapDef> {
             1,
         ));
     }
+    if let Some(name) = layout.ports_map {
+        maps.push(MapDef::new(
+            name,
+            MapKind::Array,
+            BtfType::u32(),
+            BtfType::u32(),
+            layout.ports.len() as u32,
+        ));
+    }
     maps
 }
 
@@ -371,6 +427,9 @@ pub(crate) struct Frame {
     /// no constant there, so rows reaching one commit look alike to it
     /// (their paths merge instead of being walked once per row).
     pub row_index: i16,
+    /// The port of a `redirect REGISTER` row, read when the row fires
+    /// (its value before the row); 0 (never used) when no row has one.
+    pub port: i16,
     /// Bytes used.
     pub size: usize,
 }
@@ -410,6 +469,11 @@ impl Frame {
         let globals_ptr = take(8);
         let event_state = take(8);
         let row_index = take(8);
+        let port = if redirects_to_register(program) {
+            take(8)
+        } else {
+            0
+        };
         Frame {
             field_slots,
             fields,
@@ -430,6 +494,7 @@ impl Frame {
             globals_ptr,
             event_state,
             row_index,
+            port,
             size,
         }
     }

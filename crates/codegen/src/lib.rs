@@ -143,6 +143,7 @@ pub mod editor;
 pub mod emit;
 pub mod layout;
 pub mod lower;
+pub mod meta;
 pub mod migrate;
 pub mod object;
 pub mod parse;
@@ -162,9 +163,6 @@ pub use layout::{EntryView, Event, Layout};
 /// sees it.
 pub const MAX_INSNS: usize = 100_000;
 
-/// Resolves an interface name to its ifindex.
-pub type IfindexResolver = Box<dyn Fn(&str) -> Option<u32>>;
-
 /// How to compile.
 pub struct Options {
     /// Read `now` from the `clock` map instead of the kernel clock (tests
@@ -175,11 +173,11 @@ pub struct Options {
     pub atomic: bool,
     /// Attach somewhere else than the program's `hook`.
     pub hook: Option<Hook>,
-    /// Resolves `redirect IFNAME` to an ifindex.
-    pub ifindex_of: IfindexResolver,
-    /// The program's file, for the object's line_info (`bpftool prog
-    /// dump xlated linum` then shows the `.fsm` lines). Without it, the
-    /// lines are named after the program and show the rows as printed.
+    /// The program's file: its text goes into the object's metadata (see
+    /// [`meta`]), its name and lines into line_info (`bpftool prog dump
+    /// xlated linum` then shows the `.fsm` lines). Without it, the
+    /// metadata carries the program printed back to text, and the lines
+    /// are named after the program and show the rows as printed.
     pub source: Option<SourceText>,
 }
 
@@ -196,22 +194,9 @@ impl Default for Options {
             test_clock: false,
             atomic: true,
             hook: None,
-            ifindex_of: Box::new(ifindex_from_sysfs),
             source: None,
         }
     }
-}
-
-/// The ifindex of a local interface, from `/sys/class/net`.
-pub fn ifindex_from_sysfs(name: &str) -> Option<u32> {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return None;
-    }
-    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// A compiled program.
@@ -236,9 +221,11 @@ pub enum CodegenError {
     /// The program is valid but does not fit the kernel's limits.
     #[error("{}", .0.join("\n"))]
     Limits(Vec<String>),
-    /// `redirect` names an interface this machine does not have.
+    /// The program cannot be emitted as written: a problem that is the
+    /// user's, found only while emitting. (Unknown `redirect` interfaces
+    /// are no longer one: names resolve when the program is loaded.)
     #[error("{0}")]
-    Interface(String),
+    Program(String),
     /// A bug in the code generator: emitted code does not assemble.
     #[error("internal error (a code generator bug): {0}")]
     Assembly(#[from] flowstate_asm::AsmError),
@@ -324,12 +311,11 @@ fn compile_parts(
         hook,
         clock: emit::clock_for(program, options.test_clock),
         atomic: options.atomic,
-        ifindex: &*options.ifindex_of,
         conflict,
     };
     let code = match emit::emit(program, &target, &layout, &frame, &lowered, variant.role) {
         Ok(code) => code,
-        Err(Ok(message)) => return Err(CodegenError::Interface(message)),
+        Err(Ok(message)) => return Err(CodegenError::Program(message)),
         Err(Err(asm)) => return Err(CodegenError::Assembly(asm)),
     };
     if code.insns.len() > MAX_INSNS {
@@ -344,6 +330,12 @@ fn compile_parts(
     }
     let name = layout::c_name(&program.name);
     let name = variant.symbol.unwrap_or(name);
+    let metadata = meta::document(
+        program,
+        &layout,
+        hook,
+        options.source.as_ref().map(|s| s.text.as_str()),
+    );
     let object = object::build(
         program,
         &layout,
@@ -352,6 +344,7 @@ fn compile_parts(
         &code,
         variant.extra_maps,
         options.source.as_ref(),
+        metadata,
     )?;
     let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
     Ok(Output {
@@ -370,12 +363,7 @@ fn compile_parts(
 pub fn check_limits(program: &Program) -> Result<(), Vec<String>> {
     let mut problems = static_limits(program);
     if problems.is_empty() {
-        let options = Options {
-            // Interfaces are resolved at load time; any index will do here.
-            ifindex_of: Box::new(|_| Some(1)),
-            ..Options::default()
-        };
-        match compile(program, &options) {
+        match compile(program, &Options::default()) {
             Ok(_) => {}
             Err(CodegenError::Limits(more)) => problems.extend(more),
             Err(other) => problems.push(other.to_string()),

@@ -16,6 +16,8 @@ pub(crate) fn map_name(layout: &Layout, map: MapRef) -> &'static str {
         (MAPS.counters, Some(layout.counters_map)),
         (MAPS.events, layout.events_map),
         (MAPS.clock, layout.clock_map),
+        (crate::emit::PORTS, layout.ports_map),
+        (crate::emit::META, Some(crate::meta::META_VAR)),
         (migrate::OLD_FLOWS, Some(crate::migrate::OLD_FLOWS_MAP)),
         (migrate::MIGRATION, Some(crate::migrate::MIGRATION_MAP)),
         (migrate::SUCCESSOR, Some(crate::migrate::SUCCESSOR_MAP)),
@@ -34,7 +36,8 @@ pub(crate) fn section_of(hook: Hook) -> ProgramSection {
     }
 }
 
-/// The object; `extra`: maps besides the program's own (a migration's).
+/// The object; `extra`: maps besides the program's own (a migration's);
+/// `metadata`: the [`crate::meta`] document.
 pub(crate) fn build(
     program: &Program,
     layout: &Layout,
@@ -43,8 +46,13 @@ pub(crate) fn build(
     code: &AsmProgram,
     extra: Vec<MapDef>,
     source: Option<&SourceText>,
+    metadata: Vec<u8>,
 ) -> Result<Vec<u8>, ObjError> {
     let mut builder = ObjectBuilder::new();
+    // The document first: readers find it at offset 0 of `.rodata`.
+    let line = crate::meta::bpftool_line(&metadata);
+    builder.add_rodata(crate::meta::META_VAR, metadata);
+    builder.add_rodata(crate::meta::BPFTOOL_VAR, line);
     for map in layout::map_defs(program, layout).into_iter().chain(extra) {
         builder.add_map(map);
     }

@@ -132,21 +132,21 @@ fn hook_override_changes_the_section() {
 }
 
 #[test]
-fn unknown_redirect_interface_is_a_user_error() {
+fn redirect_names_resolve_at_load_not_at_compile() {
+    // Neither interface exists here: the object is still built, with one
+    // `ports` slot per distinct name, in order of first use.
     let p = program(&with_table(
         "flow ip.src\n",
-        "  * * => redirect nosuchif0\n",
+        "  * ip.src == 1 => redirect nosuchif0\n  * ip.src == 2 => redirect \"nosuch-1\"\n  * ip.src == 3 => redirect nosuchif0\n  * * => pass\n",
     ));
-    let options = Options {
-        ifindex_of: Box::new(|_| None),
-        ..Options::default()
-    };
-    match compile(&p, &options) {
-        Err(CodegenError::Interface(message)) => assert!(message.contains("nosuchif0")),
-        other => panic!("{other:?}"),
-    }
-    // check_limits does not resolve interfaces.
+    let out = compile(&p, &Options::default()).unwrap();
+    assert_eq!(out.layout.ports_map, Some("ports"));
+    assert_eq!(out.layout.ports, ["nosuchif0", "nosuch-1"]);
+    assert!(out.listing.contains("ports[1]"), "{}", out.listing);
     assert_eq!(check_limits(&p), Ok(()));
+    // A program without redirects has no ports map.
+    let plain = compile(&tokenbucket(), &Options::default()).unwrap();
+    assert_eq!(plain.layout.ports_map, None);
 }
 
 #[test]

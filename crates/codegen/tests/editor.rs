@@ -34,7 +34,6 @@ impl Edited {
     fn new(program: &Program, test_clock: bool) -> Edited {
         let options = Options {
             test_clock,
-            ifindex_of: Box::new(|_| Some(1)),
             ..Options::default()
         };
         let output = compile(program, &options).unwrap();

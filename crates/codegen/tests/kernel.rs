@@ -27,12 +27,26 @@ fn program(source: &str) -> Program {
 fn test_options() -> Options {
     Options {
         test_clock: true,
-        ifindex_of: Box::new(|_| Some(1)),
         ..Options::default()
     }
 }
 
 fn load_output(output: &Output) -> Loaded {
+    let loaded = load_unfilled(output);
+    // What `flowstate run` does: every redirect port resolved (here to
+    // the test run's interface).
+    if let Some(ports) = output.layout.ports_map {
+        let map = loaded.map(ports).unwrap();
+        for slot in 0..output.layout.ports.len() as u32 {
+            map.array_set(slot, &TEST_RUN_IFINDEX.to_le_bytes())
+                .unwrap();
+        }
+    }
+    loaded
+}
+
+/// Loaded as `ip` or `bpftool` would: the `ports` map left empty.
+fn load_unfilled(output: &Output) -> Loaded {
     match load(&output.object, &LoadOptions::default()) {
         Ok(loaded) => loaded,
         Err(e) => panic!("{e}\n{}", output.listing),
@@ -65,7 +79,7 @@ fn verdict(action: &Action, hook: Hook) -> u32 {
         }
         Action::Tx => 3,
         // bpf_redirect's return value.
-        Action::Redirect { .. } => {
+        Action::Redirect { .. } | Action::RedirectPort { .. } => {
             if xdp {
                 4
             } else {
@@ -243,6 +257,52 @@ fn tokenbucket_agrees_with_the_interpreter() {
         now += 20 * SECOND;
         pair.step(&udp([192, 168, 0, 1], 53), now);
         pair.check_counters();
+    }
+}
+
+#[test]
+fn redirect_ports_filled_redirect_and_unfilled_drop() {
+    if skip("redirect_ports_filled_redirect_and_unfilled_drop") {
+        return;
+    }
+    let source = "program ports\nhook xdp\nflow ip.src\nstates A\ndefault pass\ntable\n  \
+                  * udp.dport == 1 => redirect eth7\n  * udp.dport == 2 => redirect \"port-b\"\n  \
+                  * * => pass\nend\n";
+    let p = program(source);
+    for (hook, redirected, dropped) in [(Hook::Xdp, 4, 1), (Hook::TcIngress, 7, 2)] {
+        let options = Options {
+            hook: Some(hook),
+            ..test_options()
+        };
+        let output = compile(&p, &options).unwrap();
+        assert_eq!(output.layout.ports, ["eth7", "port-b"]);
+        let run = |loaded: &Loaded, frame: &[u8]| {
+            loaded
+                .test_run(&output.program_name, frame, 1)
+                .unwrap()
+                .retval
+        };
+        // Filled: both ports redirect; the rows' counters count them.
+        let filled = load_output(&output);
+        assert_eq!(run(&filled, &udp([10, 0, 0, 1], 1)), redirected, "{hook:?}");
+        assert_eq!(run(&filled, &udp([10, 0, 0, 1], 2)), redirected, "{hook:?}");
+        // Unfilled (a foreign loader): the redirect drops; other rows run.
+        let unfilled = load_unfilled(&output);
+        assert_eq!(run(&unfilled, &udp([10, 0, 0, 1], 1)), dropped, "{hook:?}");
+        assert_eq!(run(&unfilled, &udp([10, 0, 0, 1], 2)), dropped, "{hook:?}");
+        assert_eq!(
+            run(&unfilled, &udp([10, 0, 0, 1], 3)),
+            verdict(&Action::Pass, hook)
+        );
+        // One slot filled: only that port redirects.
+        let ports = unfilled.map("ports").unwrap();
+        ports.array_set(1, &TEST_RUN_IFINDEX.to_le_bytes()).unwrap();
+        assert_eq!(run(&unfilled, &udp([10, 0, 0, 1], 1)), dropped, "{hook:?}");
+        assert_eq!(
+            run(&unfilled, &udp([10, 0, 0, 1], 2)),
+            redirected,
+            "{hook:?}"
+        );
     }
 }
 
@@ -1121,10 +1181,7 @@ fn the_longest_chain_check_accepts_loads() {
         let longest = largest_accepted(16_384, accepted);
         let p = program(&source(longest));
         // What `check_limits` compiles: the real clock.
-        let options = Options {
-            ifindex_of: Box::new(|_| Some(1)),
-            ..Options::default()
-        };
+        let options = Options::default();
         let output = compile(&p, &options).unwrap();
         let loaded = match load(&output.object, &LoadOptions::default()) {
             Ok(loaded) => loaded,

@@ -289,10 +289,7 @@ fn every_example_migrates_through_the_verifier() {
         .collect();
     paths.sort();
     assert!(!paths.is_empty());
-    let options = || Options {
-        ifindex_of: Box::new(|_| Some(1)),
-        ..Options::default()
-    };
+    let options = Options::default;
     let tc = || Options {
         hook: Some(flowstate_lang::ir::Hook::TcIngress),
         ..options()
@@ -473,10 +470,7 @@ fn a_large_table_migrates_through_the_verifier() {
         "program big\nhook xdp\nflow ip.src\nstates A, B\nregisters added = 1, n = 0\n\
          default pass\ntable\n{rows}  B * => pass\nend\n"
     ));
-    let options = || Options {
-        ifindex_of: Box::new(|_| Some(1)),
-        ..Options::default()
-    };
+    let options = Options::default;
     let verified = |output: &Output| {
         let loaded = flowstate_runtime::load(&output.object, &Default::default())
             .unwrap_or_else(|e| panic!("{e}"));

@@ -112,6 +112,9 @@ pub struct Handle {
     flows: RawMap,
     globals: Option<RawMap>,
     counters: RawMap,
+    /// The events ring buffer's kernel id, for a program found by id
+    /// rather than by its pins (see [`crate::foreign`]).
+    events_id: Option<u32>,
     /// Loaded on the first edit.
     editing: std::sync::OnceLock<Editing>,
 }
@@ -160,8 +163,35 @@ pub fn open(name: &str) -> Result<Handle, ControlError> {
         flows,
         globals,
         counters,
+        events_id: None,
         editing: std::sync::OnceLock::new(),
     })
+}
+
+impl Handle {
+    /// A handle on maps already open: a program's found through its info
+    /// (see [`crate::foreign`]); `meta` describes it.
+    pub(crate) fn from_maps(
+        meta: Meta,
+        program: Program,
+        flows: RawMap,
+        globals: Option<RawMap>,
+        counters: RawMap,
+        events_id: Option<u32>,
+    ) -> Handle {
+        let layout = Layout::new(&program, false);
+        Handle {
+            pin_dir: paths::pin_dir(&meta.name),
+            meta,
+            program,
+            layout,
+            flows,
+            globals,
+            counters,
+            events_id,
+            editing: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 fn kernel_error(what: &str) -> impl FnOnce(flowstate_runtime::RuntimeError) -> ControlError + '_ {
@@ -484,8 +514,12 @@ impl Handle {
             });
         };
         let path = self.pin_dir.join("maps").join(map);
-        let data = MapData::from_pin(&path)
-            .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))?;
+        let data = match self.events_id {
+            Some(id) => MapData::from_id(id)
+                .map_err(|e| ControlError::kernel(format!("opening events map id {id}"), e))?,
+            None => MapData::from_pin(&path)
+                .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))?,
+        };
         let ring = RingBuf::try_from(Map::RingBuf(data))
             .map_err(|e| ControlError::kernel(format!("opening {}", path.display()), e))?;
         Ok(Events {

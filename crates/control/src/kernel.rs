@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use aya::maps::Array;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Program, ProgramError, SchedClassifier, TcAttachType, Xdp};
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
@@ -36,11 +37,14 @@ pub(crate) struct LoadedObject {
 }
 
 /// Loads `object`; each `(map, path)` in `pins` is opened from its pin if
-/// one exists there, else created and pinned there.
+/// one exists there, else created and pinned there. `ports`: the ifindex
+/// of each slot of the `ports` map (see [`crate::ports`]), written before
+/// the program can run.
 pub(crate) fn load(
     object: &[u8],
     program: &str,
     pins: &[(&'static str, std::path::PathBuf)],
+    ports: &[u32],
 ) -> Result<LoadedObject, ControlError> {
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
@@ -50,6 +54,7 @@ pub(crate) fn load(
     let mut ebpf = loader
         .load(object)
         .map_err(|e| permission_or(e, |e| ControlError::kernel("loading the object", e)))?;
+    fill_ports(&mut ebpf, ports)?;
     let loaded = match ebpf.program_mut(program) {
         Some(Program::Xdp(p)) => p.load(),
         Some(Program::SchedClassifier(p)) => p.load(),
@@ -73,6 +78,7 @@ pub(crate) fn load_extension(
     object: &[u8],
     program: &str,
     pins: &[(&'static str, std::path::PathBuf)],
+    ports: &[u32],
     target: &aya::programs::ProgramFd,
     slot: &str,
 ) -> Result<LoadedObject, ControlError> {
@@ -85,6 +91,7 @@ pub(crate) fn load_extension(
     let mut ebpf = loader
         .load(object)
         .map_err(|e| permission_or(e, |e| ControlError::kernel("loading the object", e)))?;
+    fill_ports(&mut ebpf, ports)?;
     let Some(Program::Extension(ext)) = ebpf.program_mut(program) else {
         return Err(ControlError::kernel(
             "loading the object",
@@ -116,6 +123,24 @@ impl LoadedObject {
             .try_clone_to_owned()
             .map_err(|e| ControlError::kernel("duplicating the program fd", e))
     }
+}
+
+/// Writes the redirect ports' ifindexes into the object's `ports` map.
+fn fill_ports(ebpf: &mut Ebpf, ports: &[u32]) -> Result<(), ControlError> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let error = |e: String| ControlError::kernel("filling the redirect ports map", e);
+    let map = ebpf
+        .map_mut(flowstate_codegen::layout::PORTS_MAP)
+        .ok_or_else(|| error("the object has no ports map".to_string()))?;
+    let mut array: Array<_, u32> = Array::try_from(map).map_err(|e| error(e.to_string()))?;
+    for (slot, ifindex) in ports.iter().enumerate() {
+        array
+            .set(slot as u32, ifindex, 0)
+            .map_err(|e| error(e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn program_error(e: ProgramError) -> ControlError {

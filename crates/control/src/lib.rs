@@ -31,6 +31,7 @@
 //! names, metadata files).
 
 mod edit;
+mod foreign;
 mod handle;
 pub mod journal;
 mod kernel;
@@ -40,6 +41,7 @@ pub mod lock;
 pub mod meta;
 pub mod netns;
 mod paths;
+mod ports;
 mod reload;
 mod shared;
 pub mod summary;
@@ -54,6 +56,7 @@ use flowstate_codegen::Layout;
 use flowstate_lang::ir::{Hook, Program};
 use serde::{Deserialize, Serialize};
 
+pub use foreign::{open_program, ProgramRef};
 pub use handle::{open, Event, Events, FlowRow, Handle, RowStat, Stats};
 pub use journal::{Outcome, Repaired};
 pub use lock::InstanceLock;
@@ -176,6 +179,18 @@ pub enum ControlError {
     NoSuchInterface(String),
     #[error("no interface named {dev:?} in network namespace {netns} (see `ip -n {netns} link`)")]
     NoSuchInterfaceIn { dev: String, netns: String },
+    /// A program without flowstate's metadata among its maps.
+    #[error(
+        "{program} carries no flowstate metadata: it was not compiled by flowstate (or by a \
+         flowstate from before objects carried it); recompile it with `flowstate compile`"
+    )]
+    NotFlowstate { program: String },
+    /// A `redirect IFNAME` target missing where the program would run.
+    #[error(
+        "the program redirects to {port:?}, but {place} has no interface of that name: create \
+         it, or change the program's `redirect`; nothing was changed"
+    )]
+    NoSuchPort { port: String, place: String },
     #[error(
         "a program named {0:?} is already running: pick another --name, or `flowstate stop {0}`"
     )]
@@ -305,11 +320,12 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
             (e, _) => e,
         })?;
     let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
-    let output = codegen_with_source(
+    let output = codegen(
         &program,
         attach.hook(),
         source_text(&spec.program_path, &source),
     )?;
+    let port_indexes = ports::resolve_at(&output.layout, &place)?;
 
     flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
         .map_err(|e| ControlError::kernel("mounting bpffs", e))?;
@@ -334,7 +350,7 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
         .into_iter()
         .map(|m| (m, maps_dir.join(m)))
         .collect();
-    let mut loaded = kernel::load(&output.object, &output.program_name, &pins)?;
+    let mut loaded = kernel::load(&output.object, &output.program_name, &pins, &port_indexes)?;
     journal.step("pin-prog")?;
     loaded.pin_program(&pin_dir.join("prog"))?;
     let prog_id = loaded.prog_id()?;
@@ -773,14 +789,8 @@ pub(crate) fn compile_source(path: &Path, source: &str) -> Result<Program, Contr
         })
 }
 
-pub(crate) fn codegen(
-    program: &Program,
-    hook: Hook,
-) -> Result<flowstate_codegen::Output, ControlError> {
-    codegen_with_source(program, hook, None)
-}
-
-/// The program's file name and text, for the object's line_info.
+/// The program's file name and text, for the object's metadata and
+/// line_info.
 pub(crate) fn source_text(path: &Path, text: &str) -> Option<flowstate_codegen::SourceText> {
     Some(flowstate_codegen::SourceText {
         file: path.file_name()?.to_string_lossy().into_owned(),
@@ -788,8 +798,7 @@ pub(crate) fn source_text(path: &Path, text: &str) -> Option<flowstate_codegen::
     })
 }
 
-/// [`codegen`], with line_info naming the `.fsm` lines of `source`.
-pub(crate) fn codegen_with_source(
+pub(crate) fn codegen(
     program: &Program,
     hook: Hook,
     source: Option<flowstate_codegen::SourceText>,

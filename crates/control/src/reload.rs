@@ -157,9 +157,12 @@ pub fn reload(
     }
     // The link's kind is fixed: compile for where the program runs.
     let hook = meta.attach.hook();
-    let output = crate::codegen(&new, hook)?;
+    let output = crate::codegen(&new, hook, crate::source_text(program_path, &source))?;
     let old_layout = Layout::new(&old, false);
     let new_layout = &output.layout;
+    // Redirect targets, looked up where the instance runs (the old
+    // program's for its handoff build).
+    let new_ports = crate::ports::resolve_at(new_layout, &meta.place())?;
 
     let flows_plan = if !reset_state && same_flows(&old, &new) {
         Plan::Reuse
@@ -264,7 +267,7 @@ pub fn reload(
     }
     let mut journal_guard = JournalOnDrop(Some(name));
 
-    let mut loaded = kernel::load(&output.object, &output.program_name, &pins)?;
+    let mut loaded = kernel::load(&output.object, &output.program_name, &pins, &new_ports)?;
     loaded.pin_program(&prog_staged)?;
     let new_prog_id = loaded.prog_id()?;
     plan.new.prog_id = new_prog_id;
@@ -277,7 +280,12 @@ pub fn reload(
         let mut bridge_pins = pins.clone();
         bridge_pins.push((migrate::OLD_FLOWS_MAP, maps_dir.join(old_layout.flows_map)));
         bridge_pins.push((migrate::MIGRATION_MAP, stage.migration_pin.clone()));
-        let mut bridge = kernel::load(&bridge_out.object, &bridge_out.program_name, &bridge_pins)?;
+        let mut bridge = kernel::load(
+            &bridge_out.object,
+            &bridge_out.program_name,
+            &bridge_pins,
+            &new_ports,
+        )?;
         bridge.pin_program(&stage.bridge_pin)?;
         stage.bridge_id = bridge.prog_id()?;
         let mut handoff_pins: Vec<(&'static str, PathBuf)> = crate::map_names(&old_layout)
@@ -285,10 +293,12 @@ pub fn reload(
             .map(|m| (m, maps_dir.join(m)))
             .collect();
         handoff_pins.push((migrate::SUCCESSOR_MAP, stage.successor_pin.clone()));
+        let old_ports = crate::ports::resolve_at(&handoff_out.layout, &meta.place())?;
         let old_again = kernel::load(
             &handoff_out.object,
             &handoff_out.program_name,
             &handoff_pins,
+            &old_ports,
         )?;
         stage.handoff_id = old_again.prog_id()?;
         let successor = open_map(&stage.successor_pin)?;
@@ -603,7 +613,8 @@ impl Migration<'_> {
         let old_flows = maps_dir.join(self.old_layout.flows_map);
         pins.push((migrate::OLD_FLOWS_MAP, old_flows.clone()));
         pins.push((migrate::MIGRATION_MAP, stage.migration_pin.clone()));
-        let mover = kernel::load(&output.object, &output.program_name, &pins)?;
+        // The mover only moves entries: it never reaches a verdict.
+        let mover = kernel::load(&output.object, &output.program_name, &pins, &[])?;
         let old_map = open_map(&old_flows)?;
         let state_offset = self.old_layout.state_offset;
         for _pass in 0..3 {

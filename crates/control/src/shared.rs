@@ -30,9 +30,8 @@ use crate::journal::{Journal, Op};
 use crate::lock::InstanceLock;
 use crate::meta::Meta;
 use crate::{
-    codegen_with_source, compile_source, journal, kernel, map_names, netns, paths, read_source,
-    source_text, trust, within, AttachPoint, ControlError, Instance, JournalOnDrop, RunSpec,
-    XdpMode,
+    codegen, compile_source, journal, kernel, map_names, netns, paths, read_source, source_text,
+    trust, within, AttachPoint, ControlError, Instance, JournalOnDrop, RunSpec, XdpMode,
 };
 
 /// How `run` treats an XDP hook other programs may want too.
@@ -95,11 +94,12 @@ pub fn run_shared(
         });
     }
     let ifindex = within(target.as_ref(), || kernel::ifindex(&spec.dev))??;
-    let output = codegen_with_source(
+    let output = codegen(
         &program,
         attach.hook(),
         source_text(&spec.program_path, &source),
     )?;
+    let port_indexes = crate::ports::resolve_at(&output.layout, &place)?;
 
     flowstate_runtime::ensure_bpffs(flowstate_runtime::BPFFS_ROOT)
         .map_err(|e| ControlError::kernel("mounting bpffs", e))?;
@@ -154,6 +154,7 @@ pub fn run_shared(
         let object = &output.object;
         let symbol = &output.program_name;
         let pins = &pins;
+        let port_indexes = &port_indexes;
         let loaded = &mut loaded;
         let load_error = &load_error;
         let prog_pin = pin_dir.join("prog");
@@ -170,8 +171,14 @@ pub fn run_shared(
                     chain_call_actions: CHAIN_ON_PASS,
                     load: Box::new(move |dispatcher_fd, slot| {
                         let mut attempt = || -> Result<std::os::fd::OwnedFd, ControlError> {
-                            let mut object =
-                                kernel::load_extension(object, symbol, pins, dispatcher_fd, slot)?;
+                            let mut object = kernel::load_extension(
+                                object,
+                                symbol,
+                                pins,
+                                port_indexes,
+                                dispatcher_fd,
+                                slot,
+                            )?;
                             object.pin_program(&prog_pin)?;
                             let fd = object.program_fd()?;
                             *loaded = Some(object);

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use flowstate_runtime::TcDirection;
 
 use flowstate_control::{
-    list, open, reload, run, stop, AttachPoint, ControlError, FlowsMigration, RunSpec, XdpMode,
+    list, open, reload, run, run_in_netns, stop, AttachPoint, ControlError, FlowsMigration,
+    RunSpec, XdpMode,
 };
 
 fn skip_reason() -> Option<String> {
@@ -320,6 +321,60 @@ fn failures_leave_nothing_behind() {
     })
     .unwrap_err();
     assert!(matches!(err, ControlError::InvalidName(_)), "{err}");
+}
+
+/// A program whose only row redirects to `port`.
+fn redirecting(port: &str) -> String {
+    format!(
+        "program redir\nhook xdp\nflow ip.src\nstates A\ndefault pass\ntable\n  \
+         * udp.dport == 9 => redirect \"{port}\"\n  * * => pass\nend\n"
+    )
+}
+
+#[test]
+fn redirect_ports_resolve_where_the_program_runs() {
+    require_root!("redirect_ports_resolve_where_the_program_runs");
+    let net = Net::new(11);
+    let peer = format!("fc{}p11", std::process::id() % 100_000);
+    let name = unique("ports");
+    let missing = TempProgram::new("ports-missing", &redirecting("fs-no-port0"));
+    let host_port = TempProgram::new("ports-host", &redirecting(&net.host));
+    let peer_port = TempProgram::new("ports-peer", &redirecting(&peer));
+    let spec = |program: &TempProgram, dev: &str| RunSpec {
+        program_path: program.0.clone(),
+        dev: dev.to_string(),
+        attach: None,
+        name: Some(name.clone()),
+    };
+
+    // A port missing here: refused, nothing left behind.
+    let err = run(&spec(&missing, &net.host)).unwrap_err();
+    assert!(
+        matches!(&err, ControlError::NoSuchPort { port, .. } if port == "fs-no-port0"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("fs-no-port0"), "{err}");
+    assert!(!pins_of(&name).exists() && !meta_of(&name).exists());
+
+    // Inside the namespace, names are the namespace's: the host end is
+    // not there, the peer is.
+    let err = run_in_netns(&spec(&host_port, &peer), Some(&net.ns)).unwrap_err();
+    assert!(
+        matches!(&err, ControlError::NoSuchPort { place, .. } if place.contains(&net.ns)),
+        "{err}"
+    );
+    assert!(!pins_of(&name).exists() && !meta_of(&name).exists());
+    let first = run_in_netns(&spec(&peer_port, &peer), Some(&net.ns)).unwrap();
+    let _guard = Running(name.clone());
+
+    // Reload resolves in the instance's namespace too: a program naming
+    // the host end is refused there and the running one stays.
+    let err = reload(&name, &host_port.0, false).unwrap_err();
+    assert!(matches!(err, ControlError::NoSuchPort { .. }), "{err}");
+    let listed = list().unwrap();
+    let mine = listed.iter().find(|i| i.name == name).unwrap();
+    assert_eq!((mine.prog_id, mine.problem.clone()), (first.prog_id, None));
+    reload(&name, &peer_port.0, false).unwrap();
 }
 
 const CTL: &str = "program ctl\nhook xdp\nflow ip.src\nstates NEW, SEEN, OPEN\n\

@@ -590,11 +590,12 @@ fn state_pattern(rng: &mut Rng, states: usize) -> StatePattern {
     }
 }
 
-fn action(rng: &mut Rng) -> Action {
+fn action(rng: &mut Rng, program: &Program) -> Action {
     match rng.below(20) {
         0..=6 => Action::Pass,
         7..=13 => Action::Drop,
-        14..=16 => Action::Tx,
+        14..=15 => Action::Tx,
+        16 => redirect(rng, program),
         _ => Action::Controller {
             then: if rng.percent(50) {
                 ControllerThen::Pass
@@ -602,6 +603,37 @@ fn action(rng: &mut Rng) -> Action {
                 ControllerThen::Drop
             },
         },
+    }
+}
+
+/// Both forms of `redirect`: to a named interface (sometimes named like a
+/// register, which the printer must quote), or to the port a register or
+/// global holds (most values are no ifindex and drop; small ones redirect).
+fn redirect(rng: &mut Rng, program: &Program) -> Action {
+    let registers: Vec<(RegTarget, &str)> = program
+        .registers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (RegTarget::Flow(RegId(i as u16)), r.name.as_str()))
+        .chain(
+            program
+                .globals
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (RegTarget::Global(GlobalId(i as u16)), g.name.as_str())),
+        )
+        .collect();
+    if !registers.is_empty() && rng.percent(50) {
+        let (port, name) = registers[rng.index(registers.len())];
+        return Action::RedirectPort {
+            port,
+            name: name.to_string(),
+        };
+    }
+    let mut names = vec!["eth1", "veth-b"];
+    names.extend(registers.first().map(|(_, name)| *name));
+    Action::Redirect {
+        ifname: names[rng.index(names.len())].to_string(),
     }
 }
 
@@ -655,7 +687,7 @@ fn row(rng: &mut Rng, program: &Program) -> Row {
         state: state_pattern(rng, program.states.len()),
         fields,
         conditions,
-        action: action(rng),
+        action: action(rng, program),
         updates,
         next: rng
             .percent(50)

@@ -50,6 +50,7 @@ pub const TEST_RUN_IFINDEX: u32 = 1;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 /// What `bpf_redirect` returns at TC: `tx` at TC is a redirect to the
@@ -80,9 +81,18 @@ pub fn expected_retval(action: &Action, hook: Hook) -> u32 {
                 TC_ACT_SHOT
             }
         }
-        Action::Tx | Action::Redirect { .. } => {
+        Action::Tx => {
             if xdp {
                 XDP_TX
+            } else {
+                TC_ACT_REDIRECT
+            }
+        }
+        // A register's port that is no ifindex reads as `drop` in the
+        // interpreter's step.
+        Action::Redirect { .. } | Action::RedirectPort { .. } => {
+            if xdp {
+                XDP_REDIRECT
             } else {
                 TC_ACT_REDIRECT
             }
@@ -96,6 +106,7 @@ pub fn retval_name(retval: u32, hook: Hook) -> String {
         (true, XDP_DROP) => "XDP_DROP",
         (true, XDP_PASS) => "XDP_PASS",
         (true, XDP_TX) => "XDP_TX",
+        (true, XDP_REDIRECT) => "XDP_REDIRECT",
         (false, TC_ACT_OK) => "TC_ACT_OK",
         (false, TC_ACT_SHOT) => "TC_ACT_SHOT",
         (false, TC_ACT_REDIRECT) => "TC_ACT_REDIRECT",
@@ -245,14 +256,12 @@ impl From<RuntimeError> for HarnessError {
 }
 
 /// Options for differential runs: the test clock, per-flow atomicity as
-/// asked, every `redirect` resolved to the loopback.
+/// asked (every `redirect` port is filled with the loopback at load).
 pub fn test_options(atomic: bool) -> Options {
     Options {
         test_clock: true,
         atomic,
-        hook: None,
-        ifindex_of: Box::new(|_| Some(TEST_RUN_IFINDEX)),
-        source: None,
+        ..Options::default()
     }
 }
 
@@ -298,6 +307,13 @@ impl Kernel {
         let clock = loaded.map(layout.clock_map.ok_or(HarnessError::MissingMap(
             flowstate_codegen::layout::CLOCK_MAP,
         ))?)?;
+        // As `flowstate run` fills it: every port is the test run's.
+        if let Some(name) = layout.ports_map {
+            let ports = loaded.map(name)?;
+            for slot in 0..layout.ports.len() as u32 {
+                ports.array_set(slot, &TEST_RUN_IFINDEX.to_le_bytes())?;
+            }
+        }
         Ok(Kernel {
             output,
             loaded,

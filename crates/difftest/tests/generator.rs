@@ -47,6 +47,8 @@ struct Coverage {
     timeouts: usize,
     rollbacks: usize,
     tx: usize,
+    redirect_named: usize,
+    redirect_port: usize,
     controller: usize,
     shift_by_register: usize,
     now_init: usize,
@@ -112,6 +114,8 @@ fn cover(p: &Program, c: &mut Coverage) {
         }
         match row.action {
             Action::Tx => c.tx += 1,
+            Action::Redirect { .. } => c.redirect_named += 1,
+            Action::RedirectPort { .. } => c.redirect_port += 1,
             Action::Controller { .. } => c.controller += 1,
             _ => {}
         }
@@ -139,6 +143,8 @@ fn generated_programs_cover_the_language() {
         ("timeouts", c.timeouts),
         ("rollback states", c.rollbacks),
         ("tx", c.tx),
+        ("redirects to an interface", c.redirect_named),
+        ("redirects to a register", c.redirect_port),
         ("controller", c.controller),
         ("shifts by a register", c.shift_by_register),
         ("`now` initial values", c.now_init),

@@ -17,6 +17,9 @@
 //! - A row's updates are evaluated in parallel from the values before it.
 //! - Under `flows N refuse`, a new flow that finds the table full gets the
 //!   default action and nothing (not even a global) is written.
+//! - `redirect REGISTER` sends to the register's value before the row; a
+//!   value that is no ifindex (`flowstate_lang::ir::port_ifindex`) makes
+//!   the step's verdict `drop` (the row still fires and writes).
 //!
 //! Full tables under `flows N evict`: the promise every execution keeps
 //! (docs/language.md, "Capacity and full policy"; the differential tests
@@ -41,7 +44,9 @@
 pub mod key;
 pub mod table;
 
-use flowstate_lang::ir::{Action, Condition, Expr, Program, RegTarget, Row, StateId, StatePattern};
+use flowstate_lang::ir::{
+    port_ifindex, Action, Condition, Expr, Program, RegTarget, Row, StateId, StatePattern,
+};
 use flowstate_wire::{Field, Headers};
 
 pub use key::Key;
@@ -61,6 +66,9 @@ impl Counter {
     }
 }
 
+/// The verdict of a `redirect REGISTER` whose value is no ifindex.
+static DROP: Action = Action::Drop;
+
 /// Why a packet got the default action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefaultReason {
@@ -76,7 +84,12 @@ pub enum DefaultReason {
 /// What happened to one packet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step<'p> {
+    /// The verdict: the row's (or the default's) action, except that a
+    /// `redirect REGISTER` whose value is no ifindex reads as `drop`.
     pub action: &'p Action,
+    /// Where `redirect REGISTER` sends the packet: the register's value
+    /// before the row (see [`flowstate_lang::ir::port_ifindex`]).
+    pub port: Option<u32>,
     /// Index into `Program::rows` of the row that fired; `None` = default.
     pub row: Option<usize>,
     pub default_reason: Option<DefaultReason>,
@@ -205,6 +218,14 @@ impl<'p> Machine<'p> {
             );
         };
         let next = row.next.unwrap_or(flow.state);
+        // The port a `redirect REGISTER` reads: its value before the row.
+        let port = match &row.action {
+            Action::RedirectPort { port, .. } => Some(match port {
+                RegTarget::Flow(r) => flow.registers[r.0 as usize],
+                RegTarget::Global(g) => self.globals[g.0 as usize],
+            }),
+            _ => None,
+        };
 
         let mut evicted = Vec::new();
         if self.is_elided(next, &effects.registers) {
@@ -236,8 +257,14 @@ impl<'p> Machine<'p> {
             self.globals[target] = value;
         }
         self.row_hits[index].add(bytes);
+        let (action, port) = match port.map(port_ifindex) {
+            Some(None) => (&DROP, None),
+            Some(ifindex) => (&row.action, ifindex),
+            None => (&row.action, None),
+        };
         Step {
-            action: &row.action,
+            action,
+            port,
             row: Some(index),
             default_reason: None,
             key: Some(lookup),
@@ -257,6 +284,7 @@ impl<'p> Machine<'p> {
         self.default_hits.add(bytes);
         Step {
             action: &self.program.default_action,
+            port: None,
             row: None,
             default_reason: Some(reason),
             key,

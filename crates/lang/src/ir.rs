@@ -321,10 +321,25 @@ pub enum Action {
     Redirect {
         ifname: String,
     },
+    /// Send out of the interface whose ifindex a register (or global)
+    /// holds: its value before the row. A value outside 1..=2^32-1 drops
+    /// the packet (see [`port_ifindex`]). Only rows have it: the default
+    /// action also runs when no flow entry was read.
+    RedirectPort {
+        port: RegTarget,
+        /// The register's name, for printing.
+        name: String,
+    },
     /// Send an event with the packet head to user space, then `then`.
     Controller {
         then: ControllerThen,
     },
+}
+
+/// The ifindex a `redirect REGISTER` sends to: the value when it is one
+/// (1 to 2^32-1), else `None` (the packet is dropped).
+pub fn port_ifindex(value: i64) -> Option<u32> {
+    u32::try_from(value).ok().filter(|&ifindex| ifindex != 0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,7 +355,7 @@ impl Action {
             Action::Pass => "pass",
             Action::Drop => "drop",
             Action::Tx => "tx",
-            Action::Redirect { .. } => "redirect",
+            Action::Redirect { .. } | Action::RedirectPort { .. } => "redirect",
             Action::Controller { .. } => "controller",
         }
     }

@@ -201,13 +201,18 @@ pub fn cond_match(program: &Program, c: &CondMatch) -> String {
     }
 }
 
-/// `pass`, `drop`, `tx`, `redirect eth1`, `controller then drop`.
+/// `pass`, `drop`, `tx`, `redirect eth1`, `redirect "veth-a"`,
+/// `redirect port` (a register), `controller then drop`. An interface
+/// named like one of the program's registers is quoted only by
+/// [`action_in`].
 pub fn action(a: &Action) -> String {
     match a {
         Action::Pass => "pass".to_string(),
         Action::Drop => "drop".to_string(),
         Action::Tx => "tx".to_string(),
-        Action::Redirect { ifname } => format!("redirect {ifname}"),
+        Action::Redirect { ifname } if is_plain_name(ifname) => format!("redirect {ifname}"),
+        Action::Redirect { ifname } => format!("redirect \"{ifname}\""),
+        Action::RedirectPort { name, .. } => format!("redirect {name}"),
         Action::Controller { then } => match then {
             ControllerThen::Pass => "controller then pass".to_string(),
             ControllerThen::Drop => "controller then drop".to_string(),
@@ -278,9 +283,33 @@ pub fn update(program: &Program, u: &Update) -> String {
     )
 }
 
+/// [`action`] as it reads in `program`: an interface named like one of its
+/// registers or globals is quoted, so it is not taken for the register.
+pub fn action_in(program: &Program, a: &Action) -> String {
+    match a {
+        Action::Redirect { ifname }
+            if program.registers.iter().any(|r| &r.name == ifname)
+                || program.globals.iter().any(|g| &g.name == ifname) =>
+        {
+            format!("redirect \"{ifname}\"")
+        }
+        _ => action(a),
+    }
+}
+
+/// Whether an interface name reads as a bare word after `redirect`.
+fn is_plain_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !crate::check::RESERVED.contains(&name)
+}
+
 /// The text after `=>`: the action, the register updates, then `next S`.
 pub fn row_effects(program: &Program, row: &Row) -> String {
-    let mut parts = vec![action(&row.action)];
+    let mut parts = vec![action_in(program, &row.action)];
     parts.extend(row.updates.iter().map(|u| update(program, u)));
     if let Some(next) = row.next {
         parts.push(format!("next {}", state_name(program, next.0)));
@@ -368,7 +397,7 @@ pub fn program(p: &Program) -> String {
         FullPolicy::RefuseNew => "refuse",
     };
     let _ = writeln!(out, "flows {} {policy}", p.capacity);
-    let _ = writeln!(out, "default {}", action(&p.default_action));
+    let _ = writeln!(out, "default {}", action_in(p, &p.default_action));
 
     out.push_str("\ntable\n");
     let rows: Vec<(String, String, String)> = p

@@ -696,3 +696,62 @@ fn update_key_must_have_the_lookup_key_layout() {
     assert_eq!(d.line_col(src), (4, 1));
     assert!(d.help.as_deref().unwrap().contains("ip.src (4 bytes)"));
 }
+
+#[test]
+fn redirect_to_a_register_a_global_or_a_quoted_interface() {
+    let src = program(
+        "",
+        "  A udp.dport == 1 => redirect r\n  A udp.dport == 2 => redirect g\n  \
+         A udp.dport == 3 => redirect \"r\"\n  A * => redirect eth1\n",
+    );
+    let p = compile(&src).unwrap().program;
+    let port = |target, name: &str| Action::RedirectPort {
+        port: target,
+        name: name.to_string(),
+    };
+    assert_eq!(p.rows[0].action, port(RegTarget::Flow(RegId(0)), "r"));
+    assert_eq!(p.rows[1].action, port(RegTarget::Global(GlobalId(0)), "g"));
+    // A string is always an interface name, even one named like a register.
+    assert_eq!(
+        p.rows[2].action,
+        Action::Redirect {
+            ifname: "r".to_string()
+        }
+    );
+    assert_eq!(p.rows[3].action.verdict_name(), "redirect");
+    // The printer quotes the interface named like a register, so the text
+    // compiles back to the same program.
+    let printed = flowstate_lang::print::program(&p);
+    assert!(printed.contains("redirect \"r\""), "{printed}");
+    let again = compile(&printed).unwrap().program;
+    let actions = |p: &Program| p.rows.iter().map(|r| r.action.clone()).collect::<Vec<_>>();
+    assert_eq!(actions(&again), actions(&p));
+}
+
+#[test]
+fn the_default_action_cannot_redirect_to_a_register() {
+    let src = "program t\nhook xdp\nflow ip.src\nstates A\nregisters port = 0\n\
+               default redirect port\ntable\n  * * => pass\nend\n";
+    let (message, line, col, help) = error(src);
+    assert_eq!(
+        (message.as_str(), line, col),
+        (
+            "the default action cannot redirect to register `port`",
+            6,
+            18
+        )
+    );
+    assert!(help.unwrap().contains("redirect \"port\""));
+    // Quoted, it is an interface called `port`.
+    let quoted = src.replace("default redirect port", "default redirect \"port\"");
+    assert!(compile(&quoted).is_ok());
+}
+
+#[test]
+fn port_values_that_are_not_ifindexes_drop() {
+    assert_eq!(port_ifindex(0), None);
+    assert_eq!(port_ifindex(-1), None);
+    assert_eq!(port_ifindex(1 << 32), None);
+    assert_eq!(port_ifindex(1), Some(1));
+    assert_eq!(port_ifindex(u32::MAX as i64), Some(u32::MAX));
+}

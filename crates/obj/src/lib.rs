@@ -31,6 +31,11 @@
 //!   extension (into a libxdp dispatcher's slot) only with func_info.
 //! - `R_BPF_64_64` relocations (addend 0) at each `ld_imm64` that loads a
 //!   map, against that map's symbol; the loader patches in the map fd.
+//! - `.rodata` (only when variables are added, [`ObjectBuilder::add_rodata`]):
+//!   read-only globals, one global `STT_OBJECT` symbol each, typed
+//!   `char[N]` in a `DATASEC` named `.rodata`. A relocation against one
+//!   loads its address (libbpf and aya make the section a frozen array map
+//!   of one element and use `BPF_PSEUDO_MAP_VALUE`).
 //!
 //! ```
 //! use flowstate_obj::{BtfType, MapDef, MapKind, ObjectBuilder, ProgramDef, ProgramSection};
@@ -309,6 +314,14 @@ struct ProgramLines {
     lines: Vec<SourceLine>,
 }
 
+/// A read-only global variable in `.rodata`: bytes the object carries for
+/// whoever inspects it (see [`ObjectBuilder::add_rodata`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RodataVar {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
 /// One program: its instructions, encoded, and where it loads maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramDef {
@@ -317,12 +330,13 @@ pub struct ProgramDef {
     /// Encoded instructions, 8 bytes per slot (`ld_imm64` takes two).
     pub insns: Vec<u8>,
     /// `(slot index of an ld_imm64, map name)`: the loader puts that map's
-    /// fd there.
+    /// fd there. A name of a [`RodataVar`] instead loads that variable's
+    /// address (the `.rodata` map's value, `BPF_PSEUDO_MAP_VALUE`).
     pub map_relocs: Vec<(usize, String)>,
 }
 
 impl ProgramDef {
-    fn validate(&self, maps: &[MapDef]) -> Result<(), ObjError> {
+    fn validate(&self, maps: &[MapDef], rodata: &[RodataVar]) -> Result<(), ObjError> {
         check_name(&self.name)?;
         let invalid = |reason: String| ObjError::InvalidProgram {
             program: self.name.clone(),
@@ -351,7 +365,7 @@ impl ProgramDef {
             if self.map_relocs[..index].iter().any(|(s, _)| s == slot) {
                 return Err(invalid(format!("two relocations at slot {slot}")));
             }
-            if !maps.iter().any(|m| &m.name == map) {
+            if !maps.iter().any(|m| &m.name == map) && !rodata.iter().any(|v| &v.name == map) {
                 return Err(ObjError::UnknownMap {
                     program: self.name.clone(),
                     slot: *slot,
@@ -381,6 +395,7 @@ pub struct ObjectBuilder {
     maps: Vec<MapDef>,
     programs: Vec<ProgramDef>,
     source_lines: Vec<ProgramLines>,
+    rodata: Vec<RodataVar>,
 }
 
 impl Default for ObjectBuilder {
@@ -397,6 +412,7 @@ impl ObjectBuilder {
             maps: Vec::new(),
             programs: Vec::new(),
             source_lines: Vec::new(),
+            rodata: Vec::new(),
         }
     }
 
@@ -432,6 +448,20 @@ impl ObjectBuilder {
         self
     }
 
+    /// Adds a read-only global `name` holding `bytes` to `.rodata`, typed
+    /// `char[N]` in BTF (so `bpftool` prints it as a string, and shows
+    /// variables named `bpf_metadata_*` in `bpftool prog show`). Loaders
+    /// (libbpf, aya) make `.rodata` an array map of one frozen element
+    /// holding the section; a program that loads a variable's address
+    /// lists that map among its maps, whoever loaded it.
+    pub fn add_rodata(&mut self, name: impl Into<String>, bytes: Vec<u8>) -> &mut Self {
+        self.rodata.push(RodataVar {
+            name: name.into(),
+            bytes,
+        });
+        self
+    }
+
     /// Checks everything, then writes the ELF object.
     pub fn build(&self) -> Result<Vec<u8>, ObjError> {
         self.validate()?;
@@ -457,7 +487,8 @@ impl ObjectBuilder {
             license_len,
         ));
 
-        let map_symbols = self.write_maps(&mut obj, &mut btf);
+        let mut map_symbols = self.write_maps(&mut obj, &mut btf);
+        map_symbols.extend(self.write_rodata(&mut obj, &mut btf));
         let ext = self.write_programs(&mut obj, &mut btf, &map_symbols)?;
 
         let btf_section = obj.add_section(Vec::new(), b".BTF".to_vec(), SectionKind::Other);
@@ -510,8 +541,25 @@ impl ObjectBuilder {
                 });
             }
         }
+        for (index, var) in self.rodata.iter().enumerate() {
+            check_name(&var.name)?;
+            if var.bytes.is_empty() {
+                return Err(ObjError::InvalidType {
+                    context: format!("rodata {}", var.name),
+                    reason: "a variable needs at least one byte".to_string(),
+                });
+            }
+            let taken = self.rodata[..index].iter().any(|v| v.name == var.name)
+                || self.maps.iter().any(|m| m.name == var.name);
+            if taken {
+                return Err(ObjError::DuplicateName {
+                    what: "maps or rodata variables",
+                    name: var.name.clone(),
+                });
+            }
+        }
         for (index, program) in self.programs.iter().enumerate() {
-            program.validate(&self.maps)?;
+            program.validate(&self.maps, &self.rodata)?;
             if self.programs[..index]
                 .iter()
                 .any(|p| p.name == program.name)
@@ -579,6 +627,47 @@ impl ObjectBuilder {
         symbols
     }
 
+    /// Writes `.rodata` and its BTF (a `DATASEC` of `char[N]` variables,
+    /// each 8-byte aligned); returns each variable's symbol, in order.
+    fn write_rodata(&self, obj: &mut Object<'_>, btf: &mut btf::BtfWriter) -> Vec<SymbolId> {
+        if self.rodata.is_empty() {
+            return Vec::new();
+        }
+        let section = obj.add_section(
+            obj.segment_name(StandardSegment::Data).to_vec(),
+            b".rodata".to_vec(),
+            SectionKind::ReadOnlyData,
+        );
+        let char_type = btf.add_type(&BtfType::int("char", 1, true));
+        let mut data = Vec::new();
+        let mut vars = Vec::with_capacity(self.rodata.len());
+        let mut symbols = Vec::with_capacity(self.rodata.len());
+        for var in &self.rodata {
+            data.resize(data.len().next_multiple_of(8), 0);
+            let offset = data.len() as u32;
+            let size = var.bytes.len() as u32;
+            data.extend_from_slice(&var.bytes);
+            let array = btf.array(char_type, size);
+            let id = btf.var_global(&var.name, array);
+            vars.push(btf::SecVar {
+                var: id,
+                offset,
+                size,
+            });
+            symbols.push(obj.add_symbol(global_symbol(
+                &var.name,
+                SymbolKind::Data,
+                section,
+                u64::from(offset),
+                u64::from(size),
+            )));
+        }
+        let size = data.len() as u32;
+        obj.set_section_data(section, data, 8);
+        btf.datasec(".rodata", size, &vars);
+        symbols
+    }
+
     fn write_programs(
         &self,
         obj: &mut Object<'_>,
@@ -622,8 +711,17 @@ impl ObjectBuilder {
                     program.insns.len() as u64,
                 ));
                 for (slot, map_name) in &program.map_relocs {
-                    // validate() checked that every relocation names a map.
-                    let Some(index) = self.maps.iter().position(|m| &m.name == map_name) else {
+                    // validate() checked that every relocation names a map
+                    // or a rodata variable (their symbols follow the maps').
+                    let index = self
+                        .maps
+                        .iter()
+                        .position(|m| &m.name == map_name)
+                        .or_else(|| {
+                            let var = self.rodata.iter().position(|v| &v.name == map_name)?;
+                            Some(self.maps.len() + var)
+                        });
+                    let Some(index) = index else {
                         continue;
                     };
                     obj.add_relocation(

@@ -696,3 +696,59 @@ fn rejects_maps_the_kernel_would_refuse() {
         assert!(builder.build().is_err(), "map {name} was accepted");
     }
 }
+
+#[test]
+fn rodata_variables_become_a_data_map_the_program_loads() {
+    let mut builder = ObjectBuilder::new();
+    builder
+        .add_rodata("doc", b"{\"a\":1}\0".to_vec())
+        .add_rodata("bpf_metadata_x", b"hi\0".to_vec());
+    let mut p = program(
+        "p",
+        ProgramSection::Xdp,
+        &[insn::ld_map(0), insn::mov64_imm(0, 2), insn::exit()],
+    );
+    p.map_relocs = vec![(0, "bpf_metadata_x".into())];
+    builder.add_program(p);
+    let bytes = builder.build().unwrap();
+
+    // aya: one `.rodata` map holding both variables, 8-byte aligned.
+    let obj = AyaObject::parse(&bytes).unwrap();
+    let rodata = &obj.maps[".rodata"];
+    assert_eq!(rodata.max_entries(), 1);
+    let mut expected = b"{\"a\":1}\0".to_vec();
+    expected.extend_from_slice(b"hi\0");
+    assert_eq!(rodata.data(), expected.as_slice());
+
+    // The relocation names the variable; its symbol says where it is.
+    let file = object::File::parse(&*bytes).unwrap();
+    let xdp = file.section_by_name("xdp").unwrap();
+    let (_, reloc) = xdp.relocations().next().unwrap();
+    let object::RelocationTarget::Symbol(index) = reloc.target() else {
+        panic!("relocation against a non-symbol");
+    };
+    let symbol = file.symbol_by_index(index).unwrap();
+    assert_eq!(
+        (symbol.name().unwrap(), symbol.address(), symbol.size()),
+        ("bpf_metadata_x", 8, 3)
+    );
+
+    // A relocation naming neither a map nor a variable is refused, and so
+    // is a variable named like a map.
+    let mut bad = ObjectBuilder::new();
+    let mut p = program("p", ProgramSection::Xdp, &[insn::ld_map(0), insn::exit()]);
+    p.map_relocs = vec![(0, "nothing".into())];
+    bad.add_program(p);
+    assert!(matches!(bad.build(), Err(ObjError::UnknownMap { .. })));
+    let mut clash = ObjectBuilder::new();
+    clash
+        .add_map(MapDef::new(
+            "m",
+            MapKind::Array,
+            BtfType::u32(),
+            BtfType::u32(),
+            1,
+        ))
+        .add_rodata("m", vec![1]);
+    assert!(matches!(clash.build(), Err(ObjError::DuplicateName { .. })));
+}

@@ -82,6 +82,19 @@ impl RawMap {
         })
     }
 
+    /// Opens the map with kernel id `id` (as a program's info lists them);
+    /// [`RawMap::name`] is its kernel name.
+    pub fn from_id(id: u32) -> Result<RawMap, RuntimeError> {
+        let map_error = |source| RuntimeError::Map {
+            map: format!("map id {id}"),
+            source,
+        };
+        let data = MapData::from_id(id).map_err(map_error)?;
+        let info = data.info().map_err(map_error)?;
+        let name = info.name_as_str().unwrap_or_default().to_string();
+        RawMap::from_map_data(&name, &data)
+    }
+
     /// Opens a map pinned on bpffs (e.g. by [`crate::Loaded::pin_map`]).
     pub fn from_pin(path: impl AsRef<Path>) -> Result<RawMap, RuntimeError> {
         let path = path.as_ref();

@@ -44,7 +44,7 @@ fn verdict_index(action: &Action) -> usize {
         Action::Pass => 0,
         Action::Drop => 1,
         Action::Tx => 2,
-        Action::Redirect { .. } => 3,
+        Action::Redirect { .. } | Action::RedirectPort { .. } => 3,
         Action::Controller { .. } => 4,
     }
 }
@@ -60,7 +60,7 @@ fn passes(action: &Action) -> Option<bool> {
         | Action::Controller {
             then: ControllerThen::Drop,
         } => Some(false),
-        Action::Tx | Action::Redirect { .. } => None,
+        Action::Tx | Action::Redirect { .. } | Action::RedirectPort { .. } => None,
     }
 }
 

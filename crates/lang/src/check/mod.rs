@@ -27,7 +27,7 @@ pub const MAX_CAPACITY: u32 = 16_777_216;
 const MAX_IFNAME: usize = 15;
 
 /// Words that cannot name a state, register, global or const.
-const RESERVED: [&str; 14] = [
+pub(crate) const RESERVED: [&str; 14] = [
     "now",
     "min",
     "max",
@@ -197,7 +197,7 @@ impl Checker<'_> {
         let states = self.timeouts(file, states);
         let (capacity, full_policy) = self.capacity(singles.flows);
         let default_action = match singles.default {
-            Some((verdict, _)) => self.verdict(verdict),
+            Some((verdict, _)) => self.verdict(verdict, false),
             None => Some(ir::Action::Pass),
         };
 
@@ -665,7 +665,9 @@ impl Checker<'_> {
         (capacity, policy)
     }
 
-    fn verdict(&mut self, v: &ast::Verdict) -> Option<ir::Action> {
+    /// `in_row`: a row's verdict (the default action cannot redirect to a
+    /// register).
+    fn verdict(&mut self, v: &ast::Verdict, in_row: bool) -> Option<ir::Action> {
         Some(match v {
             ast::Verdict::Pass => ir::Action::Pass,
             ast::Verdict::Drop => ir::Action::Drop,
@@ -673,8 +675,38 @@ impl Checker<'_> {
             ast::Verdict::Controller(then) => ir::Action::Controller {
                 then: then.unwrap_or(ir::ControllerThen::Pass),
             },
-            ast::Verdict::Redirect(name) => {
+            ast::Verdict::Redirect {
+                target: name,
+                quoted,
+            } => {
                 let n = &name.name;
+                let register = match (self.registers.get(n), self.globals.get(n)) {
+                    _ if *quoted => None,
+                    (Some(r), _) => Some(RegTarget::Flow(*r)),
+                    (None, Some(g)) => Some(RegTarget::Global(*g)),
+                    (None, None) => None,
+                };
+                if let Some(port) = register {
+                    if !in_row {
+                        self.err(
+                            Diagnostic::error(
+                                format!("the default action cannot redirect to register `{n}`"),
+                                name.span.clone(),
+                                "a register",
+                            )
+                            .with_help(format!(
+                                "the default action also runs when no flow entry could be read \
+                                 (no key, full table), so it has no register value: name an \
+                                 interface, or write `redirect \"{n}\"` for an interface called {n}"
+                            )),
+                        );
+                        return None;
+                    }
+                    return Some(ir::Action::RedirectPort {
+                        port,
+                        name: n.clone(),
+                    });
+                }
                 let valid = !n.is_empty()
                     && n.len() <= MAX_IFNAME
                     && !n.contains(|c: char| c == '/' || c.is_whitespace() || c == ':');
@@ -960,7 +992,7 @@ impl Checker<'_> {
                         continue;
                     }
                     // An invalid verdict still counts as the row's verdict.
-                    let action = self.verdict(v);
+                    let action = self.verdict(v, true);
                     ok &= action.is_some();
                     verdict = Some((action.unwrap_or(ir::Action::Pass), span.clone()));
                 }

@@ -150,7 +150,12 @@ pub enum Verdict {
     Pass,
     Drop,
     Tx,
-    Redirect(Ident),
+    /// `redirect NAME`: an interface, or the register (or global) of that
+    /// name; `redirect "NAME"` (`quoted`) is always an interface.
+    Redirect {
+        target: Ident,
+        quoted: bool,
+    },
     Controller(Option<ControllerThen>),
 }
 

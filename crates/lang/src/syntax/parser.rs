@@ -592,19 +592,22 @@ impl Parser {
         } else if self.eat_name("tx") {
             Verdict::Tx
         } else if self.eat_name("redirect") {
-            let ifname = match self.peek().clone() {
-                Tok::Str(s) => Ident {
-                    name: s,
-                    span: self.bump(),
-                },
-                Tok::Name(_) => self.ident("an interface name")?,
+            let (target, quoted) = match self.peek().clone() {
+                Tok::Str(s) => (
+                    Ident {
+                        name: s,
+                        span: self.bump(),
+                    },
+                    true,
+                ),
+                Tok::Name(_) => (self.ident("an interface name or a register")?, false),
                 _ => {
-                    return Err(self
-                        .expected("an interface name")
-                        .with_help("write `redirect eth1` or `redirect \"veth-a\"`"))
+                    return Err(self.expected("an interface name or a register").with_help(
+                        "write `redirect eth1`, `redirect \"veth-a\"` or `redirect REGISTER`",
+                    ))
                 }
             };
-            Verdict::Redirect(ifname)
+            Verdict::Redirect { target, quoted }
         } else if self.eat_name("controller") {
             let then = if self.eat_name("then") {
                 if self.eat_name("pass") {
@@ -933,7 +936,7 @@ mod tests {
             ActionItem::Verdict(Verdict::Controller(Some(ControllerThen::Drop)), _)
         ));
         assert!(
-            matches!(&a[3], ActionItem::Verdict(Verdict::Redirect(id), _) if id.name == "veth-a")
+            matches!(&a[3], ActionItem::Verdict(Verdict::Redirect { target, quoted: true }, _) if target.name == "veth-a")
         );
     }
 

@@ -109,8 +109,8 @@ pub enum ControlCommand {
     /// An entry past its timeout shows `STATE -> ROLLBACK (expired)`: the
     /// program reads it as the rollback state on its next packet.
     Flows {
-        /// The running instance (see `flowstate list`).
-        name: String,
+        #[command(flatten)]
+        target: Target,
         /// One JSON array.
         #[arg(long)]
         json: bool,
@@ -145,8 +145,8 @@ pub enum ControlCommand {
     },
     /// Show the global registers, or set one (`globals NAME set G=VALUE`).
     Globals {
-        /// The running instance (see `flowstate list`).
-        name: String,
+        #[command(flatten)]
+        target: Target,
         #[command(subcommand)]
         action: Option<GlobalsAction>,
         /// One JSON object.
@@ -158,8 +158,8 @@ pub enum ControlCommand {
     /// Rates are measured over --interval (one second by default). With
     /// --watch the screen is redrawn every interval, like `top`, until Ctrl-C.
     Stats {
-        /// The running instance (see `flowstate list`).
-        name: String,
+        #[command(flatten)]
+        target: Target,
         /// Redraw every interval until interrupted.
         #[arg(long)]
         watch: bool,
@@ -179,8 +179,8 @@ pub enum ControlCommand {
     /// syn`). Runs until Ctrl-C (or --count events, or --timeout seconds
     /// without one). Reading consumes events: run one reader per program.
     Events {
-        /// The running instance (see `flowstate list`).
-        name: String,
+        #[command(flatten)]
+        target: Target,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -191,6 +191,46 @@ pub enum ControlCommand {
         #[arg(long)]
         timeout: Option<f64>,
     },
+}
+
+/// Which program a reading command looks at: an instance by name, or any
+/// program compiled by flowstate, however it was loaded (`ip`, `tc`,
+/// `bpftool`, bpfman), by id or pin: its object carries what is needed to
+/// decode its maps.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// The running instance (see `flowstate list`).
+    name: Option<String>,
+    /// A program loaded by another tool, by kernel id (`bpftool prog show`).
+    #[arg(long, value_name = "ID")]
+    prog_id: Option<u32>,
+    /// A program loaded by another tool, by its pin on bpffs.
+    #[arg(long, value_name = "PATH")]
+    pin: Option<PathBuf>,
+}
+
+impl Target {
+    /// The handle, after repairing an instance's interrupted change.
+    fn open(&self) -> anyhow::Result<flowstate_control::Handle> {
+        let which = match (&self.name, self.prog_id, &self.pin) {
+            (Some(name), _, _) => {
+                repaired_for_reading(name)?;
+                return Ok(flowstate_control::open(name)?);
+            }
+            (None, Some(id), _) => flowstate_control::ProgramRef::Id(id),
+            (None, None, Some(pin)) => flowstate_control::ProgramRef::Pin(pin.clone()),
+            // clap requires one of them.
+            (None, None, None) => bail!("name a running instance, --prog-id or --pin"),
+        };
+        Ok(flowstate_control::open_program(&which)?)
+    }
+
+    /// The instance's name, for the lock edits take; `None` for a program
+    /// flowstate did not start (edited without a lock).
+    fn instance(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
 }
 
 #[derive(Args)]
@@ -292,11 +332,11 @@ pub fn run(command: ControlCommand) -> anyhow::Result<ExitCode> {
             reset_state,
         } => reload(&name, &program, reset_state),
         ControlCommand::Flows {
-            name,
+            target,
             json,
             state,
             limit,
-        } => flows(&name, json, state.as_deref(), limit),
+        } => flows(&target, json, state.as_deref(), limit),
         ControlCommand::Flow { name, key, action } => flow(&name, &key, &action),
         ControlCommand::Flush { name } => {
             let _lock = flowstate_control::lock(&name)?;
@@ -304,19 +344,23 @@ pub fn run(command: ControlCommand) -> anyhow::Result<ExitCode> {
             println!("{name}: removed {removed} flow(s)");
             Ok(ExitCode::SUCCESS)
         }
-        ControlCommand::Globals { name, action, json } => globals(&name, action.as_ref(), json),
+        ControlCommand::Globals {
+            target,
+            action,
+            json,
+        } => globals(&target, action.as_ref(), json),
         ControlCommand::Stats {
-            name,
+            target,
             watch,
             json,
             interval,
-        } => stats(&name, watch, json, interval),
+        } => stats(&target, watch, json, interval),
         ControlCommand::Events {
-            name,
+            target,
             json,
             count,
             timeout,
-        } => events(&name, json, count, timeout),
+        } => events(&target, json, count, timeout),
     }
 }
 
@@ -526,13 +570,12 @@ fn reload(name: &str, program: &std::path::Path, reset: bool) -> anyhow::Result<
 }
 
 fn flows(
-    name: &str,
+    target: &Target,
     json: bool,
     state: Option<&str>,
     limit: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
-    repaired_for_reading(name)?;
-    let handle = flowstate_control::open(name)?;
+    let handle = target.open()?;
     let rows = handle.flows(state, limit)?;
     if json {
         let all: Vec<_> = rows.iter().map(row_json).collect();
@@ -610,15 +653,17 @@ fn flow(name: &str, key: &str, action: &FlowAction) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn globals(name: &str, action: Option<&GlobalsAction>, json: bool) -> anyhow::Result<ExitCode> {
-    let _lock = match action {
-        Some(_) => Some(flowstate_control::lock(name)?),
-        None => {
-            repaired_for_reading(name)?;
-            None
-        }
+fn globals(
+    target: &Target,
+    action: Option<&GlobalsAction>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let _lock = match (action, target.instance()) {
+        (Some(_), Some(name)) => Some(flowstate_control::lock(name)?),
+        _ => None,
     };
-    let handle = flowstate_control::open(name)?;
+    let handle = target.open()?;
+    let name = handle.name().to_string();
     if let Some(GlobalsAction::Set { assignment: a }) = action {
         let (global, value) = assignment(a)?;
         handle.set_global(global, value)?;
@@ -638,13 +683,13 @@ fn globals(name: &str, action: Option<&GlobalsAction>, json: bool) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-fn stats(name: &str, watch: bool, json: bool, interval: f64) -> anyhow::Result<ExitCode> {
+fn stats(target: &Target, watch: bool, json: bool, interval: f64) -> anyhow::Result<ExitCode> {
     if !(interval.is_finite() && interval > 0.0 && interval <= 3600.0) {
         bail!("--interval must be between 0 and 3600 seconds");
     }
     let interval = Duration::from_secs_f64(interval);
-    repaired_for_reading(name)?;
-    let handle = flowstate_control::open(name)?;
+    let handle = target.open()?;
+    let name = handle.name().to_string();
     let mut before = handle.stats()?;
     loop {
         std::thread::sleep(interval);
@@ -653,7 +698,7 @@ fn stats(name: &str, watch: bool, json: bool, interval: f64) -> anyhow::Result<E
             println!("{}", show::stats_json(&before, &now));
             return Ok(ExitCode::SUCCESS);
         }
-        let text = show::stats_text(name, &before, &now);
+        let text = show::stats_text(&name, &before, &now);
         if watch {
             // Clear the screen and go home, then draw: a `top`-like redraw.
             print!("\x1b[2J\x1b[H{text}");
@@ -667,13 +712,12 @@ fn stats(name: &str, watch: bool, json: bool, interval: f64) -> anyhow::Result<E
 }
 
 fn events(
-    name: &str,
+    target: &Target,
     json: bool,
     count: Option<u64>,
     timeout: Option<f64>,
 ) -> anyhow::Result<ExitCode> {
-    repaired_for_reading(name)?;
-    let handle = flowstate_control::open(name)?;
+    let handle = target.open()?;
     let mut events = handle.events()?;
     let wait = match timeout {
         Some(t) if t.is_finite() && t > 0.0 => Duration::from_secs_f64(t.min(1e6)),
