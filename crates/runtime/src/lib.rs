@@ -11,6 +11,7 @@
 //! [`Loaded::test_run`] concurrently (see the two-CPU test).
 
 mod attach;
+pub mod clsact;
 mod map;
 mod probe;
 mod query;
