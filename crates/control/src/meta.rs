@@ -23,7 +23,7 @@ pub struct Meta {
     pub dev: String,
     pub ifindex: u32,
     pub attach: AttachPoint,
-    /// `native`, `generic` or `tcx`.
+    /// `native`, `generic`, `tcx` or `clsact`.
     pub mode: String,
     pub prog_id: u32,
     /// Milliseconds since the Unix epoch.
@@ -45,6 +45,10 @@ pub struct Meta {
     /// were recorded (read as "wherever the reader is").
     #[serde(default)]
     pub netns_inode: u64,
+    /// TC through a clsact filter (no TCX link): the filter's name on the
+    /// interface (see [`crate::tc`]). `None`: a pinned link (XDP, TCX).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tc_filter: Option<crate::tc::TcFilter>,
 }
 
 impl Meta {
@@ -81,6 +85,7 @@ impl Meta {
             reloads: 0,
             netns: None,
             netns_inode: 0,
+            tc_filter: None,
         }
     }
 

@@ -152,6 +152,7 @@ fn start(net: &Net, program: &Path, name: &str) -> Running {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.to_string()),
+        tc: Default::default(),
     })
     .unwrap();
     Running(name.to_string())
@@ -180,6 +181,7 @@ fn run_list_stop_leaves_the_interface_as_before() {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     })
     .unwrap();
     let _guard = Running(name.clone());
@@ -217,6 +219,7 @@ fn tc_ingress_through_tcx_and_generic_xdp() {
         dev: net.host.clone(),
         attach: Some(AttachPoint::TcIngress),
         name: Some(tc.clone()),
+        tc: Default::default(),
     })
     .unwrap();
     let _g1 = Running(tc.clone());
@@ -231,6 +234,7 @@ fn tc_ingress_through_tcx_and_generic_xdp() {
             mode: XdpMode::Generic,
         }),
         name: Some(xdp.clone()),
+        tc: Default::default(),
     })
     .unwrap();
     let _g2 = Running(xdp.clone());
@@ -264,6 +268,7 @@ fn failures_leave_nothing_behind() {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     })
     .unwrap_err();
     assert!(matches!(err, ControlError::Program { .. }), "{err}");
@@ -274,6 +279,7 @@ fn failures_leave_nothing_behind() {
         dev: "fs-no-such-dev".into(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     })
     .unwrap_err();
     assert!(matches!(err, ControlError::NoSuchInterface(_)), "{err}");
@@ -284,6 +290,7 @@ fn failures_leave_nothing_behind() {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     })
     .unwrap_err();
     assert!(matches!(err, ControlError::ReadSource { .. }), "{err}");
@@ -294,6 +301,7 @@ fn failures_leave_nothing_behind() {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     };
     let first = run(&spec).unwrap();
     let _guard = Running(name.clone());
@@ -405,6 +413,7 @@ fn reload_keeps_state_and_remaps_by_name() {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     })
     .unwrap();
     let _guard = Running(name.clone());
@@ -505,6 +514,7 @@ fn child_runs_and_waits() {
         dev,
         attach: None,
         name: Some(name),
+        tc: Default::default(),
     })
     .unwrap();
     println!("ready");
@@ -567,6 +577,7 @@ fn list_reports_an_instance_whose_interface_is_gone() {
             dev: net.host.clone(),
             attach: None,
             name: Some(name.clone()),
+            tc: Default::default(),
         })
         .unwrap();
     }
