@@ -25,7 +25,7 @@ use aya::programs::{Program, ProgramError, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
 pub use attach::{
-    ensure_bpffs, kernel_unavailable, tcx_programs, ProgramLink, TcDirection, BPFFS_ROOT,
+    ensure_bpffs, kernel_unavailable, tcx_programs, ProgramLink, TcDirection, TcOrder, BPFFS_ROOT,
 };
 pub use aya::programs::XdpMode;
 pub use aya::VerifierLogLevel;
@@ -224,6 +224,14 @@ impl Loaded {
             program: name.to_string(),
             kind: format!("{:?}", program.prog_type()),
         })
+    }
+
+    /// The kernel's id of a loaded program.
+    pub fn program_id(&self, program: &str) -> Result<u32, RuntimeError> {
+        self.program(program)?
+            .info()
+            .map(|info| info.id())
+            .map_err(|e| RuntimeError::program(program, e))
     }
 
     /// Verifier and JIT figures for a loaded program.
