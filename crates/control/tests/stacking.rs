@@ -557,3 +557,133 @@ fn drop_ends_the_clsact_filters() {
     }
     drop_ends_the_chain("stdcls", Via::Clsact);
 }
+
+/// The whole life of a clsact instance: run, list, a plain reload (same
+/// table), a migrating reload (new register), stop; the filter keeps its
+/// priority through the reloads and is gone, with the qdisc flowstate
+/// added, after stop.
+#[test]
+fn clsact_run_list_reload_and_stop() {
+    if skip("clsact_run_list_reload_and_stop", Via::Clsact) {
+        return;
+    }
+    let lab = Lab::new("stlife");
+    let name = unique("life");
+    let running = lab.run(&name, "pass", Via::Clsact, Order::Last);
+    let ifindex = lab.ifindex;
+    let filters = || {
+        lab.switch
+            .run_in(|| clsact::filters(ifindex, TcDirection::Ingress))
+            .unwrap()
+            .unwrap()
+    };
+    let first = prog_id(&name);
+    assert_eq!(hook_of(&name), [first]);
+    let priority = filters()[0].priority;
+    let shown = lab
+        .switch
+        .exec("tc", &["filter", "show", "dev", DEV, "ingress"])
+        .unwrap();
+    assert!(
+        shown.contains("direct-action") && shown.contains("stackcount"),
+        "{shown}"
+    );
+    assert_eq!(lab.send(5), 5);
+    assert_eq!(counted(&name), 5);
+
+    // Same states and registers: the table is reused, the program swapped.
+    let v2 = lab.dir.join("v2.fsm");
+    std::fs::write(
+        &v2,
+        COUNTER.replace("VERDICT, n = n + 1", "pass, n = n + 2"),
+    )
+    .unwrap();
+    let report = flowstate_control::reload(&name, &v2, false).unwrap();
+    assert_eq!(report.flows, flowstate_control::FlowsMigration::Reused);
+    assert_ne!(report.new_prog_id, first);
+    assert_eq!(hook_of(&name), [report.new_prog_id]);
+    assert_eq!(filters()[0].priority, priority, "the filter kept its place");
+    assert_eq!(lab.send(5), 5);
+    assert_eq!(counted(&name), 15);
+
+    // A register more: the table is migrated through the handoff, bridge
+    // and final swaps, all on the filter.
+    let v3 = lab.dir.join("v3.fsm");
+    std::fs::write(
+        &v3,
+        COUNTER
+            .replace("registers n = 0", "registers n = 0, m = 0")
+            .replace("VERDICT", "pass"),
+    )
+    .unwrap();
+    let report = flowstate_control::reload(&name, &v3, false).unwrap();
+    assert_eq!(report.flows, flowstate_control::FlowsMigration::Migrated);
+    assert_eq!(report.flows_carried, 1);
+    assert_eq!(hook_of(&name), [report.new_prog_id]);
+    assert_eq!(filters().len(), 1);
+    assert_eq!(filters()[0].priority, priority);
+    assert_eq!(lab.send(5), 5);
+    assert_eq!(counted(&name), 20);
+
+    drop(running);
+    assert!(filters().is_empty(), "stop deleted the filter");
+    let qdiscs = lab
+        .switch
+        .exec("tc", &["qdisc", "show", "dev", DEV])
+        .unwrap();
+    assert!(
+        !qdiscs.contains("clsact"),
+        "the clsact qdisc flowstate added is gone: {qdiscs}"
+    );
+    assert!(!flowstate_control::pin_root().join(&name).exists());
+}
+
+/// `stop` leaves a filter that no longer runs flowstate's program (someone
+/// replaced it with `tc filter replace`), and the qdisc under it.
+#[test]
+fn clsact_stop_leaves_a_filter_someone_else_took_over() {
+    if skip(
+        "clsact_stop_leaves_a_filter_someone_else_took_over",
+        Via::Clsact,
+    ) {
+        return;
+    }
+    let lab = Lab::new("sttake");
+    let name = unique("take");
+    let running = lab.run(&name, "pass", Via::Clsact, Order::Last);
+    let ifindex = lab.ifindex;
+    let filters = || {
+        lab.switch
+            .run_in(|| clsact::filters(ifindex, TcDirection::Ingress))
+            .unwrap()
+            .unwrap()
+    };
+    let priority = filters()[0].priority;
+    let foreign = Foreign::load(TC_ACT_UNSPEC);
+    let loaded = &foreign.loaded;
+    lab.switch
+        .run_in(|| {
+            let fd = loaded.program_fd("foreign_tc").unwrap();
+            clsact::replace_program(ifindex, TcDirection::Ingress, priority, fd, "foreign_tc")
+        })
+        .unwrap()
+        .unwrap();
+    let listed = list().unwrap();
+    let me = listed.iter().find(|i| i.name == name).unwrap();
+    assert!(
+        me.problem
+            .as_deref()
+            .is_some_and(|p| p.contains(&foreign.id.to_string())),
+        "{me:?}"
+    );
+    drop(running);
+    assert_eq!(
+        filters().iter().map(|f| f.prog_id).collect::<Vec<_>>(),
+        [foreign.id],
+        "the taken-over filter stays"
+    );
+    lab.switch
+        .run_in(|| clsact::delete_filter(ifindex, TcDirection::Ingress, priority))
+        .unwrap()
+        .unwrap();
+}

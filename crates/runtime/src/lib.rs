@@ -234,6 +234,16 @@ impl Loaded {
             .map_err(|e| RuntimeError::program(program, e))
     }
 
+    /// The fd of a loaded program, for attaching it by hand (e.g. as a
+    /// clsact filter's program).
+    pub fn program_fd(&self, program: &str) -> Result<std::os::fd::BorrowedFd<'_>, RuntimeError> {
+        use std::os::fd::AsFd;
+        self.program(program)?
+            .fd()
+            .map(|fd| fd.as_fd())
+            .map_err(|e| RuntimeError::program(program, e))
+    }
+
     /// Verifier and JIT figures for a loaded program.
     pub fn stats(&self, program: &str) -> Result<ProgramStats, RuntimeError> {
         let info = self
