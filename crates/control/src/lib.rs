@@ -13,6 +13,8 @@
 //! Where things live:
 //! - `/sys/fs/bpf/flowstate/NAME/link`, `prog`, `maps/<map>`: bpffs pins.
 //!   The pinned link keeps the program attached after the process exits.
+//!   A TC instance attached through clsact (no TCX) has no link: its
+//!   filter stays on its own, and the metadata names it ([`tc`]).
 //! - `/run/flowstate/NAME.json`: metadata ([`meta`]), including a copy of
 //!   the program text, so `flows`, `stats` and `reload` decode the maps
 //!   even after the source file changed. bpffs holds only BPF objects, and
