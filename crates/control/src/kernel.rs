@@ -236,6 +236,10 @@ fn describe_attach_error(e: &ProgramError, hook: &str, mode: &str) -> String {
             "the driver does not support {hook} in {mode} mode ({text}); try --xdp-mode generic"
         ),
         Some(libc::EPERM) => "needs root (CAP_BPF, CAP_NET_ADMIN)".to_string(),
+        Some(libc::ENOENT) if hook == "TC" => format!(
+            "the program named by --before/--after is not on this hook ({text}); see `flowstate \
+             list` (HOOK lines) or `bpftool net`"
+        ),
         _ => text,
     }
 }

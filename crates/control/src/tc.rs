@@ -107,10 +107,19 @@ impl Relative {
     }
 }
 
-/// The program of a pinned program, or of a pinned link.
+/// The program of a pinned program, or of a pinned link. The kernel
+/// answers the info call for either kind of fd, each with its own struct,
+/// so the fd's kind comes from its fdinfo (a link's has `link_type`).
 fn pinned_prog_id(path: &Path) -> Result<u32, ControlError> {
-    if let Ok(link) = crate::links::state_of_pin(path) {
-        return Ok(link.prog_id);
+    use std::os::fd::AsRawFd;
+    if let Ok(fd) = crate::links::obj_get(path) {
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+            .unwrap_or_default();
+        if fdinfo.lines().any(|l| l.starts_with("link_type:")) {
+            return crate::links::state_of(std::os::fd::AsFd::as_fd(&fd))
+                .map(|link| link.prog_id)
+                .map_err(|e| ControlError::kernel(format!("reading {}", path.display()), e));
+        }
     }
     aya::programs::ProgramInfo::from_pin(path)
         .map(|info| info.id())

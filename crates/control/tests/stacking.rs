@@ -687,3 +687,131 @@ fn clsact_stop_leaves_a_filter_someone_else_took_over() {
         .unwrap()
         .unwrap();
 }
+
+/// A reload swaps the program where it stands: the new program keeps the
+/// old one's place between two others (TCX: the link update keeps it;
+/// clsact: the same priority). The others are named by instance name and
+/// by a pinned program's path.
+fn reload_keeps_the_place(tag: &str, via: Via) {
+    let lab = Lab::new(tag);
+    let mut foreign = Foreign::load(TC_ACT_UNSPEC);
+    match via {
+        Via::Tcx => foreign.attach_tcx(&lab, TcOrder::Last),
+        Via::Clsact => foreign.attach_clsact(&lab, clsact::DEFAULT_PRIORITY),
+    }
+    let pin = std::path::PathBuf::from(flowstate_runtime::BPFFS_ROOT)
+        .join(format!("fs-stack-{tag}-{}", std::process::id()));
+    foreign.loaded.pin_program("foreign_tc", &pin).unwrap();
+    struct Unpin(std::path::PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _unpin = Unpin(pin.clone());
+    let first = unique(&format!("{tag}f"));
+    let middle = unique(&format!("{tag}m"));
+    let _first = lab.run(&first, "pass", via, Order::Before(Relative::Pinned(pin)));
+    let _middle = lab.run(
+        &middle,
+        "pass",
+        via,
+        Order::After(Relative::Instance(first.clone())),
+    );
+    assert_eq!(
+        hook_of(&middle),
+        [prog_id(&first), prog_id(&middle), foreign.id]
+    );
+    let v2 = lab.dir.join("v2.fsm");
+    std::fs::write(
+        &v2,
+        COUNTER.replace("VERDICT, n = n + 1", "pass, n = n + 2"),
+    )
+    .unwrap();
+    let report = flowstate_control::reload(&middle, &v2, false).unwrap();
+    assert_eq!(
+        hook_of(&middle),
+        [prog_id(&first), report.new_prog_id, foreign.id],
+        "the reloaded program kept its place"
+    );
+    assert_eq!(lab.send(3), 3);
+    assert_eq!((counted(&first), counted(&middle)), (3, 6));
+    foreign.detach(&lab);
+}
+
+#[test]
+fn a_reload_keeps_the_place_on_the_tcx_hook() {
+    if skip("a_reload_keeps_the_place_on_the_tcx_hook", Via::Tcx) {
+        return;
+    }
+    reload_keeps_the_place("strtcx", Via::Tcx);
+}
+
+#[test]
+fn a_reload_keeps_the_place_among_the_clsact_filters() {
+    if skip(
+        "a_reload_keeps_the_place_among_the_clsact_filters",
+        Via::Clsact,
+    ) {
+        return;
+    }
+    reload_keeps_the_place("strcls", Via::Clsact);
+}
+
+/// A program named by --before that is not on the hook: refused, saying
+/// so, and nothing is left behind.
+fn relative_not_on_the_hook(tag: &str, via: Via) {
+    let lab = Lab::new(tag);
+    let foreign = Foreign::load(TC_ACT_UNSPEC);
+    let name = unique(tag);
+    let path = lab.dir.join("p.fsm");
+    std::fs::write(&path, COUNTER.replace("VERDICT", "pass")).unwrap();
+    let spec = RunSpec {
+        program_path: path,
+        dev: DEV.to_string(),
+        attach: Some(AttachPoint::TcIngress),
+        name: Some(name.clone()),
+        tc: TcPlacement {
+            via: match via {
+                Via::Tcx => TcVia::Tcx,
+                Via::Clsact => TcVia::Clsact,
+            },
+            order: Order::Before(Relative::Program(foreign.id)),
+        },
+    };
+    let err = run_in_netns(&spec, Some(lab.switch.name())).unwrap_err();
+    let _cleanup = Running(name.clone());
+    let text = err.to_string();
+    assert!(
+        text.contains("not on this hook") || text.contains("has no clsact filter"),
+        "{text}"
+    );
+    assert!(!flowstate_control::pin_root().join(&name).exists());
+    assert!(list().unwrap().iter().all(|i| i.name != name));
+    let ifindex = lab.ifindex;
+    let filters = lab
+        .switch
+        .run_in(|| clsact::filters(ifindex, TcDirection::Ingress))
+        .unwrap()
+        .unwrap();
+    assert!(filters.is_empty(), "{filters:?}");
+}
+
+#[test]
+fn before_a_program_not_on_the_tcx_hook_is_refused() {
+    if skip("before_a_program_not_on_the_tcx_hook_is_refused", Via::Tcx) {
+        return;
+    }
+    relative_not_on_the_hook("stntcx", Via::Tcx);
+}
+
+#[test]
+fn before_a_program_not_among_the_clsact_filters_is_refused() {
+    if skip(
+        "before_a_program_not_among_the_clsact_filters_is_refused",
+        Via::Clsact,
+    ) {
+        return;
+    }
+    relative_not_on_the_hook("stncls", Via::Clsact);
+}

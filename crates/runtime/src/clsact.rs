@@ -267,38 +267,35 @@ fn request(message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetl
     }
 }
 
-/// The priority that puts a new filter where asked among `existing`
-/// (sorted by priority): last by default, or just before or after the
-/// filter at `relative`. `None` when no priority is free there.
+/// The priority that puts a new filter where asked among `existing`:
+/// last by default, or just before or after the filter at the given
+/// priority. It takes the middle of the free gap there, so that later
+/// filters still find room on either side (the gaps halve, so about 15
+/// filters fit next to one another). `None` when the gap is empty.
 pub fn priority_for(existing: &[Filter], place: Placement) -> Option<u16> {
-    let taken = |p: u16| existing.iter().any(|f| f.priority == p);
-    match place {
-        Placement::Last => match existing.iter().map(|f| f.priority).max() {
-            None => Some(DEFAULT_PRIORITY),
-            Some(max) => max.checked_add(1),
+    let priorities = || existing.iter().map(|f| u32::from(f.priority));
+    // Exclusive bounds: 0 means "the kernel picks", 65536 is past u16.
+    let (low, high) = match place {
+        Placement::Last => match priorities().max() {
+            None => return Some(DEFAULT_PRIORITY),
+            Some(max) => (max, 1 << 16),
         },
         Placement::Before(relative) => {
-            // Between the filter before it (if any) and it.
-            let floor = existing
-                .iter()
-                .map(|f| f.priority)
-                .filter(|p| *p < relative)
-                .max()
-                .unwrap_or(0);
-            let p = relative.checked_sub(1)?;
-            (p > floor && !taken(p)).then_some(p)
+            let relative = u32::from(relative);
+            let below = priorities().filter(|p| *p < relative).max().unwrap_or(0);
+            (below, relative)
         }
         Placement::After(relative) => {
-            let ceiling = existing
-                .iter()
-                .map(|f| f.priority)
+            let relative = u32::from(relative);
+            let above = priorities()
                 .filter(|p| *p > relative)
                 .min()
-                .unwrap_or(u16::MAX);
-            let p = relative.checked_add(1)?;
-            (p < ceiling && !taken(p)).then_some(p)
+                .unwrap_or(1 << 16);
+            (relative, above)
         }
-    }
+    };
+    let middle = low + (high - low) / 2;
+    (middle > low && middle < high).then_some(middle as u16)
 }
 
 /// Where a new filter goes, relative to the priority of another.
@@ -326,15 +323,24 @@ mod tests {
     fn a_new_filter_goes_last_or_next_to_its_relative() {
         assert_eq!(priority_for(&[], Placement::Last), Some(DEFAULT_PRIORITY));
         let two = [at(10), at(20)];
-        assert_eq!(priority_for(&two, Placement::Last), Some(21));
-        assert_eq!(priority_for(&two, Placement::Before(20)), Some(19));
-        assert_eq!(priority_for(&two, Placement::After(10)), Some(11));
-        assert_eq!(priority_for(&two, Placement::Before(10)), Some(9));
+        assert_eq!(priority_for(&two, Placement::Last), Some(32778));
+        assert_eq!(priority_for(&two, Placement::Before(20)), Some(15));
+        assert_eq!(priority_for(&two, Placement::After(10)), Some(15));
+        assert_eq!(priority_for(&two, Placement::Before(10)), Some(5));
+        assert_eq!(priority_for(&two, Placement::After(20)), Some(32778));
         // No room between neighbours.
         let tight = [at(10), at(11)];
         assert_eq!(priority_for(&tight, Placement::After(10)), None);
         assert_eq!(priority_for(&tight, Placement::Before(11)), None);
         assert_eq!(priority_for(&[at(1)], Placement::Before(1)), None);
         assert_eq!(priority_for(&[at(u16::MAX)], Placement::Last), None);
+        // Room is left on both sides of each new filter.
+        let mut filters = vec![at(DEFAULT_PRIORITY)];
+        for _ in 0..10 {
+            let p = priority_for(&filters, Placement::Before(filters[0].priority)).unwrap();
+            filters.insert(0, at(p));
+            let next = priority_for(&filters, Placement::After(p)).unwrap();
+            assert!(next > p && next < filters[1].priority);
+        }
     }
 }
