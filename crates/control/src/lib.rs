@@ -375,6 +375,9 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
         planned.netns = place.name.clone();
         planned.netns_inode = place.inode;
         planned.tc_filter = Some(filter);
+        if filter.qdisc_created {
+            tc::mark_qdisc_added(&place, ifindex);
+        }
         journal.op = Op::Run {
             meta: Some(Box::new(planned.clone())),
         };

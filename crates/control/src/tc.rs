@@ -401,18 +401,37 @@ impl Attachment {
                 );
             }
         }
-        if filter.qdisc_created {
-            let _ = Self::within(place, "deleting the clsact qdisc", || {
+        // The qdisc goes with the last filter if flowstate added it: this
+        // instance, or another one since stopped (the marker).
+        let marker = qdisc_marker(place, *ifindex);
+        if filter.qdisc_created || marker.exists() {
+            let emptied = Self::within(place, "deleting the clsact qdisc", || {
                 let empty = clsact::filters(*ifindex, TcDirection::Ingress)?.is_empty()
                     && clsact::filters(*ifindex, TcDirection::Egress)?.is_empty();
                 if empty {
                     clsact::delete_qdisc(*ifindex)?;
                 }
-                Ok(())
+                Ok(empty)
             });
+            if !matches!(emptied, Ok(false)) {
+                let _ = std::fs::remove_file(&marker);
+            }
         }
         Ok(())
     }
+}
+
+/// A file that says flowstate added the clsact qdisc of interface
+/// `ifindex` in `place`, so that whichever flowstate instance removes the
+/// last filter on it also removes the qdisc (not only the instance that
+/// added it, which may stop first).
+fn qdisc_marker(place: &Place, ifindex: u32) -> PathBuf {
+    paths::meta_dir().join(format!("clsact-{}-{ifindex}.qdisc", place.inode))
+}
+
+/// Records that flowstate added the clsact qdisc (see [`qdisc_marker`]).
+pub(crate) fn mark_qdisc_added(place: &Place, ifindex: u32) {
+    let _ = crate::trust::create_private_file(&qdisc_marker(place, ifindex));
 }
 
 /// The program name a pinned program was loaded with (the filter's label).
