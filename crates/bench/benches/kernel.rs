@@ -39,7 +39,8 @@ const MIN_REPLAY_MPPS: f64 = 5.0;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
+/// flowstate's `pass` at TC (TCX_NEXT: the chain goes on).
+const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 const TC_ACT_SHOT: u32 = 2;
 
 const PORTKNOCK: &str = include_str!("../../../examples/portknock.fsm");
@@ -258,7 +259,7 @@ impl Bench {
         let tc =
             bare::object(ProgramSection::Classifier, bare::TC_ACT_OK).map_err(|e| e.to_string())?;
         let tc = load(&tc, "bare tc")?;
-        let ns = median(&tc, bare::PROGRAM_NAME, &packet, TC_ACT_OK)?;
+        let ns = median(&tc, bare::PROGRAM_NAME, &packet, bare::TC_ACT_OK as u32)?;
         let figure = Figure::bare("bare tc (flowstate-asm)", ns);
         self.bare_tc = Some(figure.clone());
         self.report.push(figure);
@@ -356,7 +357,7 @@ impl Bench {
 
         let bare = self.bare_tc()?;
         let tb = Compiled::new(&program, None, &self.listings, "tokenbucket-tc")?;
-        burst(&tb.loaded, tb.name(), BURSTER, TC_ACT_OK, TC_ACT_SHOT)?;
+        burst(&tb.loaded, tb.name(), BURSTER, TC_ACT_UNSPEC, TC_ACT_SHOT)?;
         let ns = tb.median(&packet, TC_ACT_SHOT)?;
         self.report.push(
             Figure::new("flowstate tokenbucket tc: empty bucket, drop", ns, &bare)

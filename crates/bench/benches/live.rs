@@ -131,6 +131,7 @@ fn bench() -> Result<ExitCode, Error> {
                 mode: XdpMode::Native,
             }),
             name: Some(name.clone()),
+            tc: Default::default(),
         };
         netns.run_in(|| flowstate_control::run(&spec))??;
         let handle = flowstate_control::open(&name)?;

@@ -66,10 +66,22 @@ struct Lab {
     dir: PathBuf,
     /// Datagrams to port 9 sent so far (what `count` must say).
     sent: i64,
+    /// The programs run at TC ingress through a clsact filter (no link),
+    /// instead of at XDP.
+    clsact: bool,
 }
 
 impl Lab {
     fn new(tag: &str) -> Lab {
+        Lab::with(tag, false)
+    }
+
+    /// A lab whose programs attach at TC ingress through clsact.
+    fn clsact(tag: &str) -> Lab {
+        Lab::with(tag, true)
+    }
+
+    fn with(tag: &str, clsact: bool) -> Lab {
         let mut topology = Topology::new(tag).expect("topology");
         let switch = topology.add_netns("sw").unwrap();
         let peer = topology.add_netns("peer").unwrap();
@@ -91,6 +103,41 @@ impl Lab {
             socket,
             dir,
             sent: 0,
+            clsact,
+        }
+    }
+
+    /// A program text (written for XDP) for this lab's hook.
+    fn text(&self, xdp_text: &str) -> String {
+        if self.clsact {
+            xdp_text.replace("hook xdp", "hook tc ingress")
+        } else {
+            xdp_text.to_string()
+        }
+    }
+
+    /// `run PROGRAM --dev DEV --name NAME`, through clsact in a clsact lab.
+    fn run_args<'a>(&self, program: &'a Path, name: &'a str) -> Vec<&'a str> {
+        let mut args = vec![
+            "run",
+            program.to_str().unwrap(),
+            "--dev",
+            DEV,
+            "--name",
+            name,
+        ];
+        if self.clsact {
+            args.extend(["--tc-attach", "clsact"]);
+        }
+        args
+    }
+
+    /// The pins of a whole instance: a clsact one has no link.
+    fn expected_pins(&self) -> &'static [&'static str] {
+        if self.clsact {
+            &["maps/counters", "maps/flows", "prog"]
+        } else {
+            &["link", "maps/counters", "maps/flows", "prog"]
         }
     }
 
@@ -140,7 +187,16 @@ impl Lab {
         );
     }
 
-    fn xdp_attached(&self) -> bool {
+    /// Whether a program is on the lab's hook: XDP, or a bpf filter at
+    /// TC ingress in a clsact lab.
+    fn attached(&self) -> bool {
+        if self.clsact {
+            return self
+                .switch
+                .exec("tc", &["filter", "show", "dev", DEV, "ingress"])
+                .unwrap()
+                .contains("direct-action");
+        }
         self.switch
             .ip(&["-d", "link", "show", "dev", DEV])
             .unwrap()
@@ -243,7 +299,7 @@ fn assert_gone(lab: &Lab, name: &str, context: &str) {
         let path = meta_dir().join(format!("{name}.{ext}"));
         assert!(!path.exists(), "{context}: {} left", path.display());
     }
-    assert!(!lab.xdp_attached(), "{context}: a program stays attached");
+    assert!(!lab.attached(), "{context}: a program stays attached");
     assert!(lab.listed(name).is_none(), "{context}: still listed");
 }
 
@@ -260,11 +316,11 @@ fn assert_consistent(lab: &mut Lab, name: &str, hash: &str, context: &str) {
         .unwrap_or_else(|| panic!("{context}: not listed"));
     assert_eq!(listed["problem"], Value::Null, "{context}: {listed}");
     assert_eq!(listed["source_hash"], hash, "{context}: {listed}");
-    assert!(lab.xdp_attached(), "{context}: detached");
+    assert!(lab.attached(), "{context}: detached");
     let pins = tree(&pin_dir(name));
     assert_eq!(
         pins,
-        ["link", "maps/counters", "maps/flows", "prog"],
+        lab.expected_pins(),
         "{context}: stray or missing pins"
     );
     let flows = lab.flows(name);
@@ -283,14 +339,7 @@ fn hash(text: &str) -> String {
 }
 
 fn start(lab: &mut Lab, program: &Path, name: &str) {
-    lab.ok(&[
-        "run",
-        program.to_str().unwrap(),
-        "--dev",
-        DEV,
-        "--name",
-        name,
-    ]);
+    lab.ok(&lab.run_args(program, name));
     for key in OPEN_KEYS {
         lab.ok(&["flow", name, key, "set-state", "OPEN"]);
     }
@@ -315,8 +364,21 @@ fn run_killed_at_each_step_is_undone_or_finished() {
     if skip("run_killed_at_each_step_is_undone_or_finished") {
         return;
     }
-    let mut lab = Lab::new("crrun");
-    let v1 = lab.write("v1.fsm", V1);
+    run_killed_at_each_step(Lab::new("crrun"));
+}
+
+#[test]
+fn clsact_run_killed_at_each_step_is_undone_or_finished() {
+    let _serial = one_at_a_time();
+    if skip("clsact_run_killed_at_each_step_is_undone_or_finished") {
+        return;
+    }
+    run_killed_at_each_step(Lab::clsact("crrunc"));
+}
+
+fn run_killed_at_each_step(mut lab: Lab) {
+    let text = lab.text(V1);
+    let v1 = lab.write("v1.fsm", &text);
     for (i, step) in RUN_STEPS.iter().enumerate() {
         for (var, signal) in [
             ("FLOWSTATE_TEST_CRASH_AT", libc::SIGKILL),
@@ -326,7 +388,7 @@ fn run_killed_at_each_step_is_undone_or_finished() {
             let _stop = Stop(env!("CARGO_BIN_EXE_flowstate").into(), name.clone());
             let context = format!("run killed ({var}) at {step}");
             lab.killed_at(
-                &["run", v1.to_str().unwrap(), "--dev", DEV, "--name", &name],
+                &lab.run_args(&v1, &name),
                 var,
                 &format!("run:{step}"),
                 signal,
@@ -335,7 +397,9 @@ fn run_killed_at_each_step_is_undone_or_finished() {
                 meta_dir().join(format!("{name}.journal")).exists(),
                 "{context}: no journal"
             );
-            let pinned_link = *step == "write-meta";
+            // Finished once attached for good: a pinned link, or a clsact
+            // filter (made at `attach`, journalled as `pin-link` next).
+            let pinned_link = *step == "write-meta" || (lab.clsact && *step == "pin-link");
             // Alternate the repairing command: `repair`, or the next `run`.
             if signal == libc::SIGKILL {
                 let out = lab.ok(&["repair", &name]);
@@ -343,10 +407,7 @@ fn run_killed_at_each_step_is_undone_or_finished() {
                 assert!(out.contains(how), "{context}: {out}");
             } else {
                 // The next `run` of the name repairs first.
-                let out = lab.flowstate(
-                    &["run", v1.to_str().unwrap(), "--dev", DEV, "--name", &name],
-                    &[],
-                );
+                let out = lab.flowstate(&lab.run_args(&v1, &name), &[]);
                 assert_eq!(
                     out.status.success(),
                     !pinned_link,
@@ -362,7 +423,7 @@ fn run_killed_at_each_step_is_undone_or_finished() {
                     lab.ok(&["flow", &name, key, "set-state", "OPEN"]);
                 }
                 lab.sent = 0;
-                assert_consistent(&mut lab, &name, &hash(V1), &context);
+                assert_consistent(&mut lab, &name, &hash(&text), &context);
                 lab.ok(&["stop", &name]);
             }
             assert_gone(&lab, &name, &context);
@@ -372,16 +433,17 @@ fn run_killed_at_each_step_is_undone_or_finished() {
 
 /// Every step of a reload of each kind, killed, then repaired by `repair`
 /// or by the next reload.
-fn reload_killed_at_each_step(tag: &str, new_text: &str) {
-    let mut lab = Lab::new(tag);
-    let v1 = lab.write("v1.fsm", V1);
+fn reload_killed_at_each_step(mut lab: Lab, tag: &str, new_text: &str) {
+    let v1_text = lab.text(V1);
+    let new_text = &lab.text(new_text);
+    let v1 = lab.write("v1.fsm", &v1_text);
     let vn = lab.write("vn.fsm", new_text);
     let name = unique(tag);
     let _stop = Stop(env!("CARGO_BIN_EXE_flowstate").into(), name.clone());
     start(&mut lab, &v1, &name);
     lab.count_through(&name, 2);
     let swap = RELOAD_STEPS.iter().position(|s| *s == "swap").unwrap();
-    let mut current = (v1.clone(), V1.to_string());
+    let mut current = (v1.clone(), v1_text.clone());
     for (i, step) in RELOAD_STEPS.iter().enumerate() {
         for (var, signal) in [
             ("FLOWSTATE_TEST_CRASH_AT", libc::SIGKILL),
@@ -389,9 +451,9 @@ fn reload_killed_at_each_step(tag: &str, new_text: &str) {
         ] {
             // Always from v1 to the new version, so each kill interrupts
             // the same kind of reload.
-            if current.1 != V1 {
+            if current.1 != v1_text {
                 lab.ok(&["reload", &name, v1.to_str().unwrap()]);
-                current = (v1.clone(), V1.to_string());
+                current = (v1.clone(), v1_text.clone());
             }
             let context = format!("{tag}: reload killed ({var}) at {step}");
             lab.killed_at(
@@ -420,8 +482,8 @@ fn reload_killed_at_each_step(tag: &str, new_text: &str) {
             } else {
                 // The next command repairs by itself: a reload to v1.
                 lab.ok(&["reload", &name, v1.to_str().unwrap()]);
-                current = (v1.clone(), V1.to_string());
-                assert_consistent(&mut lab, &name, &hash(V1), &context);
+                current = (v1.clone(), v1_text.clone());
+                assert_consistent(&mut lab, &name, &hash(&v1_text), &context);
             }
         }
     }
@@ -435,7 +497,16 @@ fn reused_reload_killed_at_each_step_is_undone_or_finished() {
     if skip("reused_reload_killed_at_each_step_is_undone_or_finished") {
         return;
     }
-    reload_killed_at_each_step("crreuse", &v2());
+    reload_killed_at_each_step(Lab::new("crreuse"), "crreuse", &v2());
+}
+
+#[test]
+fn clsact_reused_reload_killed_at_each_step_is_undone_or_finished() {
+    let _serial = one_at_a_time();
+    if skip("clsact_reused_reload_killed_at_each_step_is_undone_or_finished") {
+        return;
+    }
+    reload_killed_at_each_step(Lab::clsact("crreusec"), "crreusec", &v2());
 }
 
 #[test]
@@ -444,7 +515,16 @@ fn migrating_reload_killed_at_each_step_is_undone_or_finished() {
     if skip("migrating_reload_killed_at_each_step_is_undone_or_finished") {
         return;
     }
-    reload_killed_at_each_step("crmig", &v3());
+    reload_killed_at_each_step(Lab::new("crmig"), "crmig", &v3());
+}
+
+#[test]
+fn clsact_migrating_reload_killed_at_each_step_is_undone_or_finished() {
+    let _serial = one_at_a_time();
+    if skip("clsact_migrating_reload_killed_at_each_step_is_undone_or_finished") {
+        return;
+    }
+    reload_killed_at_each_step(Lab::clsact("crmigc"), "crmigc", &v3());
 }
 
 #[test]

@@ -473,6 +473,7 @@ fn control_commands_without_root_say_they_need_root() {
             mode: XdpMode::Auto,
         }),
         name: Some(name.clone()),
+        tc: Default::default(),
     };
     lab.switch
         .run_in(|| flowstate_control::run(&spec))
@@ -525,6 +526,7 @@ fn flows_into_a_closed_pipe_ends_quietly() {
             mode: XdpMode::Auto,
         }),
         name: Some(name.clone()),
+        tc: Default::default(),
     };
     lab.switch
         .run_in(|| flowstate_control::run(&spec))

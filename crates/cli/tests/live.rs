@@ -103,6 +103,7 @@ impl Live {
             dev: DEV.to_string(),
             attach: Some(attach),
             name: Some(name.to_string()),
+            tc: Default::default(),
         };
         self.lab
             .switch

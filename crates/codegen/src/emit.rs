@@ -97,7 +97,10 @@ const EEXIST: i32 = 17;
 const XDP_DROP: i32 = 1;
 const XDP_PASS: i32 = 2;
 const XDP_TX: i32 = 3;
-const TC_ACT_OK: i32 = 0;
+/// `pass` at TC: TCX_NEXT / TC_ACT_UNSPEC, so the next program on the
+/// hook (TCX chain or clsact filter list) still sees the packet; at the
+/// end of the chain the kernel treats it as TC_ACT_OK (docs/language.md).
+const TC_ACT_UNSPEC: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
 /// `struct __sk_buff::ifindex`.
 const SKB_IFINDEX: i16 = 40;
@@ -2204,7 +2207,7 @@ impl<'a> Emitter<'a> {
     fn verdict(&mut self, action: &Action) {
         let xdp = self.target.hook == Hook::Xdp;
         let code = match action {
-            Action::Pass => Some(if xdp { XDP_PASS } else { TC_ACT_OK }),
+            Action::Pass => Some(if xdp { XDP_PASS } else { TC_ACT_UNSPEC }),
             Action::Drop => Some(if xdp { XDP_DROP } else { TC_ACT_SHOT }),
             Action::Tx if xdp => Some(XDP_TX),
             Action::Tx => {
@@ -2218,7 +2221,7 @@ impl<'a> Emitter<'a> {
             }
             Action::RedirectPort { name, .. } => return self.redirect_to_kept_port(name),
             // Controller tails hand their `then` verdict here.
-            Action::Controller { .. } => Some(if xdp { XDP_PASS } else { TC_ACT_OK }),
+            Action::Controller { .. } => Some(if xdp { XDP_PASS } else { TC_ACT_UNSPEC }),
         };
         match code {
             Some(code) => self.emit(Insn::mov64(R0, code)),

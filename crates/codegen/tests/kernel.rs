@@ -64,7 +64,8 @@ fn verdict(action: &Action, hook: Hook) -> u32 {
             if xdp {
                 2
             } else {
-                0
+                // TCX_NEXT / TC_ACT_UNSPEC: the next program on the hook runs.
+                -1i32 as u32
             }
         }
         Action::Drop

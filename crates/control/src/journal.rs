@@ -314,7 +314,7 @@ pub(crate) fn repair_locked(name: &str) -> Result<Option<Repaired>, ControlError
     let outcome = match &journal.op {
         Op::Run { .. } => crate::repair_run(&journal)?,
         Op::Stop => {
-            crate::stop_steps(name, None)?;
+            crate::stop_steps(name, None, None)?;
             Outcome::Finished
         }
         Op::Reload(plan) => crate::reload::repair(name, &journal, plan)?,

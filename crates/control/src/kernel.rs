@@ -191,6 +191,7 @@ impl LoadedObject {
         &mut self,
         dev: &str,
         attach: AttachPoint,
+        order: aya::programs::LinkOrder,
     ) -> Result<(FdLink, String), ControlError> {
         let attach_error = |message: String| ControlError::Attach {
             dev: dev.to_string(),
@@ -221,7 +222,7 @@ impl LoadedObject {
                 } else {
                     TcAttachType::Egress
                 };
-                let link = attach_tc(tc, dev, direction)
+                let link = attach_tc(tc, dev, direction, order)
                     .map_err(|e| attach_error(describe_attach_error(&e, "TC", "tcx")))?;
                 Ok((link, "tcx".to_string()))
             }
@@ -232,36 +233,38 @@ impl LoadedObject {
         }
     }
 
-    /// Atomically puts this program on the link pinned at `link_pin`
-    /// (`bpf_link_update`): packets see the old program, then the new one,
-    /// never neither.
-    pub fn replace(&mut self, link_pin: &Path, attach: AttachPoint) -> Result<(), ControlError> {
-        let pinned = PinnedLink::from_pin(link_pin)
-            .map_err(|e| ControlError::kernel(format!("opening {}", link_pin.display()), e))?;
-        let fd_link = FdLink::from(pinned);
-        let swap_error = |e: &dyn std::fmt::Display| ControlError::kernel("bpf_link_update", e);
-        match (self.program_mut()?, attach) {
-            (Program::Xdp(xdp), AttachPoint::Xdp { .. }) => {
-                let link = fd_link.try_into().map_err(|e| swap_error(&e))?;
-                let id = xdp.attach_to_link(link).map_err(|e| swap_error(&e))?;
-                // Keep the link out of the program's set: dropping the
-                // object must not touch it (it stays pinned).
-                let taken = xdp.take_link(id).map_err(|e| swap_error(&e))?;
-                drop(FdLink::try_from(taken));
-            }
-            (Program::SchedClassifier(tc), AttachPoint::TcIngress | AttachPoint::TcEgress) => {
-                let link = fd_link.try_into().map_err(|e| swap_error(&e))?;
-                let id = tc.attach_to_link(link).map_err(|e| swap_error(&e))?;
-                let taken = tc.take_link(id).map_err(|e| swap_error(&e))?;
-                drop(FdLink::try_from(taken));
-            }
-            _ => {
-                return Err(swap_error(
-                    &"the new program was compiled for another hook than the running one",
-                ))
-            }
-        }
-        Ok(())
+    /// Attaches as a clsact filter (direct action) at `filter`'s priority
+    /// on interface `ifindex`; call in the interface's namespace.
+    pub fn attach_filter(
+        &self,
+        dev: &str,
+        ifindex: u32,
+        attach: AttachPoint,
+        filter: &crate::tc::TcFilter,
+    ) -> Result<(), ControlError> {
+        use std::os::fd::BorrowedFd;
+        let fd = self.prog_fd()?;
+        // SAFETY: the fd belongs to the program this object holds.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        flowstate_runtime::clsact::add_filter(
+            ifindex,
+            crate::tc::direction(attach),
+            filter.priority,
+            fd,
+            &self.program,
+        )
+        .map_err(|e| ControlError::Attach {
+            dev: dev.to_string(),
+            message: format!(
+                "adding a clsact filter at priority {}: {e}",
+                filter.priority
+            ),
+        })
+    }
+
+    /// The program's name (a clsact filter's label).
+    pub fn program_name(&self) -> &str {
+        &self.program
     }
 }
 
@@ -279,8 +282,13 @@ fn attach_tc(
     tc: &mut SchedClassifier,
     dev: &str,
     direction: TcAttachType,
+    order: aya::programs::LinkOrder,
 ) -> Result<FdLink, ProgramError> {
-    let id = tc.attach(dev, direction)?;
+    let id = tc.attach_with_options(
+        dev,
+        direction,
+        aya::programs::tc::TcAttachOptions::TcxOrder(order),
+    )?;
     let link = tc.take_link(id)?;
     FdLink::try_from(link).map_err(|e| ProgramError::IOError(std::io::Error::other(e.to_string())))
 }
@@ -310,6 +318,10 @@ fn describe_attach_error(e: &ProgramError, hook: &str, mode: &str) -> String {
             "the driver does not support {hook} in {mode} mode ({text}); try --xdp-mode generic"
         ),
         Some(libc::EPERM) => "needs root (CAP_BPF, CAP_NET_ADMIN)".to_string(),
+        Some(libc::ENOENT) if hook == "TC" => format!(
+            "the program named by --before/--after is not on this hook ({text}); see `flowstate \
+             list` (HOOK lines) or `bpftool net`"
+        ),
         _ => text,
     }
 }
@@ -407,8 +419,25 @@ pub(crate) fn replace_with_pinned_unless_severed(
 /// `BPF_LINK_UPDATE` of the pinned link to the pinned program: the outer
 /// error is opening the pins, the inner one the update itself.
 fn link_update(link_pin: &Path, prog_pin: &Path) -> Result<std::io::Result<()>, ControlError> {
-    let link = obj_get(link_pin)?;
+    use std::os::fd::AsRawFd;
     let prog = obj_get(prog_pin)?;
+    link_update_raw(link_pin, prog.as_raw_fd())
+}
+
+/// `BPF_LINK_UPDATE` of the pinned link to the program behind `prog_fd`
+/// (atomic like [`replace_with_pinned`]).
+pub(crate) fn link_update_fd(
+    link_pin: &Path,
+    prog_fd: std::os::fd::RawFd,
+) -> Result<(), ControlError> {
+    link_update_raw(link_pin, prog_fd)?.map_err(|e| ControlError::kernel("bpf_link_update", e))
+}
+
+fn link_update_raw(
+    link_pin: &Path,
+    prog_fd: std::os::fd::RawFd,
+) -> Result<std::io::Result<()>, ControlError> {
+    let link = obj_get(link_pin)?;
     #[repr(C)]
     struct LinkUpdate {
         link_fd: u32,
@@ -419,7 +448,7 @@ fn link_update(link_pin: &Path, prog_pin: &Path) -> Result<std::io::Result<()>, 
     use std::os::fd::AsRawFd;
     let mut attr = LinkUpdate {
         link_fd: link.as_raw_fd() as u32,
-        new_prog_fd: prog.as_raw_fd() as u32,
+        new_prog_fd: prog_fd as u32,
         flags: 0,
         old_prog_fd: 0,
     };

@@ -13,6 +13,8 @@
 //! Where things live:
 //! - `/sys/fs/bpf/flowstate/NAME/link`, `prog`, `maps/<map>`: bpffs pins.
 //!   The pinned link keeps the program attached after the process exits.
+//!   A TC instance attached through clsact (no TCX) has no link: its
+//!   filter stays on its own, and the metadata names it ([`tc`]).
 //! - `/run/flowstate/NAME.json`: metadata ([`meta`]), including a copy of
 //!   the program text, so `flows`, `stats` and `reload` decode the maps
 //!   even after the source file changed. bpffs holds only BPF objects, and
@@ -45,6 +47,7 @@ mod ports;
 mod reload;
 mod shared;
 pub mod summary;
+pub mod tc;
 pub mod trust;
 
 pub use shared::{run_shared, xdp_occupant, XdpShare};
@@ -62,6 +65,7 @@ pub use journal::{Outcome, Repaired};
 pub use lock::InstanceLock;
 pub use paths::{meta_dir, pin_root};
 pub use reload::{reload, FlowsMigration, ReloadReport};
+pub use tc::{HookProgram, Order, Relative, TcFilter, TcPlacement, TcVia};
 
 use journal::{Journal, Op};
 use meta::Meta;
@@ -119,7 +123,7 @@ impl AttachPoint {
 }
 
 /// What to run, and where.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunSpec {
     pub program_path: PathBuf,
     pub dev: String,
@@ -127,6 +131,8 @@ pub struct RunSpec {
     pub attach: Option<AttachPoint>,
     /// `None`: the program's name.
     pub name: Option<String>,
+    /// TC only: TCX or clsact, and the place among the hook's programs.
+    pub tc: TcPlacement,
 }
 
 /// A program running on an interface.
@@ -136,7 +142,7 @@ pub struct Instance {
     pub dev: String,
     pub ifindex: u32,
     pub attach: AttachPoint,
-    /// `native` or `generic` for XDP, `tcx` for TC.
+    /// `native` or `generic` for XDP, `tcx` or `clsact` for TC.
     pub mode: String,
     /// The kernel's id of the running program (`bpftool prog show id N`).
     pub prog_id: u32,
@@ -160,6 +166,9 @@ pub struct Instance {
     /// an interface in a namespace it cannot enter), with what the kernel
     /// says instead. Not a problem: nothing to clean up.
     pub note: Option<String>,
+    /// TC: every program on the instance's hook, in run order (this one
+    /// included); empty for XDP or when the hook could not be read.
+    pub hook_programs: Vec<HookProgram>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -354,8 +363,62 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
     journal.step("pin-prog")?;
     loaded.pin_program(&pin_dir.join("prog"))?;
     let prog_id = loaded.prog_id()?;
-    journal.step("attach")?;
-    let (link, mode) = within(target.as_ref(), || loaded.attach(&spec.dev, attach))??;
+    let via = match attach {
+        AttachPoint::Xdp { .. } if spec.tc.order != Order::Last => {
+            return Err(ControlError::Attach {
+                dev: spec.dev.clone(),
+                message: "--before/--after order programs on a TC hook; an XDP program is \
+                          alone on its interface"
+                    .to_string(),
+            })
+        }
+        AttachPoint::Xdp { .. } => None,
+        _ => Some(spec.tc.resolve()?),
+    };
+    // clsact: the filter outlives this process whatever happens, so its
+    // name is chosen and journalled before it is made; the guard deletes
+    // it if a later step fails.
+    let mut filter_guard = None;
+    let (link, mode, tc_filter) = if via == Some(tc::Resolved::Clsact) {
+        let filter = within(target.as_ref(), || {
+            tc::plan_filter(ifindex, attach, &spec.tc.order)
+        })??;
+        let mut planned = Meta::new(
+            &name,
+            &spec.dev,
+            ifindex,
+            attach,
+            "clsact",
+            prog_id,
+            SystemTime::now(),
+            &spec.program_path,
+            &source,
+            &output.program_name,
+        );
+        planned.netns = place.name.clone();
+        planned.netns_inode = place.inode;
+        planned.tc_filter = Some(filter);
+        if filter.qdisc_created {
+            tc::mark_qdisc_added(&place, ifindex);
+        }
+        journal.op = Op::Run {
+            meta: Some(Box::new(planned.clone())),
+        };
+        filter_guard = Some(FilterOnDrop(Some(planned)));
+        journal.step("attach")?;
+        within(target.as_ref(), || {
+            loaded.attach_filter(&spec.dev, ifindex, attach, &filter)
+        })??;
+        (None, "clsact".to_string(), Some(filter))
+    } else {
+        journal.step("attach")?;
+        let order = match via {
+            Some(_) => tc::tcx_order(&spec.tc.order)?,
+            None => aya::programs::LinkOrder::last(),
+        };
+        let (link, mode) = within(target.as_ref(), || loaded.attach(&spec.dev, attach, order))??;
+        (Some(link), mode, None)
+    };
 
     let started = SystemTime::now();
     let mut meta = Meta::new(
@@ -372,18 +435,37 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
     );
     meta.netns = place.name.clone();
     meta.netns_inode = place.inode;
+    meta.tc_filter = tc_filter;
     journal.op = Op::Run {
         meta: Some(Box::new(meta.clone())),
     };
     journal.step("pin-link")?;
-    let pinned_link = kernel::pin_link(link, &pin_dir.join("link"))?;
+    let pinned_link = match link {
+        Some(link) => Some(kernel::pin_link(link, &pin_dir.join("link"))?),
+        // A filter has no link: nothing to pin.
+        None => None,
+    };
     journal.step("write-meta")?;
     meta.save(&paths::meta_path(&name))?;
     guard.disarm();
+    if let Some(filter) = filter_guard.as_mut() {
+        filter.0 = None;
+    }
     journal_guard.0 = None;
     journal.finish()?;
     drop(pinned_link);
     Ok(instance_of(&meta, 0, None))
+}
+
+/// Deletes the clsact filter of a `run` that failed after making it.
+struct FilterOnDrop(Option<Meta>);
+
+impl Drop for FilterOnDrop {
+    fn drop(&mut self) {
+        if let Some(meta) = &self.0 {
+            let _ = tc::Attachment::of(meta).remove_filter(&[meta.prog_id]);
+        }
+    }
 }
 
 /// Runs `f` inside `target`, or here.
@@ -411,20 +493,23 @@ impl Drop for JournalOnDrop {
 /// Repairs an interrupted `run` (see [`run`]).
 pub(crate) fn repair_run(journal: &Journal) -> Result<Outcome, ControlError> {
     let name = &journal.name;
-    if let Op::Run { meta: Some(meta) } = &journal.op {
+    let planned = match &journal.op {
+        Op::Run { meta: Some(meta) } => Some(meta.as_ref()),
+        _ => None,
+    };
+    if let Some(meta) = planned {
         if meta.xdp_priority.is_some() {
             // Joined a dispatcher (or not yet): take the program out.
             shared::leave(meta)?;
         }
-        let link = paths::pin_dir(name).join("link");
         if journal.reached(journal::RUN_STEPS, "pin-link")
-            && kernel::link_program_id(&link).ok() == Some(meta.prog_id)
+            && tc::Attachment::of(meta).program_id().ok() == Some(meta.prog_id)
         {
             meta.save(&paths::meta_path(name))?;
             return Ok(Outcome::Finished);
         }
     }
-    stop_steps(name, None)?;
+    stop_steps(name, None, planned)?;
     Ok(Outcome::Undone)
 }
 
@@ -525,6 +610,7 @@ fn inspect_pins(name: &str) -> Instance {
                 problem: Some(format!("pins without usable metadata ({e})")),
                 netns: None,
                 note: None,
+                hook_programs: Vec::new(),
             }
         }
     };
@@ -549,7 +635,12 @@ fn inspect_pins(name: &str) -> Instance {
         instance.mode = mode;
         return instance;
     }
-    match links::state_of_pin(&pin_dir.join("link")) {
+    let link_state = match &meta.tc_filter {
+        Some(_) => filter_state(&meta),
+        None => links::state_of_pin(&pin_dir.join("link")).map_err(|e| e.to_string()),
+    };
+    match link_state {
+        Err(e) if meta.tc_filter.is_some() => problem = Some(e),
         Err(e) => {
             problem = Some(format!(
                 "link pin unusable: {e}{}",
@@ -558,8 +649,14 @@ fn inspect_pins(name: &str) -> Instance {
         }
         Ok(link) if link.prog_id != meta.prog_id => {
             problem = Some(format!(
-                "the link runs program {}, the metadata says {}",
-                link.prog_id, meta.prog_id
+                "the {} runs program {}, the metadata says {}",
+                if meta.tc_filter.is_some() {
+                    "clsact filter"
+                } else {
+                    "link"
+                },
+                link.prog_id,
+                meta.prog_id
             ))
         }
         Ok(link) if !link.attached() => {
@@ -603,7 +700,36 @@ fn inspect_pins(name: &str) -> Instance {
     }
     let mut instance = instance_of(&meta, flows, problem);
     instance.note = note;
+    if meta.attach.hook() != Hook::Xdp {
+        instance.hook_programs = tc::hook_programs(&meta).unwrap_or_default();
+    }
     instance
+}
+
+/// A clsact instance's filter as if it were a link: its program, and the
+/// interface while the filter is there.
+fn filter_state(meta: &Meta) -> Result<links::LinkState, String> {
+    let attachment = tc::Attachment::of(meta);
+    match attachment.program_id() {
+        Ok(prog_id) => Ok(links::LinkState {
+            id: 0,
+            prog_id,
+            link_type: links::LINK_TYPE_TCX,
+            ifindex: meta.ifindex,
+        }),
+        Err(e) => Err(format!(
+            "the clsact filter is gone ({e}): interface {} (index {}) was removed, or the \
+             filter was deleted (`tc filter show dev {} {}`)",
+            meta.dev,
+            meta.ifindex,
+            meta.dev,
+            if meta.attach == AttachPoint::TcEgress {
+                "egress"
+            } else {
+                "ingress"
+            }
+        )),
+    }
 }
 
 /// What the kernel says when the link pin is unusable: whether the
@@ -638,6 +764,7 @@ fn instance_of(meta: &Meta, flows: usize, problem: Option<String>) -> Instance {
         problem,
         netns: meta.netns.clone(),
         note: None,
+        hook_programs: Vec::new(),
     }
 }
 
@@ -662,17 +789,20 @@ pub fn stop(name: &str) -> Result<(), ControlError> {
         return Err(ControlError::NotRunning(name.to_string()));
     }
     let mut journal = Journal::new(name, Op::Stop);
-    stop_steps(name, Some(&mut journal))?;
+    stop_steps(name, Some(&mut journal), None)?;
     journal.finish()?;
     lock.remove_file();
     Ok(())
 }
 
 /// The steps of `stop` ([`journal::STOP_STEPS`]), journalled when
-/// `journal` is given; each is a no-op when already done.
+/// `journal` is given; each is a no-op when already done. `planned`: the
+/// metadata an interrupted `run` was about to write, used when there is
+/// none on disk (it names a clsact filter to delete).
 pub(crate) fn stop_steps(
     name: &str,
     mut journal: Option<&mut Journal>,
+    planned: Option<&Meta>,
 ) -> Result<(), ControlError> {
     let mut step = |s: &str| match journal.as_deref_mut() {
         Some(j) => j.step(s),
@@ -693,7 +823,13 @@ pub(crate) fn stop_steps(
     let link = pin_dir.join("link");
     // What the kernel should no longer run afterwards: the program on the
     // link pin, or the one the metadata names when the pin is missing.
-    let meta = Meta::load(&meta_path).ok();
+    let meta = Meta::load(&meta_path).ok().or_else(|| planned.cloned());
+    if let Some(meta) = meta.as_ref().filter(|m| m.tc_filter.is_some()) {
+        // A clsact filter: deleted only while it runs our program.
+        let mut ours = vec![meta.prog_id];
+        ours.extend(pinned_program_id(&pin_dir.join("prog")));
+        tc::Attachment::of(meta).remove_filter(&ours)?;
+    }
     let prog_id = links::state_of_pin(&link)
         .ok()
         .map(|s| s.prog_id)
@@ -715,6 +851,13 @@ pub(crate) fn stop_steps(
             .map_err(|e| ControlError::kernel(format!("removing {}", meta_path.display()), e))?;
     }
     Ok(())
+}
+
+/// The id of the program pinned at `path`, if it is one.
+fn pinned_program_id(path: &Path) -> Option<u32> {
+    aya::programs::ProgramInfo::from_pin(path)
+        .ok()
+        .map(|info| info.id())
 }
 
 /// Confirms through the kernel that no link runs `prog_id` any more, and

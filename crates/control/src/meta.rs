@@ -23,7 +23,7 @@ pub struct Meta {
     pub dev: String,
     pub ifindex: u32,
     pub attach: AttachPoint,
-    /// `native`, `generic` or `tcx`.
+    /// `native`, `generic`, `tcx` or `clsact`.
     pub mode: String,
     pub prog_id: u32,
     /// Milliseconds since the Unix epoch.
@@ -50,6 +50,10 @@ pub struct Meta {
     /// through its own link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xdp_priority: Option<u32>,
+    /// TC through a clsact filter (no TCX link): the filter's name on the
+    /// interface (see [`crate::tc`]). `None`: a pinned link (XDP, TCX).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tc_filter: Option<crate::tc::TcFilter>,
 }
 
 impl Meta {
@@ -87,6 +91,7 @@ impl Meta {
             netns: None,
             netns_inode: 0,
             xdp_priority: None,
+            tc_filter: None,
         }
     }
 

@@ -42,6 +42,7 @@ use crate::handle::row_text;
 use crate::journal::{self, Journal, MigrationStage, Op, Outcome, ReloadPlan};
 use crate::lock::InstanceLock;
 use crate::meta::{source_hash, Meta};
+use crate::tc::Attachment;
 use crate::{kernel, paths, ControlError};
 
 /// What happened to the state table.
@@ -335,10 +336,11 @@ pub fn reload(
     // one's handoff build) runs, and the reload can only go forward (a
     // failure leaves the journal for the next command).
     journal.step("swap")?;
-    match handoff.as_mut() {
-        Some(old_again) => old_again.replace(&pin_dir.join("link"), meta.attach)?,
-        None => loaded.replace(&pin_dir.join("link"), meta.attach)?,
-    }
+    let swapped_in = handoff.as_ref().unwrap_or(&loaded);
+    let fd = swapped_in.prog_fd()?;
+    // SAFETY: the fd belongs to the program `swapped_in` holds, alive here.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    Attachment::of(&meta).replace_with_fd(fd, swapped_in.program_name())?;
     next.0.clear();
     journal_guard.0 = None;
     drop(loaded);
@@ -397,7 +399,7 @@ fn roll_forward(
 ) -> Result<(), ControlError> {
     let pin_dir = paths::pin_dir(name);
     let maps_dir = pin_dir.join("maps");
-    let link = pin_dir.join("link");
+    let link = Attachment::of(&plan.old);
     // A repair runs without a journal of its own (it finishes another's).
     let repairing = journal.is_none();
     let steps = journal::RELOAD_STEPS;
@@ -473,11 +475,11 @@ fn roll_forward(
 /// traffic to hand over: the swap is skipped and the rest of the reload
 /// (maps, pins, metadata) still completes, so that `stop` can then remove
 /// the instance. A reload in progress reports it instead.
-fn swap_link(link: &Path, prog: &Path, repairing: bool) -> Result<(), ControlError> {
+fn swap_link(link: &Attachment, prog: &Path, repairing: bool) -> Result<(), ControlError> {
     if repairing {
-        kernel::replace_with_pinned_unless_severed(link, prog).map(drop)
+        link.replace_unless_severed(prog).map(drop)
     } else {
-        kernel::replace_with_pinned(link, prog)
+        link.replace_with_pinned(prog)
     }
 }
 
@@ -489,8 +491,20 @@ pub(crate) fn repair(
     journal: &Journal,
     plan: &ReloadPlan,
 ) -> Result<Outcome, ControlError> {
-    let link = paths::pin_dir(name).join("link");
-    let running = kernel::link_program_id(&link)?;
+    let attachment = Attachment::of(&plan.old);
+    let running = match attachment.program_id() {
+        Ok(id) => id,
+        // A clsact filter gone with its interface runs nothing: undone
+        // before the swap, else finished (its swaps skipped).
+        Err(_) if matches!(attachment, Attachment::Filter { .. }) => {
+            if journal.reached(journal::RELOAD_STEPS, "bridge") {
+                plan.new.prog_id
+            } else {
+                plan.old.prog_id
+            }
+        }
+        Err(e) => return Err(e),
+    };
     let stage = plan.migration.as_ref();
     let reached = if plan.new.prog_id != 0 && running == plan.new.prog_id {
         if plan.migrate {

@@ -93,6 +93,7 @@ impl Instance {
             dev,
             attach: None,
             name: Some(instance.name.clone()),
+            tc: Default::default(),
         })
         .unwrap();
         instance

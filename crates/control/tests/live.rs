@@ -153,6 +153,7 @@ fn start(net: &Net, program: &Path, name: &str) -> Running {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.to_string()),
+        tc: Default::default(),
     })
     .unwrap();
     Running(name.to_string())
@@ -181,6 +182,7 @@ fn run_list_stop_leaves_the_interface_as_before() {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     })
     .unwrap();
     let _guard = Running(name.clone());
@@ -218,6 +220,7 @@ fn tc_ingress_through_tcx_and_generic_xdp() {
         dev: net.host.clone(),
         attach: Some(AttachPoint::TcIngress),
         name: Some(tc.clone()),
+        tc: Default::default(),
     })
     .unwrap();
     let _g1 = Running(tc.clone());
@@ -232,6 +235,7 @@ fn tc_ingress_through_tcx_and_generic_xdp() {
             mode: XdpMode::Generic,
         }),
         name: Some(xdp.clone()),
+        tc: Default::default(),
     })
     .unwrap();
     let _g2 = Running(xdp.clone());
@@ -265,6 +269,7 @@ fn failures_leave_nothing_behind() {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     })
     .unwrap_err();
     assert!(matches!(err, ControlError::Program { .. }), "{err}");
@@ -275,6 +280,7 @@ fn failures_leave_nothing_behind() {
         dev: "fs-no-such-dev".into(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     })
     .unwrap_err();
     assert!(matches!(err, ControlError::NoSuchInterface(_)), "{err}");
@@ -285,6 +291,7 @@ fn failures_leave_nothing_behind() {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     })
     .unwrap_err();
     assert!(matches!(err, ControlError::ReadSource { .. }), "{err}");
@@ -295,6 +302,7 @@ fn failures_leave_nothing_behind() {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     };
     let first = run(&spec).unwrap();
     let _guard = Running(name.clone());
@@ -345,6 +353,7 @@ fn redirect_ports_resolve_where_the_program_runs() {
         dev: dev.to_string(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     };
 
     // A port missing here: refused, nothing left behind.
@@ -460,6 +469,7 @@ fn reload_keeps_state_and_remaps_by_name() {
         dev: net.host.clone(),
         attach: None,
         name: Some(name.clone()),
+        tc: Default::default(),
     })
     .unwrap();
     let _guard = Running(name.clone());
@@ -560,6 +570,7 @@ fn child_runs_and_waits() {
         dev,
         attach: None,
         name: Some(name),
+        tc: Default::default(),
     })
     .unwrap();
     println!("ready");
@@ -622,6 +633,7 @@ fn list_reports_an_instance_whose_interface_is_gone() {
             dev: net.host.clone(),
             attach: None,
             name: Some(name.clone()),
+            tc: Default::default(),
         })
         .unwrap();
     }

@@ -51,7 +51,8 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
+/// `pass` at TC: TCX_NEXT / TC_ACT_UNSPEC (-1), the chain goes on.
+const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 const TC_ACT_SHOT: u32 = 2;
 /// What `bpf_redirect` returns at TC: `tx` at TC is a redirect to the
 /// ingress interface.
@@ -68,7 +69,7 @@ pub fn expected_retval(action: &Action, hook: Hook) -> u32 {
             if xdp {
                 XDP_PASS
             } else {
-                TC_ACT_OK
+                TC_ACT_UNSPEC
             }
         }
         Action::Drop
@@ -107,7 +108,7 @@ pub fn retval_name(retval: u32, hook: Hook) -> String {
         (true, XDP_PASS) => "XDP_PASS",
         (true, XDP_TX) => "XDP_TX",
         (true, XDP_REDIRECT) => "XDP_REDIRECT",
-        (false, TC_ACT_OK) => "TC_ACT_OK",
+        (false, TC_ACT_UNSPEC) => "TC_ACT_UNSPEC",
         (false, TC_ACT_SHOT) => "TC_ACT_SHOT",
         (false, TC_ACT_REDIRECT) => "TC_ACT_REDIRECT",
         _ => "?",

@@ -69,6 +69,15 @@ pub fn ensure_bpffs(path: impl AsRef<Path>) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Where a TCX attach puts the program in the hook's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcOrder {
+    First,
+    Last,
+    BeforeProgram(u32),
+    AfterProgram(u32),
+}
+
 /// Which side of the interface a TC program sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TcDirection {
@@ -200,6 +209,66 @@ impl Loaded {
         Ok(ProgramLink {
             inner: LinkInner::Tc(link),
         })
+    }
+
+    /// Attaches a TC program through TCX at a chosen place in the chain
+    /// (kernel >= 6.6); see [`TcOrder`].
+    pub fn attach_tcx(
+        &mut self,
+        program: &str,
+        interface: &str,
+        direction: TcDirection,
+        order: TcOrder,
+    ) -> Result<ProgramLink, RuntimeError> {
+        use aya::programs::tc::TcAttachOptions;
+        use aya::programs::{LinkOrder, ProgramId};
+        let order = match order {
+            TcOrder::First => LinkOrder::first(),
+            TcOrder::Last => LinkOrder::last(),
+            // SAFETY (ProgramId::new): an id of no program on the hook is
+            // refused by the kernel (ENOENT).
+            TcOrder::BeforeProgram(id) => {
+                LinkOrder::before_program_id(unsafe { ProgramId::new(id) })
+            }
+            TcOrder::AfterProgram(id) => LinkOrder::after_program_id(unsafe { ProgramId::new(id) }),
+        };
+        let Program::SchedClassifier(tc) = self.program_mut(program)? else {
+            return Err(wrong_kind(program, ProgramKind::Tc));
+        };
+        let id = tc
+            .attach_with_options(
+                interface,
+                tc_attach_type(direction),
+                TcAttachOptions::TcxOrder(order),
+            )
+            .map_err(|e| RuntimeError::program(program, e))?;
+        let link = tc
+            .take_link(id)
+            .map_err(|e| RuntimeError::program(program, e))?;
+        Ok(ProgramLink {
+            inner: LinkInner::Tc(link),
+        })
+    }
+
+    /// Attaches a TC program as a clsact filter (direct action) at
+    /// `priority` on interface `ifindex`, adding the qdisc if missing. The
+    /// filter stays until [`crate::clsact::delete_filter`].
+    pub fn attach_clsact(
+        &self,
+        program: &str,
+        ifindex: u32,
+        direction: TcDirection,
+        priority: u16,
+    ) -> Result<(), RuntimeError> {
+        use std::os::fd::AsFd;
+        let Program::SchedClassifier(tc) = self.program(program)? else {
+            return Err(wrong_kind(program, ProgramKind::Tc));
+        };
+        let fd = tc.fd().map_err(|e| RuntimeError::program(program, e))?;
+        crate::clsact::add_qdisc(ifindex)
+            .map_err(|io| RuntimeError::syscall("adding a clsact qdisc", io))?;
+        crate::clsact::add_filter(ifindex, direction, priority, fd.as_fd(), program)
+            .map_err(|io| RuntimeError::syscall("adding a clsact filter", io))
     }
 
     /// Atomically puts `program` in place of the one `link` runs: no packet

@@ -11,6 +11,7 @@
 //! [`Loaded::test_run`] concurrently (see the two-CPU test).
 
 mod attach;
+pub mod clsact;
 pub mod dispatcher;
 mod map;
 pub mod netlink;
@@ -26,7 +27,7 @@ use aya::programs::{Program, ProgramError, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 
 pub use attach::{
-    ensure_bpffs, kernel_unavailable, tcx_programs, ProgramLink, TcDirection, BPFFS_ROOT,
+    ensure_bpffs, kernel_unavailable, tcx_programs, ProgramLink, TcDirection, TcOrder, BPFFS_ROOT,
 };
 pub use aya::programs::XdpMode;
 pub use aya::VerifierLogLevel;
@@ -228,6 +229,24 @@ impl Loaded {
             program: name.to_string(),
             kind: format!("{:?}", program.prog_type()),
         })
+    }
+
+    /// The kernel's id of a loaded program.
+    pub fn program_id(&self, program: &str) -> Result<u32, RuntimeError> {
+        self.program(program)?
+            .info()
+            .map(|info| info.id())
+            .map_err(|e| RuntimeError::program(program, e))
+    }
+
+    /// The fd of a loaded program, for attaching it by hand (e.g. as a
+    /// clsact filter's program).
+    pub fn program_fd(&self, program: &str) -> Result<std::os::fd::BorrowedFd<'_>, RuntimeError> {
+        use std::os::fd::AsFd;
+        self.program(program)?
+            .fd()
+            .map(|fd| fd.as_fd())
+            .map_err(|e| RuntimeError::program(program, e))
     }
 
     /// Verifier and JIT figures for a loaded program.

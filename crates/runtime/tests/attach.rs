@@ -216,3 +216,81 @@ fn replace_refuses_a_program_of_the_other_kind() {
         assert!(loaded.attach_xdp("missing", "veth0", XdpMode::Skb).is_err());
     });
 }
+
+/// clsact without flowstate's control plane: two counting programs as
+/// filters at priorities 10 and 20 run in that order; TC_ACT_UNSPEC lets
+/// the second run, TC_ACT_SHOT stops the chain; a program replaced in
+/// place keeps the priority; deleting filters and the qdisc leaves none.
+/// (The path kernels without TCX take; it runs on any kernel.)
+#[test]
+fn clsact_filters_run_by_priority_and_replace_in_place() {
+    use flowstate_runtime::clsact;
+    if skip("clsact_filters_run_by_priority_and_replace_in_place") {
+        return;
+    }
+    let netns = Netns::new("clsact");
+    netns.enter(|| {
+        let index = std::ffi::CString::new("veth0").unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(index.as_ptr()) };
+        assert_ne!(ifindex, 0);
+        let first = load(&object(), &LoadOptions::default()).unwrap();
+        let second = load(&object(), &LoadOptions::default()).unwrap();
+        prepare(&first, -1i32 as u32);
+        prepare(&second, TC_ACT_OK);
+        first
+            .attach_clsact("count_tc", ifindex, TcDirection::Ingress, 10)
+            .unwrap();
+        second
+            .attach_clsact("count_tc", ifindex, TcDirection::Ingress, 20)
+            .unwrap();
+        let ids = |filters: Vec<clsact::Filter>| {
+            filters
+                .iter()
+                .map(|f| (f.priority, f.prog_id))
+                .collect::<Vec<_>>()
+        };
+        let filters = || clsact::filters(ifindex, TcDirection::Ingress).unwrap();
+        assert_eq!(
+            ids(filters()),
+            [
+                (10, first.program_id("count_tc").unwrap()),
+                (20, second.program_id("count_tc").unwrap())
+            ]
+        );
+        send_frames("veth1", &udp_packet(), 3);
+        assert_eq!(
+            (packets(&first), packets(&second)),
+            (3, 3),
+            "UNSPEC goes on"
+        );
+
+        prepare(&first, TC_ACT_SHOT);
+        send_frames("veth1", &udp_packet(), 2);
+        assert_eq!((packets(&first), packets(&second)), (2, 3), "SHOT ends it");
+
+        // Replace the first filter's program: same priority, new program.
+        let plain = first.program_fd("pass_tc").unwrap();
+        clsact::replace_program(ifindex, TcDirection::Ingress, 10, plain, "pass_tc").unwrap();
+        assert_eq!(
+            ids(filters()),
+            [
+                (10, first.program_id("pass_tc").unwrap()),
+                (20, second.program_id("count_tc").unwrap())
+            ]
+        );
+        send_frames("veth1", &udp_packet(), 1);
+        assert_eq!(
+            (packets(&first), packets(&second)),
+            (2, 3),
+            "pass_tc (TC_ACT_OK) ends the chain and counts nothing"
+        );
+        clsact::delete_filter(ifindex, TcDirection::Ingress, 10).unwrap();
+        send_frames("veth1", &udp_packet(), 1);
+        assert_eq!(packets(&second), 4);
+        clsact::delete_filter(ifindex, TcDirection::Ingress, 20).unwrap();
+        assert!(filters().is_empty());
+        clsact::delete_qdisc(ifindex).unwrap();
+        assert!(filters().is_empty(), "no qdisc, no filters");
+    });
+}

@@ -323,6 +323,7 @@ fn start(
         dev: SwitchLab::SWITCH_CLIENT_DEV.to_string(),
         attach: Some(attach),
         name: Some(name.to_string()),
+        tc: Default::default(),
     };
     story.step(&format!(
         "flowstate run {} --dev {} --hook {} --name {name}   (on the switch)",

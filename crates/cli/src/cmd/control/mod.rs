@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
-use flowstate_control::{AttachPoint, FlowsMigration, RunSpec, XdpMode};
+use flowstate_control::{
+    AttachPoint, FlowsMigration, Order, Relative, RunSpec, TcPlacement, TcVia, XdpMode,
+};
 use serde_json::json;
 
 use show::{duration, duration_opt, row_json};
@@ -270,6 +272,18 @@ pub struct RunArgs {
     /// the program's name.
     #[arg(long)]
     name: Option<String>,
+    /// TC: run before this program on the hook (a flowstate instance name,
+    /// a program id, or the path of a pinned program or link). Default:
+    /// after every program already there.
+    #[arg(long, value_name = "NAME|ID|PATH", conflicts_with = "after")]
+    before: Option<String>,
+    /// TC: run after this program on the hook (as --before).
+    #[arg(long, value_name = "NAME|ID|PATH")]
+    after: Option<String>,
+    /// TC: attach through TCX (a bpf_link, kernel 6.6+) or a clsact qdisc
+    /// filter (any kernel); auto: TCX where the kernel has it.
+    #[arg(long, value_enum, default_value = "auto")]
+    tc_attach: TcAttachArg,
     /// Print the instance as JSON.
     #[arg(long)]
     json: bool,
@@ -287,6 +301,13 @@ enum XdpShareArg {
     Auto,
     Shared,
     Exclusive,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TcAttachArg {
+    Auto,
+    Tcx,
+    Clsact,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -396,6 +417,18 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
         dev: args.dev.clone(),
         attach,
         name: args.name.clone(),
+        tc: TcPlacement {
+            via: match args.tc_attach {
+                TcAttachArg::Auto => TcVia::Auto,
+                TcAttachArg::Tcx => TcVia::Tcx,
+                TcAttachArg::Clsact => TcVia::Clsact,
+            },
+            order: match (&args.before, &args.after) {
+                (Some(r), _) => Order::Before(Relative::parse(r)),
+                (None, Some(r)) => Order::After(Relative::parse(r)),
+                (None, None) => Order::Last,
+            },
+        },
     };
     let at_xdp = match attach {
         Some(point) => matches!(point, AttachPoint::Xdp { .. }),
@@ -498,6 +531,7 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
         "NETNS".to_string(),
         "HOOK".to_string(),
         "MODE".to_string(),
+        "POS".to_string(),
         "PROG".to_string(),
         "UPTIME".to_string(),
         "FLOWS".to_string(),
@@ -506,6 +540,7 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
     ]];
     let mut problems = Vec::new();
     let mut notes = Vec::new();
+    let mut hooks = Vec::new();
     for i in &instances {
         let uptime = i.started.elapsed().map_or("?".to_string(), duration);
         table.push(vec![
@@ -514,6 +549,7 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
             i.netns.clone().unwrap_or_else(|| "-".to_string()),
             i.attach.hook_name().to_string(),
             i.mode.clone(),
+            show::hook_position(i),
             i.prog_id.to_string(),
             uptime,
             i.flows.to_string(),
@@ -522,6 +558,15 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
         ]);
         if let Some(n) = &i.note {
             notes.push(format!("{}: {n}", i.name));
+        }
+        if !i.hook_programs.is_empty() {
+            hooks.push(format!(
+                "{} ({} {}): {}",
+                i.name,
+                i.dev,
+                i.attach.hook_name(),
+                show::hook_chain(i)
+            ));
         }
         if let Some(p) = &i.problem {
             problems.push(format!(
@@ -533,6 +578,9 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
     print!("{}", show::columns(&table));
     for p in problems {
         println!("PROBLEM {p}");
+    }
+    for h in hooks {
+        println!("HOOK {h}");
     }
     for n in notes {
         println!("NOTE {n}");

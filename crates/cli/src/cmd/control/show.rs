@@ -77,7 +77,34 @@ pub fn instance_json(i: &Instance) -> Value {
         "problem": i.problem,
         "netns": i.netns,
         "note": i.note,
+        "hook_programs": i.hook_programs.iter().map(|p| json!({
+            "prog_id": p.prog_id,
+            "name": p.name,
+            "this": p.prog_id == i.prog_id,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// Where a TC instance is on its hook, e.g. `2/3`; `-` for XDP or when
+/// unknown.
+pub fn hook_position(i: &Instance) -> String {
+    match i.hook_programs.iter().position(|p| p.prog_id == i.prog_id) {
+        Some(at) => format!("{}/{}", at + 1, i.hook_programs.len()),
+        None => "-".to_string(),
+    }
+}
+
+/// The programs on a TC instance's hook in run order, this one marked:
+/// `12 cilium_ingress, *40 portknock`.
+pub fn hook_chain(i: &Instance) -> String {
+    i.hook_programs
+        .iter()
+        .map(|p| {
+            let mark = if p.prog_id == i.prog_id { "*" } else { "" };
+            format!("{mark}{} {}", p.prog_id, p.name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn row_json(r: &FlowRow) -> Value {
