@@ -330,12 +330,6 @@ fn compile_parts(
     }
     let name = layout::c_name(&program.name);
     let name = variant.symbol.unwrap_or(name);
-    let metadata = meta::document(
-        program,
-        &layout,
-        hook,
-        options.source.as_ref().map(|s| s.text.as_str()),
-    );
     let object = object::build(
         program,
         &layout,
@@ -344,7 +338,6 @@ fn compile_parts(
         &code,
         variant.extra_maps,
         options.source.as_ref(),
-        metadata,
     )?;
     let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
     Ok(Output {

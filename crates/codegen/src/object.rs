@@ -36,8 +36,8 @@ pub(crate) fn section_of(hook: Hook) -> ProgramSection {
     }
 }
 
-/// The object; `extra`: maps besides the program's own (a migration's);
-/// `metadata`: the [`crate::meta`] document.
+/// The object, with the [`crate::meta`] document in `.rodata`; `extra`:
+/// maps besides the program's own (a migration's).
 pub(crate) fn build(
     program: &Program,
     layout: &Layout,
@@ -46,8 +46,8 @@ pub(crate) fn build(
     code: &AsmProgram,
     extra: Vec<MapDef>,
     source: Option<&SourceText>,
-    metadata: Vec<u8>,
 ) -> Result<Vec<u8>, ObjError> {
+    let metadata = crate::meta::document(program, layout, hook, source.map(|s| s.text.as_str()));
     let mut builder = ObjectBuilder::new();
     // The document first: readers find it at offset 0 of `.rodata`.
     let line = crate::meta::bpftool_line(&metadata);
