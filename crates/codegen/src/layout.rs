@@ -37,6 +37,18 @@ pub const EVENT_ROW_DEFAULT: u32 = u32::MAX;
 /// The eBPF stack limit.
 pub const STACK_LIMIT: usize = 512;
 
+/// The stack the program's own frame may take on `target`. A target that
+/// waits in `bpf_loop` calls a callback, a second frame: the verifier
+/// counts each frame rounded up to 32 bytes (at least 32) against
+/// [`STACK_LIMIT`], so the program's frame gets 32 bytes less.
+pub fn stack_limit(target: &crate::Target) -> usize {
+    if target.waits_in_bpf_loop() {
+        STACK_LIMIT - 32
+    } else {
+        STACK_LIMIT
+    }
+}
+
 /// Offsets in a flow entry (`struct flow`).
 pub const LOCK_OFFSET: usize = 0;
 pub const STATE_OFFSET: usize = 4;
@@ -371,6 +383,9 @@ pub(crate) struct Frame {
     /// no constant there, so rows reaching one commit look alike to it
     /// (their paths merge instead of being walked once per row).
     pub row_index: i16,
+    /// Waits left before giving up, for targets that wait in `bpf_loop`
+    /// (without `may_goto`; see [`crate::target`]); 0 when unused.
+    pub tries: i16,
     /// Bytes used.
     pub size: usize,
 }
@@ -379,7 +394,7 @@ pub(crate) struct Frame {
 pub(crate) const EVAL_REGISTERS: usize = 6;
 
 impl Frame {
-    pub fn plan(program: &Program) -> Frame {
+    pub fn plan(program: &Program, target: &crate::Target) -> Frame {
         let mut size = 0usize;
         let mut take = |bytes: usize| -> i16 {
             size += bytes.next_multiple_of(8);
@@ -410,6 +425,11 @@ impl Frame {
         let globals_ptr = take(8);
         let event_state = take(8);
         let row_index = take(8);
+        let tries = if target.waits_in_bpf_loop() {
+            take(8)
+        } else {
+            0
+        };
         Frame {
             field_slots,
             fields,
@@ -430,6 +450,7 @@ impl Frame {
             globals_ptr,
             event_state,
             row_index,
+            tries,
             size,
         }
     }

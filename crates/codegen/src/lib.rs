@@ -146,11 +146,13 @@ pub mod lower;
 pub mod migrate;
 pub mod object;
 pub mod parse;
+pub mod target;
 pub mod walk;
 
 use flowstate_lang::ir::{Hook, Program};
 
 pub use layout::{EntryView, Event, Layout};
+pub use target::Target;
 
 /// Longest program accepted, in instruction slots. The verifier stops
 /// after processing a million instructions; on large tables it processes
@@ -177,6 +179,9 @@ pub struct Options {
     pub hook: Option<Hook>,
     /// Resolves `redirect IFNAME` to an ifindex.
     pub ifindex_of: IfindexResolver,
+    /// The kernel (and CPU) to generate code for; the default is the
+    /// newest. Commands that load pass the host's.
+    pub target: Target,
 }
 
 impl Default for Options {
@@ -186,6 +191,7 @@ impl Default for Options {
             atomic: true,
             hook: None,
             ifindex_of: Box::new(ifindex_from_sysfs),
+            target: Target::newest(),
         }
     }
 }
@@ -292,14 +298,14 @@ fn compile_parts(
     conflict: testing::StagedConflict,
     variant: migrate::Variant,
 ) -> Result<Output, CodegenError> {
-    let mut problems = static_limits(program);
-    let frame = layout::Frame::plan(&variant.frame_program);
-    if frame.size > layout::STACK_LIMIT && problems.is_empty() {
+    let mut problems = static_limits(program, &options.target);
+    let frame = layout::Frame::plan(&variant.frame_program, &options.target);
+    let stack_limit = layout::stack_limit(&options.target);
+    if frame.size > stack_limit && problems.is_empty() {
         problems.push(format!(
             "a migrating reload needs {} bytes of eBPF stack here (limit {}): reload in two \
              steps, or with fewer registers",
-            frame.size,
-            layout::STACK_LIMIT
+            frame.size, stack_limit
         ));
     }
     if !problems.is_empty() {
@@ -314,6 +320,7 @@ fn compile_parts(
         atomic: options.atomic,
         ifindex: &*options.ifindex_of,
         conflict,
+        features: options.target,
     };
     let code = match emit::emit(program, &target, &layout, &frame, &lowered, variant.role) {
         Ok(code) => code,
@@ -348,11 +355,17 @@ fn compile_parts(
 /// The limits check `flowstate check` runs without writing an object:
 /// stack budget, key sizes, instruction budget.
 pub fn check_limits(program: &Program) -> Result<(), Vec<String>> {
-    let mut problems = static_limits(program);
+    check_limits_for(program, &Target::newest())
+}
+
+/// [`check_limits`] for code built for `target`.
+pub fn check_limits_for(program: &Program, target: &Target) -> Result<(), Vec<String>> {
+    let mut problems = static_limits(program, target);
     if problems.is_empty() {
         let options = Options {
             // Interfaces are resolved at load time; any index will do here.
             ifindex_of: Box::new(|_| Some(1)),
+            target: *target,
             ..Options::default()
         };
         match compile(program, &options) {
@@ -386,7 +399,7 @@ fn too_many_pending(pending: usize) -> String {
 }
 
 /// Limits known before emitting code.
-fn static_limits(program: &Program) -> Vec<String> {
+fn static_limits(program: &Program, target: &Target) -> Vec<String> {
     let mut problems = Vec::new();
     let lookup = Program::key_size(&program.lookup_key);
     let update = Program::key_size(&program.update_key);
@@ -399,14 +412,21 @@ fn static_limits(program: &Program) -> Vec<String> {
     if program.states.is_empty() {
         problems.push("the program declares no state".to_string());
     }
-    let frame = layout::Frame::plan(program);
-    if frame.size > layout::STACK_LIMIT {
+    let frame = layout::Frame::plan(program, target);
+    let stack_limit = layout::stack_limit(target);
+    if frame.size > stack_limit {
         problems.push(format!(
-            "needs {} bytes of eBPF stack (limit {}): {} registers take {} bytes (entry copy \
+            "needs {} bytes of eBPF stack (limit {}{}): {} registers take {} bytes (entry copy \
              and new values), {} globals {} bytes, keys {} bytes, expression temporaries {} \
              bytes; use fewer registers or simpler expressions",
             frame.size,
-            layout::STACK_LIMIT,
+            stack_limit,
+            if stack_limit < layout::STACK_LIMIT {
+                " on this kernel: its lock loop waits in a bpf_loop callback, which takes a \
+                 frame of its own"
+            } else {
+                ""
+            },
             program.registers.len(),
             16 * program.registers.len(),
             program.globals.len(),
