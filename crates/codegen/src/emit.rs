@@ -202,7 +202,10 @@ pub(crate) struct Emitter<'a> {
     handoff: Label,
     /// `bpf_loop` callbacks to emit after the program, by the map whose
     /// lock words they wait on (see [`wait`]).
-    callbacks: Vec<(MapRef, Label)>,
+    callbacks: Vec<(wait::Callback, Label)>,
+    /// Whether the code may have subprograms (the editor may not: it is
+    /// loaded from bare instructions, without the BTF a callback needs).
+    pub(crate) callbacks_allowed: bool,
 }
 
 /// Longest 16-bit jump emitted, in slots. The kernel rewrites some
@@ -284,6 +287,7 @@ impl<'a> Emitter<'a> {
             short_sites: Vec::new(),
             role: Role::Plain,
             callbacks: Vec::new(),
+            callbacks_allowed: true,
         }
     }
 
@@ -588,6 +592,20 @@ impl<'a> Emitter<'a> {
         // Not our word: an insert overwrote it; the element is not ours.
         self.jmp(JmpOp::Ne, R1, R2, busy);
         self.goto(locked);
+        // A wait's callback took the word (see `lock_round`): the element
+        // is the one the key leads to now, if it still holds our number
+        // (else it was evicted and taken by an insert, which overwrote
+        // the word: nothing to give back).
+        let taken = self.label();
+        self.asm.bind(taken);
+        self.lookup(map, key);
+        self.jmp(JmpOp::Eq, R0, 0, busy);
+        self.emit(Insn::mov64(ENTRY, R0));
+        self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
+        self.load_stack(R2, frame.seq);
+        self.emit(Insn::add64(R2, 1));
+        self.jmp(JmpOp::Ne, R1, R2, busy);
+        self.goto(locked);
         self.asm.bind(release);
         self.asm
             .annotate("another flow's (or a free) element: give the word back");
@@ -630,7 +648,7 @@ impl<'a> Emitter<'a> {
         }
         self.asm.bind(busy);
         let contention = self.contention;
-        self.wait_or_give_up(contention, Some((map, key)));
+        self.lock_round(contention, map, key, moved.is_some(), taken);
         self.goto(spin);
         self.asm.bind(locked);
     }

@@ -32,6 +32,7 @@
 
 mod edit;
 mod handle;
+pub mod host;
 pub mod journal;
 mod kernel;
 pub mod keytext;
@@ -751,6 +752,7 @@ pub(crate) fn codegen(
 ) -> Result<flowstate_codegen::Output, ControlError> {
     let options = flowstate_codegen::Options {
         hook: Some(hook),
+        target: host::target(),
         ..flowstate_codegen::Options::default()
     };
     flowstate_codegen::compile(program, &options).map_err(|e| ControlError::Codegen(e.to_string()))
