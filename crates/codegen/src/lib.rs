@@ -68,7 +68,8 @@
 //!   entries (elision) then check that the key still leads to the element
 //!   (else the word is given back by cmpxchg). A failure starts over, once.
 //! - Locked pass (after a restart, and every update-key write): one
-//!   `may_goto` loop from the lookup: take the word even -> odd by
+//!   `may_goto` loop from the lookup (without `may_goto`: bounded rounds
+//!   that wait in `bpf_loop`, see `emit/wait.rs`): take the word even -> odd by
 //!   cmpxchg, then verify that the key still leads to the element and the
 //!   word is still ours (else give it back and go round). A missing flow
 //!   gets a held placeholder (state word `PLACEHOLDER_STATE`, random odd
@@ -112,8 +113,27 @@
 //! use an atomic add (`g = g + e`) or a cmpxchg loop through `may_goto` (a
 //! write that spends the budget is dropped); the editor sets one with an
 //! atomic exchange. `bpf_spin_lock` is not
-//! used: it is refused in LRU maps. Loads are kept in order by x86
-//! (TSO), which the seqlock read relies on. Known limits: an LRU eviction
+//! used: it is refused in LRU maps.
+//!
+//! Memory order, per access (`Target::weakly_ordered`; x86 code is
+//! unchanged, arm64 gets the atomic forms):
+//! - taking a word (cmpxchg), giving it back (cmpxchg), a global's
+//!   cmpxchg or atomic add with fetch: fully ordered on both (arm64's JIT
+//!   emits `casal`/`ldaddal` or an exclusive loop with `dmb ish`), so the
+//!   holder's reads and writes stay after the take;
+//! - releasing (the next even number): a plain store on x86 (TSO: stores
+//!   are not reordered with earlier loads or stores); an atomic exchange
+//!   on arm64 (a plain store, or a non-fetch atomic add, `stadd`, is not
+//!   ordered there), so the entry's writes are seen before the even word;
+//! - the seqlock read's two reads of the word: plain loads on x86 (loads
+//!   are not reordered with loads); atomic fetch-adds of 0 on arm64, so
+//!   the copy's plain loads can move neither before the first read nor
+//!   after the second (each is acquire and release);
+//! - the copy itself and a direct `last_seen` store: plain; the reads are
+//!   validated by the second read, the store is the documented benign
+//!   race below.
+//!
+//! Known limits: an LRU eviction
 //! (`evict` tables) unlinks an element and hands it to the inserting flow,
 //! which overwrites it, without taking its lock word, so a packet of the
 //! evicted flow working on that element at the moment can read the new
