@@ -186,7 +186,15 @@ fn format_alu(insn: &Insn) -> Option<String> {
             } else {
                 signed_hex(insn.imm.into())
             };
-            Some(format!("{prefix}{dst} {} {operand}", op.symbol()))
+            // cpu v4: `off == 1` makes division and modulo signed.
+            let signed = insn.off == 1 && matches!(op, AluOp::Div | AluOp::Mod);
+            let symbol = op.symbol();
+            let symbol = if signed {
+                format!("s{symbol}")
+            } else {
+                symbol.to_string()
+            };
+            Some(format!("{prefix}{dst} {symbol} {operand}"))
         }
     }
 }

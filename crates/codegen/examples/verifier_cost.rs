@@ -8,7 +8,7 @@
 //! shared), `conditions` (each row also tests a register), `ranges` (each
 //! row a range of ports and a next state: issue 7's refused shape).
 
-use flowstate_codegen::{compile, Options};
+use flowstate_codegen::{compile, Options, Target};
 use flowstate_runtime::{load, LoadOptions};
 
 fn table(shape: &str, rows: usize) -> String {
@@ -35,6 +35,15 @@ fn table(shape: &str, rows: usize) -> String {
     text
 }
 
+/// `FLOWSTATE_TARGET=6.1` builds for that kernel (the `may_goto`
+/// fallback), run in this one.
+fn target() -> Target {
+    match std::env::var("FLOWSTATE_TARGET") {
+        Ok(text) if !text.is_empty() => Target::parse(&text).expect("FLOWSTATE_TARGET"),
+        _ => Target::newest(),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let shapes = ["exact", "counting", "conditions", "ranges"];
@@ -51,7 +60,11 @@ fn main() {
                     continue;
                 }
             };
-            let output = match compile(&program, &Options::default()) {
+            let options = Options {
+                target: target(),
+                ..Options::default()
+            };
+            let output = match compile(&program, &options) {
                 Ok(output) => output,
                 Err(e) => {
                     println!("{shape:>10} {rows:>6} rows: {e}");

@@ -143,18 +143,29 @@ pub struct Editor {
 /// the `clock` map, as in a program compiled with
 /// [`crate::Options::test_clock`].
 pub fn compile(program: &Program, test_clock: bool) -> Result<Editor, CodegenError> {
-    let problems = crate::static_limits(program);
+    compile_for(program, test_clock, &crate::Target::newest())
+}
+
+/// [`compile`] for a kernel other than the newest (the control plane
+/// passes the host's target).
+pub fn compile_for(
+    program: &Program,
+    test_clock: bool,
+    features: &crate::Target,
+) -> Result<Editor, CodegenError> {
+    let problems = crate::static_limits(program, features);
     if !problems.is_empty() {
         return Err(CodegenError::Limits(problems));
     }
     let layout = Layout::new(program, test_clock);
-    let frame = layout::Frame::plan(program);
+    let frame = layout::Frame::plan(program, features);
     let lowered = lower::lower(program);
     let target = emit::Target {
         hook: flowstate_lang::ir::Hook::Xdp,
         clock: emit::clock_for(program, test_clock),
         atomic: true,
         conflict: crate::testing::StagedConflict::None,
+        features: *features,
     };
     let code = match emit::emit_editor(program, &target, &layout, &frame, &lowered) {
         Ok(code) => code,

@@ -51,12 +51,14 @@ pub(crate) mod migrate;
 use migrate::Role;
 use Reg::*;
 
+mod division;
 mod editor;
 mod meta;
 mod redirect;
 
 pub(crate) use meta::META;
 pub(crate) use redirect::PORTS;
+mod wait;
 
 pub(crate) use editor::emit_editor;
 
@@ -154,6 +156,8 @@ pub(crate) struct Target {
     pub atomic: bool,
     /// A race staged by the code itself (tests only).
     pub conflict: StagedConflict,
+    /// What the code may use (see [`crate::target`]).
+    pub features: crate::Target,
 }
 
 /// Where an expression's operands come from.
@@ -203,6 +207,12 @@ pub(crate) struct Emitter<'a> {
     role: Role<'a>,
     /// Handoff programs: where a packet goes when its flow has moved.
     handoff: Label,
+    /// `bpf_loop` callbacks to emit after the program, by the map whose
+    /// lock words they wait on (see [`wait`]).
+    callbacks: Vec<(wait::Callback, Label)>,
+    /// Whether the code may have subprograms (the editor may not: it is
+    /// loaded from bare instructions, without the BTF a callback needs).
+    pub(crate) callbacks_allowed: bool,
 }
 
 /// Longest 16-bit jump emitted, in slots. The kernel rewrites some
@@ -283,6 +293,8 @@ impl<'a> Emitter<'a> {
             long_sites: BTreeSet::new(),
             short_sites: Vec::new(),
             role: Role::Plain,
+            callbacks: Vec::new(),
+            callbacks_allowed: true,
         }
     }
 
@@ -310,7 +322,8 @@ impl<'a> Emitter<'a> {
     /// The end of a pass: jump reaches checked (sites out of 16-bit reach
     /// send the emission round again, see [`emit`]), then the code
     /// assembled and the far `goto`s made `gotol`.
-    fn finish(self) -> Result<Pass, Result<String, AsmError>> {
+    fn finish(mut self) -> Result<Pass, Result<String, AsmError>> {
+        self.wait_callbacks();
         if let Some(message) = self.error {
             return Err(Ok(message));
         }
@@ -528,13 +541,22 @@ impl<'a> Emitter<'a> {
     /// counted as contention, only once the run's `may_goto` budget is
     /// spent (a holder keeps a lock for a few dozen instructions).
     fn lock_loop(&mut self, key: i16, missing: Missing) {
+        self.start_waits();
+        self.lock_loop_sharing_budget(key, missing);
+    }
+
+    /// [`Emitter::lock_loop`] inside another waiting loop: the two share
+    /// one budget, started before the outer loop (a loop nested in a
+    /// loop with a budget of its own has none the verifier can see).
+    fn lock_loop_sharing_budget(&mut self, key: i16, missing: Missing) {
         let moved = self.moved_target();
         self.lock_loop_in(MAPS.flows, key, missing, moved);
     }
 
     /// [`Emitter::lock_loop`] in `map`; with `moved`, an entry held and
     /// marked [`migrate::MOVED_STATE`] (see [`migrate`]) jumps there
-    /// instead of being waited on.
+    /// instead of being waited on. The caller starts the waits' budget
+    /// ([`Emitter::start_waits`]).
     fn lock_loop_in(&mut self, map: MapRef, key: i16, missing: Missing, moved: Option<Label>) {
         let frame = self.frame;
         let spin = self.label();
@@ -576,6 +598,20 @@ impl<'a> Emitter<'a> {
         self.load_stack(R2, frame.seq);
         self.emit(Insn::add64(R2, 1));
         // Not our word: an insert overwrote it; the element is not ours.
+        self.jmp(JmpOp::Ne, R1, R2, busy);
+        self.goto(locked);
+        // A wait's callback took the word (see `lock_round`): the element
+        // is the one the key leads to now, if it still holds our number
+        // (else it was evicted and taken by an insert, which overwrote
+        // the word: nothing to give back).
+        let taken = self.label();
+        self.asm.bind(taken);
+        self.lookup(map, key);
+        self.jmp(JmpOp::Eq, R0, 0, busy);
+        self.emit(Insn::mov64(ENTRY, R0));
+        self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
+        self.load_stack(R2, frame.seq);
+        self.emit(Insn::add64(R2, 1));
         self.jmp(JmpOp::Ne, R1, R2, busy);
         self.goto(locked);
         self.asm.bind(release);
@@ -620,7 +656,7 @@ impl<'a> Emitter<'a> {
         }
         self.asm.bind(busy);
         let contention = self.contention;
-        self.budget_spent(contention);
+        self.lock_round(contention, map, key, moved.is_some(), taken);
         self.goto(spin);
         self.asm.bind(locked);
     }
@@ -797,13 +833,42 @@ impl<'a> Emitter<'a> {
         self.call(Helper::MAP_DELETE_ELEM);
     }
 
-    /// Releases the lock: the next even sequence number. A plain store:
-    /// x86 is TSO, so it is a release.
+    /// Releases the lock: the next even sequence number. A plain store
+    /// where the CPU is strongly ordered (x86 is TSO: a store is a
+    /// release); an atomic exchange where it is not (fully ordered on
+    /// arm64, so the entry's writes are seen before the even word).
     fn unlock_entry(&mut self) {
         if self.target.atomic {
             self.load_stack(R1, self.frame.seq);
             self.emit(Insn::add64(R1, 2));
-            self.emit(Insn::stx(Size::W, ENTRY, R1, LOCK_OFFSET as i16));
+            if self.target.features.weakly_ordered {
+                self.emit(Insn::atomic32(
+                    AtomicOp::Xchg,
+                    ENTRY,
+                    R1,
+                    LOCK_OFFSET as i16,
+                ));
+            } else {
+                self.emit(Insn::stx(Size::W, ENTRY, R1, LOCK_OFFSET as i16));
+            }
+        }
+    }
+
+    /// `reg = the lock word of ENTRY`, for a seqlock read: a plain load
+    /// where the CPU keeps loads in order (x86), else an atomic fetch-add
+    /// of 0 (fully ordered on arm64: the copy's loads can move neither
+    /// before the first read nor after the second).
+    fn read_sequence(&mut self, reg: Reg) {
+        if self.target.features.weakly_ordered {
+            self.emit(Insn::mov64(reg, 0));
+            self.emit(Insn::atomic32(
+                AtomicOp::FetchAdd,
+                ENTRY,
+                reg,
+                LOCK_OFFSET as i16,
+            ));
+        } else {
+            self.emit(Insn::ldx(Size::W, reg, ENTRY, LOCK_OFFSET as i16));
         }
     }
 
@@ -1142,18 +1207,19 @@ impl<'a> Emitter<'a> {
         let done = self.label();
         let absent = self.label();
         self.asm
-            .annotate("copy the entry (seqlock read, waiting through may_goto)");
+            .annotate("copy the entry (seqlock read, waiting as long as it takes)");
+        self.start_waits();
         self.asm.bind(spin);
         self.lookup(MAPS.flows, key);
         self.jmp(JmpOp::Eq, R0, 0, absent);
         self.emit(Insn::mov64(ENTRY, R0));
-        self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
+        self.read_sequence(R1);
         let moved = self.moved_target();
         let odd = self.label();
         self.jmp(JmpOp::Set, R1, 1, if moved.is_some() { odd } else { busy });
         self.store_stack(frame.seq, R1);
         self.copy_entry();
-        self.emit(Insn::ldx(Size::W, R3, ENTRY, LOCK_OFFSET as i16));
+        self.read_sequence(R3);
         self.load_stack(R1, frame.seq);
         self.jmp(JmpOp::Ne, R1, R3, busy);
         self.lookup(MAPS.flows, key);
@@ -1168,15 +1234,17 @@ impl<'a> Emitter<'a> {
         }
         self.asm.bind(busy);
         let contention = self.contention;
-        self.budget_spent(contention);
+        self.wait_or_give_up(contention, Some((MAPS.flows, key)));
         self.goto(spin);
         self.asm.bind(done);
     }
 
     /// Copies the entry at R7 to the view without locking it: a seqlock
     /// read (the lock word before and after must be the same even
-    /// number), retried while a writer holds it. x86 keeps loads in order,
-    /// so the second read of the lock word follows the copy.
+    /// number), retried while a writer holds it. The second read of the
+    /// lock word follows the copy: x86 keeps loads in order, and on a
+    /// weakly ordered CPU both reads are fully ordered atomics
+    /// ([`Emitter::read_sequence`]).
     fn snapshot(&mut self) {
         let frame = self.frame;
         let value_size = self.layout.value_size;
@@ -1197,10 +1265,10 @@ impl<'a> Emitter<'a> {
         // Unrolled; then start over, locking first (`lock_loop`).
         for _ in 0..LOCK_TRIES {
             let busy = self.label();
-            self.emit(Insn::ldx(Size::W, R1, ENTRY, LOCK_OFFSET as i16));
+            self.read_sequence(R1);
             self.jmp(JmpOp::Set, R1, 1, busy);
             copy(self);
-            self.emit(Insn::ldx(Size::W, R3, ENTRY, LOCK_OFFSET as i16));
+            self.read_sequence(R3);
             self.jmp(JmpOp::Ne, R1, R3, busy);
             self.store_stack(frame.seq, R1);
             self.goto(done);
@@ -1721,8 +1789,7 @@ impl<'a> Emitter<'a> {
             BinOp::And => self.emit(Insn::and64(dst, imm)),
             BinOp::Or => self.emit(Insn::or64(dst, imm)),
             BinOp::Xor => self.emit(Insn::xor64(dst, imm)),
-            BinOp::Div => self.emit(signed(Insn::div64(dst, imm))),
-            BinOp::Mod => self.emit(signed(Insn::mod64(dst, imm))),
+            BinOp::Div | BinOp::Mod => self.divide(op, dst, Operand::Imm(imm)),
             BinOp::Shl => {
                 if imm & 63 != 0 {
                     self.emit(Insn::lsh64(dst, imm & 63))
@@ -1753,8 +1820,7 @@ impl<'a> Emitter<'a> {
             BinOp::And => self.emit(Insn::and64(dst, src)),
             BinOp::Or => self.emit(Insn::or64(dst, src)),
             BinOp::Xor => self.emit(Insn::xor64(dst, src)),
-            BinOp::Div => self.emit(signed(Insn::div64(dst, src))),
-            BinOp::Mod => self.emit(signed(Insn::mod64(dst, src))),
+            BinOp::Div | BinOp::Mod => self.divide(op, dst, Operand::Reg(src)),
             BinOp::Shl => {
                 self.emit(Insn::and64(src, 63));
                 self.emit(Insn::lsh64(dst, src));
@@ -1948,7 +2014,7 @@ impl<'a> Emitter<'a> {
             match retry {
                 Some(label) => {
                     let contention = e.contention;
-                    e.budget_spent(contention);
+                    e.wait_or_give_up(contention, None);
                     e.goto(label);
                 }
                 None => e.restart(),
@@ -1981,9 +2047,10 @@ impl<'a> Emitter<'a> {
             let new_entry = self.label();
             let expired = self.label();
             let fresh_enough = self.label();
+            self.start_waits();
             self.asm.bind(again2);
             if self.target.atomic {
-                self.lock_loop(update_key, Missing::Goto(new_entry));
+                self.lock_loop_sharing_budget(update_key, Missing::Goto(new_entry));
             } else {
                 self.lookup(MAPS.flows, update_key);
                 self.emit(Insn::mov64(ENTRY, R0));
@@ -2089,6 +2156,7 @@ impl<'a> Emitter<'a> {
             .annotate(format!("{name} = ... (compare-and-swap)"));
         let done = self.label();
         let retry = self.label();
+        self.start_waits();
         self.asm.bind(retry);
         // The map holds `value - init` (see `Layout::decode_globals`).
         let bias = self.global_init(gi).wrapping_neg();
@@ -2105,7 +2173,7 @@ impl<'a> Emitter<'a> {
         self.jmp(JmpOp::Ne, R0, R1, conflict);
         self.goto(done);
         self.asm.bind(conflict);
-        self.budget_spent(done);
+        self.wait_or_give_up(done, None);
         // Someone else wrote it: recompute from the value they left.
         self.add_const(R0, self.global_init(gi), R3);
         self.store_stack(frame.old_global(gi), R0);
@@ -2351,6 +2419,7 @@ fn atomic_addend(value: &Expr, g: GlobalId) -> Option<&Expr> {
 /// offsets only shrink, so they still fit.
 pub(crate) fn prune_unreachable(program: AsmProgram) -> AsmProgram {
     const LD_IMM64: u8 = 0x18;
+    const PSEUDO_FUNC: u8 = 4;
     const JA: u8 = 0x05;
     const EXIT: u8 = 0x95;
     let insns = &program.insns;
@@ -2369,6 +2438,10 @@ pub(crate) fn prune_unreachable(program: AsmProgram) -> AsmProgram {
                     *r = true;
                 }
                 work.push(slot + 2);
+                if insn.src == PSEUDO_FUNC {
+                    // A callback's address: the callback is reached too.
+                    work.push((slot as i64 + 1 + i64::from(insn.imm)) as usize);
+                }
             }
             EXIT => {}
             JA => work.push(target(insn.off)),
@@ -2397,7 +2470,7 @@ pub(crate) fn prune_unreachable(program: AsmProgram) -> AsmProgram {
         }
         let mut insn = *insn;
         let new_target = |target: i64| new_index[(target.max(0) as usize).min(insns.len())] as i64;
-        if insn.is_gotol() {
+        if insn.is_gotol() || (insn.code == LD_IMM64 && insn.src == PSEUDO_FUNC) {
             let target = slot as i64 + 1 + i64::from(insn.imm);
             insn.imm = (new_target(target) - new_index[slot] as i64 - 1) as i32;
             out.push(insn);

@@ -42,6 +42,18 @@ pub const EVENT_ROW_DEFAULT: u32 = u32::MAX;
 /// The eBPF stack limit.
 pub const STACK_LIMIT: usize = 512;
 
+/// The stack the program's own frame may take on `target`. A target that
+/// waits in `bpf_loop` calls a callback, a second frame: the verifier
+/// counts each frame rounded up to 32 bytes (at least 32) against
+/// [`STACK_LIMIT`], so the program's frame gets 32 bytes less.
+pub fn stack_limit(target: &crate::Target) -> usize {
+    if target.waits_in_bpf_loop() {
+        STACK_LIMIT - 32
+    } else {
+        STACK_LIMIT
+    }
+}
+
 /// Offsets in a flow entry (`struct flow`).
 pub const LOCK_OFFSET: usize = 0;
 pub const STATE_OFFSET: usize = 4;
@@ -430,6 +442,9 @@ pub(crate) struct Frame {
     /// The port of a `redirect REGISTER` row, read when the row fires
     /// (its value before the row); 0 (never used) when no row has one.
     pub port: i16,
+    /// Waits left before giving up, for targets that wait in `bpf_loop`
+    /// (without `may_goto`; see [`crate::target`]); 0 when unused.
+    pub tries: i16,
     /// Bytes used.
     pub size: usize,
 }
@@ -438,7 +453,7 @@ pub(crate) struct Frame {
 pub(crate) const EVAL_REGISTERS: usize = 6;
 
 impl Frame {
-    pub fn plan(program: &Program) -> Frame {
+    pub fn plan(program: &Program, target: &crate::Target) -> Frame {
         let mut size = 0usize;
         let mut take = |bytes: usize| -> i16 {
             size += bytes.next_multiple_of(8);
@@ -474,6 +489,11 @@ impl Frame {
         } else {
             0
         };
+        let tries = if target.waits_in_bpf_loop() {
+            take(8)
+        } else {
+            0
+        };
         Frame {
             field_slots,
             fields,
@@ -495,6 +515,7 @@ impl Frame {
             event_state,
             row_index,
             port,
+            tries,
             size,
         }
     }

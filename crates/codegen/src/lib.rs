@@ -68,7 +68,8 @@
 //!   entries (elision) then check that the key still leads to the element
 //!   (else the word is given back by cmpxchg). A failure starts over, once.
 //! - Locked pass (after a restart, and every update-key write): one
-//!   `may_goto` loop from the lookup: take the word even -> odd by
+//!   `may_goto` loop from the lookup (without `may_goto`: bounded rounds
+//!   that wait in `bpf_loop`, see `emit/wait.rs`): take the word even -> odd by
 //!   cmpxchg, then verify that the key still leads to the element and the
 //!   word is still ours (else give it back and go round). A missing flow
 //!   gets a held placeholder (state word `PLACEHOLDER_STATE`, random odd
@@ -112,8 +113,27 @@
 //! use an atomic add (`g = g + e`) or a cmpxchg loop through `may_goto` (a
 //! write that spends the budget is dropped); the editor sets one with an
 //! atomic exchange. `bpf_spin_lock` is not
-//! used: it is refused in LRU maps. Loads are kept in order by x86
-//! (TSO), which the seqlock read relies on. Known limits: an LRU eviction
+//! used: it is refused in LRU maps.
+//!
+//! Memory order, per access (`Target::weakly_ordered`; x86 code is
+//! unchanged, arm64 gets the atomic forms):
+//! - taking a word (cmpxchg), giving it back (cmpxchg), a global's
+//!   cmpxchg or atomic add with fetch: fully ordered on both (arm64's JIT
+//!   emits `casal`/`ldaddal` or an exclusive loop with `dmb ish`), so the
+//!   holder's reads and writes stay after the take;
+//! - releasing (the next even number): a plain store on x86 (TSO: stores
+//!   are not reordered with earlier loads or stores); an atomic exchange
+//!   on arm64 (a plain store, or a non-fetch atomic add, `stadd`, is not
+//!   ordered there), so the entry's writes are seen before the even word;
+//! - the seqlock read's two reads of the word: plain loads on x86 (loads
+//!   are not reordered with loads); atomic fetch-adds of 0 on arm64, so
+//!   the copy's plain loads can move neither before the first read nor
+//!   after the second (each is acquire and release);
+//! - the copy itself and a direct `last_seen` store: plain; the reads are
+//!   validated by the second read, the store is the documented benign
+//!   race below.
+//!
+//! Known limits: an LRU eviction
 //! (`evict` tables) unlinks an element and hands it to the inserting flow,
 //! which overwrites it, without taking its lock word, so a packet of the
 //! evicted flow working on that element at the moment can read the new
@@ -147,11 +167,13 @@ pub mod meta;
 pub mod migrate;
 pub mod object;
 pub mod parse;
+pub mod target;
 pub mod walk;
 
 use flowstate_lang::ir::{Hook, Program};
 
 pub use layout::{EntryView, Event, Layout};
+pub use target::Target;
 
 /// Longest program accepted, in instruction slots. The verifier stops
 /// after processing a million instructions; on large tables it processes
@@ -179,6 +201,9 @@ pub struct Options {
     /// metadata carries the program printed back to text, and the lines
     /// are named after the program and show the rows as printed.
     pub source: Option<SourceText>,
+    /// The kernel (and CPU) to generate code for; the default is the
+    /// newest. Commands that load pass the host's.
+    pub target: Target,
 }
 
 /// A program's file name and text.
@@ -195,6 +220,7 @@ impl Default for Options {
             atomic: true,
             hook: None,
             source: None,
+            target: Target::newest(),
         }
     }
 }
@@ -291,14 +317,14 @@ fn compile_parts(
     conflict: testing::StagedConflict,
     variant: migrate::Variant,
 ) -> Result<Output, CodegenError> {
-    let mut problems = static_limits(program);
-    let frame = layout::Frame::plan(&variant.frame_program);
-    if frame.size > layout::STACK_LIMIT && problems.is_empty() {
+    let mut problems = static_limits(program, &options.target);
+    let frame = layout::Frame::plan(&variant.frame_program, &options.target);
+    let stack_limit = layout::stack_limit(&options.target);
+    if frame.size > stack_limit && problems.is_empty() {
         problems.push(format!(
             "a migrating reload needs {} bytes of eBPF stack here (limit {}): reload in two \
              steps, or with fewer registers",
-            frame.size,
-            layout::STACK_LIMIT
+            frame.size, stack_limit
         ));
     }
     if !problems.is_empty() {
@@ -312,6 +338,7 @@ fn compile_parts(
         clock: emit::clock_for(program, options.test_clock),
         atomic: options.atomic,
         conflict,
+        features: options.target,
     };
     let code = match emit::emit(program, &target, &layout, &frame, &lowered, variant.role) {
         Ok(code) => code,
@@ -354,9 +381,18 @@ fn compile_parts(
 /// The limits check `flowstate check` runs without writing an object:
 /// stack budget, key sizes, instruction budget.
 pub fn check_limits(program: &Program) -> Result<(), Vec<String>> {
-    let mut problems = static_limits(program);
+    check_limits_for(program, &Target::newest())
+}
+
+/// [`check_limits`] for code built for `target`.
+pub fn check_limits_for(program: &Program, target: &Target) -> Result<(), Vec<String>> {
+    let mut problems = static_limits(program, target);
     if problems.is_empty() {
-        match compile(program, &Options::default()) {
+        let options = Options {
+            target: *target,
+            ..Options::default()
+        };
+        match compile(program, &options) {
             Ok(_) => {}
             Err(CodegenError::Limits(more)) => problems.extend(more),
             Err(other) => problems.push(other.to_string()),
@@ -387,7 +423,7 @@ fn too_many_pending(pending: usize) -> String {
 }
 
 /// Limits known before emitting code.
-fn static_limits(program: &Program) -> Vec<String> {
+fn static_limits(program: &Program, target: &Target) -> Vec<String> {
     let mut problems = Vec::new();
     let lookup = Program::key_size(&program.lookup_key);
     let update = Program::key_size(&program.update_key);
@@ -400,14 +436,21 @@ fn static_limits(program: &Program) -> Vec<String> {
     if program.states.is_empty() {
         problems.push("the program declares no state".to_string());
     }
-    let frame = layout::Frame::plan(program);
-    if frame.size > layout::STACK_LIMIT {
+    let frame = layout::Frame::plan(program, target);
+    let stack_limit = layout::stack_limit(target);
+    if frame.size > stack_limit {
         problems.push(format!(
-            "needs {} bytes of eBPF stack (limit {}): {} registers take {} bytes (entry copy \
+            "needs {} bytes of eBPF stack (limit {}{}): {} registers take {} bytes (entry copy \
              and new values), {} globals {} bytes, keys {} bytes, expression temporaries {} \
              bytes; use fewer registers or simpler expressions",
             frame.size,
-            layout::STACK_LIMIT,
+            stack_limit,
+            if stack_limit < layout::STACK_LIMIT {
+                " on this kernel: its lock loop waits in a bpf_loop callback, which takes a \
+                 frame of its own"
+            } else {
+                ""
+            },
             program.registers.len(),
             16 * program.registers.len(),
             program.globals.len(),

@@ -18,6 +18,9 @@ pub(crate) struct Editing {
     program: RawProgram,
 }
 
+/// How long an edit that finds its flow held is tried again.
+const BUSY_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Editing {
     /// Compiles and loads the editor of `program` on the maps `map_of`
     /// gives by name (the instance's flows and globals).
@@ -25,7 +28,7 @@ impl Editing {
         program: &Program,
         map_of: impl Fn(&str) -> Option<&'m RawMap>,
     ) -> Result<Editing, ControlError> {
-        let editor = editor::compile(program, false)
+        let editor = editor::compile_for(program, false, &crate::host::target())
             .map_err(|e| ControlError::Codegen(format!("the editor program: {e}")))?;
         let mut relocs = Vec::with_capacity(editor.map_relocs.len());
         for (index, name) in &editor.map_relocs {
@@ -58,14 +61,24 @@ impl Editing {
             .editor
             .encode(&request)
             .map_err(|e| ControlError::kernel(what, e))?;
-        let reply = self
-            .program
-            .test_run(&bytes)
-            .map_err(|e| ControlError::kernel(format!("{what}: running the editor"), e))?;
-        let outcome = self
-            .editor
-            .decode(&request, &reply.data_out)
-            .map_err(|e| ControlError::kernel(what, e))?;
+        // An editor built for a kernel without `may_goto` waits only a few
+        // rounds for a held entry, then says `Busy` having changed
+        // nothing: it is run again, here, for up to BUSY_RETRY_FOR.
+        let started = std::time::Instant::now();
+        let outcome = loop {
+            let reply = self
+                .program
+                .test_run(&bytes)
+                .map_err(|e| ControlError::kernel(format!("{what}: running the editor"), e))?;
+            let outcome = self
+                .editor
+                .decode(&request, &reply.data_out)
+                .map_err(|e| ControlError::kernel(what, e))?;
+            if outcome != Outcome::Busy || started.elapsed() > BUSY_RETRY_FOR {
+                break outcome;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        };
         match outcome {
             Outcome::TableFull => Err(ControlError::kernel(
                 what,

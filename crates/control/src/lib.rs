@@ -35,6 +35,7 @@
 mod edit;
 mod foreign;
 mod handle;
+pub mod host;
 pub mod journal;
 mod kernel;
 pub mod keytext;
@@ -949,6 +950,7 @@ pub(crate) fn codegen(
     let options = flowstate_codegen::Options {
         hook: Some(hook),
         source,
+        target: host::target(),
         ..flowstate_codegen::Options::default()
     };
     flowstate_codegen::compile(program, &options).map_err(|e| ControlError::Codegen(e.to_string()))

@@ -378,6 +378,7 @@ pub fn reload(
 fn codegen_options(hook: flowstate_lang::ir::Hook) -> flowstate_codegen::Options {
     flowstate_codegen::Options {
         hook: Some(hook),
+        target: crate::host::target(),
         ..flowstate_codegen::Options::default()
     }
 }

@@ -35,7 +35,7 @@ pub mod rng;
 
 use std::fmt::{self, Write as _};
 
-use flowstate_codegen::{CodegenError, Options, Output};
+use flowstate_codegen::{CodegenError, Options, Output, Target};
 use flowstate_interp::{DefaultReason, Key, Machine};
 use flowstate_lang::ir::{Action, ControllerThen, FullPolicy, Hook, Program};
 use flowstate_runtime::{LoadOptions, Loaded, RawMap, RuntimeError};
@@ -257,12 +257,31 @@ impl From<RuntimeError> for HarnessError {
 }
 
 /// Options for differential runs: the test clock, per-flow atomicity as
-/// asked (every `redirect` port is filled with the loopback at load).
+/// asked (every `redirect` port is filled with the loopback at load),
+/// code for [`test_target`].
 pub fn test_options(atomic: bool) -> Options {
     Options {
         test_clock: true,
         atomic,
+        target: test_target(),
         ..Options::default()
+    }
+}
+
+/// The environment variable that chooses the kernel the differential
+/// suites generate code for: `6.1` (say) builds the fallbacks a kernel
+/// without `may_goto` gets, and runs them in the running kernel.
+pub const TARGET_VAR: &str = "FLOWSTATE_TARGET";
+
+/// The target of [`TARGET_VAR`] (the newest when unset). Panics on a
+/// value that is not a kernel version: a test must not run for another
+/// target than it says.
+pub fn test_target() -> Target {
+    match std::env::var(TARGET_VAR) {
+        Ok(text) if !text.is_empty() => {
+            Target::parse(&text).unwrap_or_else(|why| panic!("{TARGET_VAR}={text}: {why}"))
+        }
+        _ => Target::newest(),
     }
 }
 

@@ -26,7 +26,8 @@ struct Edits {
 
 impl Edits {
     fn load(program: &Program, kernel: &Kernel) -> Edits {
-        let editor = editor::compile(program, true).unwrap();
+        let editor =
+            editor::compile_for(program, true, &flowstate_difftest::test_target()).unwrap();
         let maps: Vec<(&str, RawMap)> = editor
             .maps()
             .into_iter()

@@ -55,6 +55,7 @@
 
 mod btf;
 mod btf_ext;
+mod subprograms;
 
 use object::write::{Object, Relocation, StandardSegment, Symbol, SymbolId, SymbolSection};
 use object::{
@@ -676,6 +677,7 @@ impl ObjectBuilder {
     ) -> Result<Vec<btf_ext::SectionInfo>, ObjError> {
         let int = btf.add_type(&BtfType::int("int", 4, true));
         let mut ext = Vec::new();
+        let mut text = subprograms::Text::default();
         for kind in [ProgramSection::Xdp, ProgramSection::Classifier] {
             let programs: Vec<&ProgramDef> =
                 self.programs.iter().filter(|p| p.section == kind).collect();
@@ -701,8 +703,22 @@ impl ObjectBuilder {
                 ..btf_ext::SectionInfo::default()
             };
             for program in programs {
+                // Subprograms (callbacks) go to `.text`, as clang puts
+                // them: aya and libbpf link only functions found there.
+                let (main, moved) = text.take_subprograms(obj, btf, program, sub_proto)?;
+                let program = &main;
                 let start = obj.append_section_data(section, &program.insns, SLOT_SIZE as u64);
                 self.describe_functions(btf, program, start as u32, proto, sub_proto, &mut info);
+                // With line_info, the kernel wants a line at every
+                // function's start: the program's first line will do.
+                if let Some(first) = info.lines.iter().find(|l| l.insn_off == start as u32) {
+                    let first = *first;
+                    text.lines
+                        .extend(moved.starts.iter().map(|&at| btf_ext::LineRecord {
+                            insn_off: at as u32,
+                            ..first
+                        }));
+                }
                 obj.add_symbol(global_symbol(
                     &program.name,
                     SymbolKind::Text,
@@ -710,6 +726,11 @@ impl ObjectBuilder {
                     start,
                     program.insns.len() as u64,
                 ));
+                let map_symbol = |name: &str| {
+                    let index = self.maps.iter().position(|m| m.name == name)?;
+                    Some(map_symbols[index])
+                };
+                text.relocate(obj, section, start, &moved, &map_symbol)?;
                 for (slot, map_name) in &program.map_relocs {
                     // validate() checked that every relocation names a map
                     // or a rodata variable (their symbols follow the maps').
@@ -740,6 +761,7 @@ impl ObjectBuilder {
             }
             ext.push(info);
         }
+        ext.extend(text.finish(btf));
         Ok(ext)
     }
 
@@ -760,25 +782,22 @@ impl ObjectBuilder {
             insn_off: byte(0),
             type_id: main,
         });
-        let subprograms = btf_ext::subprogram_starts(&program.insns);
-        for &slot in &subprograms {
-            let func = btf.func_static(&format!("{}_sub{slot}", program.name), sub_proto);
-            info.funcs.push(btf_ext::FuncRecord {
-                insn_off: byte(slot),
-                type_id: func,
-            });
-        }
+        // Subprograms were moved to `.text` (see `subprograms`), which
+        // describes them.
+        let _ = sub_proto;
         let Some(source) = self.source_lines.iter().find(|l| l.program == program.name) else {
             return;
         };
         let mut lines = source.lines.clone();
+        // Lines of subprograms moved to `.text` are not this section's.
+        lines.retain(|l| l.slot < program.insns.len() / SLOT_SIZE);
         lines.sort_by_key(|l| l.slot);
         lines.dedup_by_key(|l| l.slot);
         let Some(first) = lines.first().cloned() else {
             return;
         };
         // The kernel wants a line at every function start.
-        for slot in std::iter::once(0).chain(subprograms) {
+        for slot in [0] {
             if lines.iter().any(|l| l.slot == slot) {
                 continue;
             }

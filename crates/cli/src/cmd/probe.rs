@@ -76,9 +76,11 @@ fn to_json(features: &KernelFeatures) -> Value {
 /// its listing (the disassembler's mnemonics): `may_goto`, `gotol`, and
 /// the signed `s/=` / `s%=`.
 pub fn needed_features(listing: &str) -> Vec<Feature> {
+    // Annotation lines (`; ...`) are prose, not instructions.
     let uses = |mnemonic: &str| {
         listing
             .lines()
+            .filter(|line| !line.trim_start().starts_with(';'))
             .any(|line| line.split_whitespace().any(|word| word == mnemonic))
     };
     let mut needed = Vec::new();
@@ -91,7 +93,65 @@ pub fn needed_features(listing: &str) -> Vec<Feature> {
     if uses("s/=") || uses("s%=") {
         needed.push(Feature::SignedDivision);
     }
+    if uses("bpf_loop") {
+        needed.push(Feature::BpfLoop);
+    }
     needed
+}
+
+/// What a compiled program needs of a kernel: the features its
+/// instructions use, and the oldest mainline Linux that has them all.
+pub struct Needs {
+    pub features: Vec<Feature>,
+    pub minimum: (u32, u32),
+}
+
+impl Needs {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "features": self.features.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            "minimum_kernel": format!("{}.{}", self.minimum.0, self.minimum.1),
+        })
+    }
+}
+
+impl std::fmt::Display for Needs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let features: Vec<String> = self
+            .features
+            .iter()
+            .map(|x| format!("{} (Linux {})", x.name(), x.since()))
+            .collect();
+        write!(
+            f,
+            "uses {}; needs Linux {}.{} or newer",
+            if features.is_empty() {
+                "no optional feature".to_string()
+            } else {
+                features.join(", ")
+            },
+            self.minimum.0,
+            self.minimum.1
+        )
+    }
+}
+
+/// [`Needs`] of the program whose listing is `listing`.
+pub fn needs(listing: &str) -> Needs {
+    let features = needed_features(listing);
+    let names: Vec<&str> = features
+        .iter()
+        .map(|f| match f {
+            Feature::MayGoto => "may_goto",
+            Feature::Gotol => "gotol",
+            Feature::SignedDivision => "signed_division",
+            _ => "bpf_loop",
+        })
+        .collect();
+    Needs {
+        minimum: flowstate_codegen::Target::minimum_kernel(&names),
+        features,
+    }
 }
 
 /// Why this kernel cannot take a program with `listing`, said before
@@ -124,8 +184,11 @@ fn missing_features_in(features: &KernelFeatures, listing: &str) -> Option<Strin
 /// that itself, with the diagnostics.
 pub fn missing_features_for_source(source: &str) -> Option<String> {
     let program = flowstate_lang::compile(source).ok()?.program;
-    let output =
-        flowstate_codegen::compile(&program, &flowstate_codegen::Options::default()).ok()?;
+    let options = flowstate_codegen::Options {
+        target: flowstate_control::host::target(),
+        ..flowstate_codegen::Options::default()
+    };
+    let output = flowstate_codegen::compile(&program, &options).ok()?;
     missing_features(&output.listing)
 }
 

@@ -118,6 +118,8 @@ impl Emitter<'_> {
         let missing = self.label();
         self.asm
             .annotate("migrating: pull the flow from the old table");
+        // One budget for both loops: the lock loop inside and this one.
+        self.start_waits();
         self.asm.bind(top);
         self.lookup(MAPS.flows, key);
         self.jmp(JmpOp::Ne, R0, 0, done);
@@ -161,7 +163,7 @@ impl Emitter<'_> {
             // Someone created the flow in the old table first: move it.
             self.jmp(JmpOp::Ne, R0, -EEXIST, done);
             let contention = self.contention;
-            self.budget_spent(contention);
+            self.wait_or_give_up(contention, None);
             self.goto(top);
         } else {
             self.goto(done);
