@@ -273,16 +273,33 @@ pub fn test_options(atomic: bool) -> Options {
 /// without `may_goto` gets, and runs them in the running kernel.
 pub const TARGET_VAR: &str = "FLOWSTATE_TARGET";
 
-/// The target of [`TARGET_VAR`] (the newest when unset). Panics on a
-/// value that is not a kernel version: a test must not run for another
-/// target than it says.
+/// The target of [`TARGET_VAR`]; when unset, the running kernel's (what
+/// `flowstate run` would build for it: on a kernel without `may_goto`,
+/// the fallbacks). Panics on a value that is not a kernel version: a test
+/// must not run for another target than it says.
 pub fn test_target() -> Target {
     match std::env::var(TARGET_VAR) {
         Ok(text) if !text.is_empty() => {
             Target::parse(&text).unwrap_or_else(|why| panic!("{TARGET_VAR}={text}: {why}"))
         }
-        _ => Target::newest(),
+        _ => host_target(),
     }
+}
+
+/// The running kernel's target, from its probed features (as the control
+/// plane builds it; without permission to probe, the newest, since such
+/// a run loads nothing).
+fn host_target() -> Target {
+    let features = flowstate_runtime::kernel_features();
+    if !features.may_goto.is_present() && !features.bpf_loop.is_present() {
+        return Target::newest();
+    }
+    Target::from_host(
+        features.may_goto.is_present(),
+        features.bpf_loop.is_present(),
+        features.gotol.is_present(),
+        features.signed_division.is_present(),
+    )
 }
 
 /// Packet and byte counts of one counter, summed over CPUs.
