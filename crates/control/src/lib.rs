@@ -303,11 +303,21 @@ pub fn run(spec: &RunSpec) -> Result<Instance, ControlError> {
     run_in_netns(spec, None)
 }
 
-/// [`run`] on an interface of network namespace `netns` (a name under
-/// /run/netns, as `ip netns` makes): the interface is looked up and the
-/// program attached from inside it, while pins and metadata stay on the
-/// host. `None`: the caller's namespace (recorded by name if it has one).
-pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, ControlError> {
+/// What every way of running starts from: the namespace entered (if
+/// any) and where it is, the program's text and checked program, and the
+/// instance's name; names and privileges checked.
+pub(crate) struct PreparedRun {
+    pub target: Option<netns::Target>,
+    pub place: netns::Place,
+    pub source: String,
+    pub program: Program,
+    pub name: String,
+}
+
+pub(crate) fn prepare_run(
+    spec: &RunSpec,
+    netns: Option<&str>,
+) -> Result<PreparedRun, ControlError> {
     if let Some(name) = &spec.name {
         paths::check_name(name)?;
     }
@@ -321,6 +331,27 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
     let name = spec.name.clone().unwrap_or_else(|| program.name.clone());
     paths::check_name(&name)?;
     check_privileges()?;
+    Ok(PreparedRun {
+        target,
+        place,
+        source,
+        program,
+        name,
+    })
+}
+
+/// [`run`] on an interface of network namespace `netns` (a name under
+/// /run/netns, as `ip netns` makes): the interface is looked up and the
+/// program attached from inside it, while pins and metadata stay on the
+/// host. `None`: the caller's namespace (recorded by name if it has one).
+pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, ControlError> {
+    let PreparedRun {
+        target,
+        place,
+        source,
+        program,
+        name,
+    } = prepare_run(spec, netns)?;
     let ifindex =
         within(target.as_ref(), || kernel::ifindex(&spec.dev))?.map_err(|e| match (e, netns) {
             (ControlError::NoSuchInterface(dev), Some(netns)) => ControlError::NoSuchInterfaceIn {

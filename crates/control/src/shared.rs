@@ -30,8 +30,8 @@ use crate::journal::{Journal, Op};
 use crate::lock::InstanceLock;
 use crate::meta::Meta;
 use crate::{
-    codegen, compile_source, journal, kernel, map_names, netns, paths, read_source, source_text,
-    trust, within, AttachPoint, ControlError, Instance, JournalOnDrop, RunSpec, XdpMode,
+    codegen, journal, kernel, map_names, netns, paths, source_text, trust, within, AttachPoint,
+    ControlError, Instance, JournalOnDrop, RunSpec, XdpMode,
 };
 
 /// How `run` treats an XDP hook other programs may want too.
@@ -65,19 +65,13 @@ pub fn run_shared(
     netns_name: Option<&str>,
     priority: u32,
 ) -> Result<Instance, ControlError> {
-    if let Some(name) = &spec.name {
-        paths::check_name(name)?;
-    }
-    let target = netns_name.map(netns::Target::open).transpose()?;
-    let place = match &target {
-        Some(t) => t.place.clone(),
-        None => netns::current_place()?,
-    };
-    let source = read_source(&spec.program_path)?;
-    let program = compile_source(&spec.program_path, &source)?;
-    let name = spec.name.clone().unwrap_or_else(|| program.name.clone());
-    paths::check_name(&name)?;
-    crate::check_privileges()?;
+    let crate::PreparedRun {
+        target,
+        place,
+        source,
+        program,
+        name,
+    } = crate::prepare_run(spec, netns_name)?;
     let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
     let AttachPoint::Xdp { mode } = attach else {
         return Err(ControlError::Attach {
