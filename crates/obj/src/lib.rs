@@ -36,6 +36,14 @@
 //!   `char[N]` in a `DATASEC` named `.rodata`. A relocation against one
 //!   loads its address (libbpf and aya make the section a frozen array map
 //!   of one element and use `BPF_PSEUDO_MAP_VALUE`).
+//! - `.data` (only when variables are added, [`ObjectBuilder::add_data`]):
+//!   writable globals with their initial bytes, each typed by the caller
+//!   (a struct, so `bpftool map dump` names its members) in a `DATASEC`
+//!   named `.data`. Loaders make the section an array map of one element
+//!   that starts as the section's bytes (libbpf names it
+//!   `<object>.data`, aya `.data`); relocations load variables' addresses
+//!   as for `.rodata`. [`without_initial_data`] turns the section into one
+//!   without bytes, for a loader that must not overwrite a map it reuses.
 //!
 //! ```
 //! use flowstate_obj::{BtfType, MapDef, MapKind, ObjectBuilder, ProgramDef, ProgramSection};
@@ -323,6 +331,16 @@ pub struct RodataVar {
     pub bytes: Vec<u8>,
 }
 
+/// A writable global variable in `.data` (see [`ObjectBuilder::add_data`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataVar {
+    pub name: String,
+    /// Its BTF type; `bytes` has exactly its size.
+    pub ty: BtfType,
+    /// The initial value.
+    pub bytes: Vec<u8>,
+}
+
 /// One program: its instructions, encoded, and where it loads maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramDef {
@@ -331,13 +349,14 @@ pub struct ProgramDef {
     /// Encoded instructions, 8 bytes per slot (`ld_imm64` takes two).
     pub insns: Vec<u8>,
     /// `(slot index of an ld_imm64, map name)`: the loader puts that map's
-    /// fd there. A name of a [`RodataVar`] instead loads that variable's
-    /// address (the `.rodata` map's value, `BPF_PSEUDO_MAP_VALUE`).
+    /// fd there. A name of a [`RodataVar`] or a [`DataVar`] instead loads
+    /// that variable's address (the `.rodata` or `.data` map's value,
+    /// `BPF_PSEUDO_MAP_VALUE`).
     pub map_relocs: Vec<(usize, String)>,
 }
 
 impl ProgramDef {
-    fn validate(&self, maps: &[MapDef], rodata: &[RodataVar]) -> Result<(), ObjError> {
+    fn validate(&self, known: &dyn Fn(&str) -> bool) -> Result<(), ObjError> {
         check_name(&self.name)?;
         let invalid = |reason: String| ObjError::InvalidProgram {
             program: self.name.clone(),
@@ -366,7 +385,7 @@ impl ProgramDef {
             if self.map_relocs[..index].iter().any(|(s, _)| s == slot) {
                 return Err(invalid(format!("two relocations at slot {slot}")));
             }
-            if !maps.iter().any(|m| &m.name == map) && !rodata.iter().any(|v| &v.name == map) {
+            if !known(map) {
                 return Err(ObjError::UnknownMap {
                     program: self.name.clone(),
                     slot: *slot,
@@ -397,6 +416,7 @@ pub struct ObjectBuilder {
     programs: Vec<ProgramDef>,
     source_lines: Vec<ProgramLines>,
     rodata: Vec<RodataVar>,
+    data: Vec<DataVar>,
 }
 
 impl Default for ObjectBuilder {
@@ -414,6 +434,7 @@ impl ObjectBuilder {
             programs: Vec::new(),
             source_lines: Vec::new(),
             rodata: Vec::new(),
+            data: Vec::new(),
         }
     }
 
@@ -463,6 +484,21 @@ impl ObjectBuilder {
         self
     }
 
+    /// Adds a writable global `name` of type `ty` starting as `bytes` to
+    /// `.data`. Loaders (libbpf, aya) make `.data` an array map of one
+    /// element initialised with the section's bytes, so a program starts
+    /// with its initial values whoever loads it; libbpf also gives the map
+    /// the `DATASEC` as its BTF value type, so `bpftool map dump` shows
+    /// each variable's members by name.
+    pub fn add_data(&mut self, name: impl Into<String>, ty: BtfType, bytes: Vec<u8>) -> &mut Self {
+        self.data.push(DataVar {
+            name: name.into(),
+            ty,
+            bytes,
+        });
+        self
+    }
+
     /// Checks everything, then writes the ELF object.
     pub fn build(&self) -> Result<Vec<u8>, ObjError> {
         self.validate()?;
@@ -488,9 +524,21 @@ impl ObjectBuilder {
             license_len,
         ));
 
-        let mut map_symbols = self.write_maps(&mut obj, &mut btf);
-        map_symbols.extend(self.write_rodata(&mut obj, &mut btf));
-        let ext = self.write_programs(&mut obj, &mut btf, &map_symbols)?;
+        let map_symbols = self.write_maps(&mut obj, &mut btf);
+        let rodata_symbols = self.write_rodata(&mut obj, &mut btf);
+        let data_symbols = self.write_data(&mut obj, &mut btf);
+        // Every name a relocation may give, with its symbol.
+        let symbols: Vec<(&str, SymbolId)> = (self.maps.iter().map(|m| m.name.as_str()))
+            .chain(self.rodata.iter().map(|v| v.name.as_str()))
+            .chain(self.data.iter().map(|v| v.name.as_str()))
+            .zip(
+                map_symbols
+                    .into_iter()
+                    .chain(rodata_symbols)
+                    .chain(data_symbols),
+            )
+            .collect();
+        let ext = self.write_programs(&mut obj, &mut btf, &symbols)?;
 
         let btf_section = obj.add_section(Vec::new(), b".BTF".to_vec(), SectionKind::Other);
         obj.set_section_data(btf_section, btf.finish(), 4);
@@ -559,8 +607,37 @@ impl ObjectBuilder {
                 });
             }
         }
+        for (index, var) in self.data.iter().enumerate() {
+            check_name(&var.name)?;
+            let context = format!("data {}", var.name);
+            var.ty.validate(&context)?;
+            if var.bytes.is_empty() || var.bytes.len() != var.ty.size() as usize {
+                return Err(ObjError::InvalidType {
+                    context,
+                    reason: format!(
+                        "{} initial bytes for a type of {} (must be equal and non-zero)",
+                        var.bytes.len(),
+                        var.ty.size()
+                    ),
+                });
+            }
+            let taken = self.data[..index].iter().any(|v| v.name == var.name)
+                || self.rodata.iter().any(|v| v.name == var.name)
+                || self.maps.iter().any(|m| m.name == var.name);
+            if taken {
+                return Err(ObjError::DuplicateName {
+                    what: "maps or global variables",
+                    name: var.name.clone(),
+                });
+            }
+        }
+        let known = |name: &str| {
+            self.maps.iter().any(|m| m.name == name)
+                || self.rodata.iter().any(|v| v.name == name)
+                || self.data.iter().any(|v| v.name == name)
+        };
         for (index, program) in self.programs.iter().enumerate() {
-            program.validate(&self.maps, &self.rodata)?;
+            program.validate(&known)?;
             if self.programs[..index]
                 .iter()
                 .any(|p| p.name == program.name)
@@ -669,11 +746,51 @@ impl ObjectBuilder {
         symbols
     }
 
+    /// Writes `.data` and its BTF (a `DATASEC` of the variables, each
+    /// 8-byte aligned and typed as given); returns each variable's symbol.
+    fn write_data(&self, obj: &mut Object<'_>, btf: &mut btf::BtfWriter) -> Vec<SymbolId> {
+        if self.data.is_empty() {
+            return Vec::new();
+        }
+        let section = obj.add_section(
+            obj.segment_name(StandardSegment::Data).to_vec(),
+            b".data".to_vec(),
+            SectionKind::Data,
+        );
+        let mut bytes = Vec::new();
+        let mut vars = Vec::with_capacity(self.data.len());
+        let mut symbols = Vec::with_capacity(self.data.len());
+        for var in &self.data {
+            bytes.resize(bytes.len().next_multiple_of(8), 0);
+            let offset = bytes.len() as u32;
+            let size = var.bytes.len() as u32;
+            bytes.extend_from_slice(&var.bytes);
+            let ty = btf.add_type(&var.ty);
+            let id = btf.var_global(&var.name, ty);
+            vars.push(btf::SecVar {
+                var: id,
+                offset,
+                size,
+            });
+            symbols.push(obj.add_symbol(global_symbol(
+                &var.name,
+                SymbolKind::Data,
+                section,
+                u64::from(offset),
+                u64::from(size),
+            )));
+        }
+        let size = bytes.len() as u32;
+        obj.set_section_data(section, bytes, 8);
+        btf.datasec(".data", size, &vars);
+        symbols
+    }
+
     fn write_programs(
         &self,
         obj: &mut Object<'_>,
         btf: &mut btf::BtfWriter,
-        map_symbols: &[SymbolId],
+        symbols: &[(&str, SymbolId)],
     ) -> Result<Vec<btf_ext::SectionInfo>, ObjError> {
         let int = btf.add_type(&BtfType::int("int", 4, true));
         let mut ext = Vec::new();
@@ -727,29 +844,23 @@ impl ObjectBuilder {
                     program.insns.len() as u64,
                 ));
                 let map_symbol = |name: &str| {
-                    let index = self.maps.iter().position(|m| m.name == name)?;
-                    Some(map_symbols[index])
+                    symbols
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, symbol)| *symbol)
                 };
                 text.relocate(obj, section, start, &moved, &map_symbol)?;
                 for (slot, map_name) in &program.map_relocs {
                     // validate() checked that every relocation names a map
-                    // or a rodata variable (their symbols follow the maps').
-                    let index = self
-                        .maps
-                        .iter()
-                        .position(|m| &m.name == map_name)
-                        .or_else(|| {
-                            let var = self.rodata.iter().position(|v| &v.name == map_name)?;
-                            Some(self.maps.len() + var)
-                        });
-                    let Some(index) = index else {
+                    // or a variable.
+                    let Some(symbol) = map_symbol(map_name) else {
                         continue;
                     };
                     obj.add_relocation(
                         section,
                         Relocation {
                             offset: start + (slot * SLOT_SIZE) as u64,
-                            symbol: map_symbols[index],
+                            symbol,
                             addend: 0,
                             flags: RelocationFlags::Elf {
                                 r_type: elf::R_BPF_64_64,
@@ -839,4 +950,54 @@ fn global_symbol(
         section: SymbolSection::Section(section),
         flags: SymbolFlags::None,
     }
+}
+
+/// `elf` with its `.data` section turned into one without bytes
+/// (`SHT_NOBITS`, its size kept), or unchanged if it has none.
+///
+/// A loader initialises a `.data` map with the section's bytes even when
+/// it reuses a map that already exists (aya 0.14 writes them into a map
+/// opened from its pin), which would put a running program's globals back
+/// to their initial values. Without bytes, aya writes nothing: the map is
+/// reused as it is.
+pub fn without_initial_data(elf: &[u8]) -> Result<Vec<u8>, ObjError> {
+    let bad = |what: &str| ObjError::Write(format!("reading the object: {what}"));
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    // A 64-bit little-endian ELF, as `ObjectBuilder::build` writes.
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return Err(bad("not a 64-bit little-endian ELF object"));
+    }
+    let shoff = u64_at(0x28).ok_or_else(|| bad("truncated header"))? as usize;
+    let entsize = u16_at(0x3a).ok_or_else(|| bad("truncated header"))? as usize;
+    let count = u16_at(0x3c).ok_or_else(|| bad("truncated header"))? as usize;
+    let strndx = u16_at(0x3e).ok_or_else(|| bad("truncated header"))? as usize;
+    let header = |index: usize| shoff + index * entsize;
+    let names = u64_at(header(strndx) + 0x18).ok_or_else(|| bad("truncated section headers"))?;
+    let name_of = |index: usize| -> Option<&[u8]> {
+        let start = names as usize + u32_at(header(index))? as usize;
+        let rest = elf.get(start..)?;
+        Some(&rest[..rest.iter().position(|&b| b == 0)?])
+    };
+    let Some(index) = (0..count).find(|&i| name_of(i) == Some(b".data".as_slice())) else {
+        return Ok(elf.to_vec());
+    };
+    // sh_type is the second u32 of a section header.
+    let at = header(index) + 4;
+    let mut out = elf.to_vec();
+    out.get_mut(at..at + 4)
+        .ok_or_else(|| bad("truncated section headers"))?
+        .copy_from_slice(&elf::SHT_NOBITS.to_le_bytes());
+    Ok(out)
 }

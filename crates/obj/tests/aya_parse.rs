@@ -752,3 +752,48 @@ fn rodata_variables_become_a_data_map_the_program_loads() {
         .add_rodata("m", vec![1]);
     assert!(matches!(clash.build(), Err(ObjError::DuplicateName { .. })));
 }
+
+#[test]
+fn data_variables_become_a_map_that_starts_with_their_bytes() {
+    let globals = StructType::new("globals")
+        .field("total", BtfType::i64())
+        .field("limit", BtfType::i64());
+    let mut initial = 5i64.to_le_bytes().to_vec();
+    initial.extend_from_slice(&(-3i64).to_le_bytes());
+    let mut builder = ObjectBuilder::new();
+    builder.add_data("globals", globals.into(), initial.clone());
+    let mut p = program(
+        "p",
+        ProgramSection::Xdp,
+        &[insn::ld_map(0), insn::mov64_imm(0, 2), insn::exit()],
+    );
+    p.map_relocs = vec![(0, "globals".into())];
+    builder.add_program(p);
+    let bytes = builder.build().unwrap();
+
+    // aya: a `.data` map of one element holding the initial values.
+    let obj = AyaObject::parse(&bytes).unwrap();
+    let data = &obj.maps[".data"];
+    assert_eq!(data.max_entries(), 1);
+    assert_eq!(data.value_size(), 16);
+    assert_eq!(data.data(), initial.as_slice());
+
+    // Without its bytes, the section keeps its size: aya still makes the
+    // map, and has nothing to write into one it reuses.
+    let bare = flowstate_obj::without_initial_data(&bytes).unwrap();
+    let obj = AyaObject::parse(&bare).unwrap();
+    let data = &obj.maps[".data"];
+    assert_eq!(data.value_size(), 16);
+    assert!(data.data().is_empty());
+    // An object without `.data` comes back unchanged.
+    let plain = ObjectBuilder::new()
+        .add_program(program("p", ProgramSection::Xdp, &[insn::exit()]))
+        .build()
+        .unwrap();
+    assert_eq!(flowstate_obj::without_initial_data(&plain).unwrap(), plain);
+
+    // Initial bytes must match the type's size.
+    let mut wrong = ObjectBuilder::new();
+    wrong.add_data("g", BtfType::i64(), vec![0; 4]);
+    assert!(matches!(wrong.build(), Err(ObjError::InvalidType { .. })));
+}
