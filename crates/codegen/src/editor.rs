@@ -27,7 +27,7 @@
 //! | --- | --- | --- |
 //! | 0 | 4 | operation ([`Request`]) |
 //! | 4 | 4 | register or global index |
-//! | 8 | 8 | new value (state id, register, or global as stored) |
+//! | 8 | 8 | new value (state id, register, or global) |
 //! | 16 | 4 | reply: outcome, written by the editor |
 //! | 24 | 8 | reply: the value before the edit |
 //! | 32 | key | the packed flow key |
@@ -243,14 +243,7 @@ impl Editor {
             }
             Request::SetGlobal { index, value } => {
                 let at = in_range("global", index, globals)?;
-                // The map holds each global as its difference from its
-                // initial value (see `Layout::decode_globals`).
-                (
-                    OP_SET_GLOBAL,
-                    at,
-                    value.wrapping_sub(layout.globals_initial[index]),
-                    &[],
-                )
+                (OP_SET_GLOBAL, at, value, &[])
             }
         };
         let mut bytes = vec![0u8; self.request_size()];
@@ -263,7 +256,7 @@ impl Editor {
 
     /// The outcome the editor wrote into `reply` (the packet after the run)
     /// for `request`.
-    pub fn decode(&self, request: &Request, reply: &[u8]) -> Result<Outcome, EditError> {
+    pub fn decode(&self, _request: &Request, reply: &[u8]) -> Result<Outcome, EditError> {
         if reply.len() < self.request_size() {
             return Err(EditError::ShortReply {
                 expected: self.request_size(),
@@ -271,11 +264,7 @@ impl Editor {
             });
         }
         let code = u32::from_le_bytes(word(reply, OUTCOME_AT));
-        let mut old = i64::from_le_bytes(word(reply, OLD_AT));
-        if let Request::SetGlobal { index, .. } = *request {
-            let init = self.layout.globals_initial.get(index).copied().unwrap_or(0);
-            old = old.wrapping_add(init);
-        }
+        let old = i64::from_le_bytes(word(reply, OLD_AT));
         Ok(match code {
             WRITTEN => Outcome::Written { old },
             CREATED => Outcome::Created { old },
@@ -363,7 +352,7 @@ mod tests {
     }
 
     #[test]
-    fn globals_travel_as_their_difference_from_the_initial_value() {
+    fn globals_travel_as_their_values() {
         let e = editor();
         let request = Request::SetGlobal {
             index: 0,
@@ -371,13 +360,13 @@ mod tests {
         };
         let mut bytes = e.encode(&request).unwrap();
         assert_eq!(u32_at(&bytes, OP_AT), OP_SET_GLOBAL);
-        assert_eq!(i64_at(&bytes, VALUE_AT), 7, "total = 5 initially");
-        // The editor swaps in the stored form and reports the old one.
+        assert_eq!(i64_at(&bytes, VALUE_AT), 12, "the value, not 12 - 5");
+        // The editor swaps in the value and reports the old one.
         bytes[OUTCOME_AT..OUTCOME_AT + 4].copy_from_slice(&WRITTEN.to_le_bytes());
-        bytes[OLD_AT..OLD_AT + 8].copy_from_slice(&(-5i64).to_le_bytes());
+        bytes[OLD_AT..OLD_AT + 8].copy_from_slice(&5i64.to_le_bytes());
         assert_eq!(
             e.decode(&request, &bytes).unwrap(),
-            Outcome::Written { old: 0 }
+            Outcome::Written { old: 5 }
         );
     }
 

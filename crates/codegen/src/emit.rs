@@ -444,10 +444,6 @@ impl<'a> Emitter<'a> {
         }
     }
 
-    fn global_init(&self, index: usize) -> i64 {
-        self.program.globals.get(index).map_or(0, |g| g.init)
-    }
-
     /// `reg &= value`, any 64-bit mask.
     fn and_const(&mut self, reg: Reg, value: u64, scratch: Reg) {
         match i32::try_from(value as i64) {
@@ -977,10 +973,9 @@ impl<'a> Emitter<'a> {
         self.load_now();
 
         if self.layout.globals_map.is_some() {
+            // The `globals` variable in `.data`: its address, never null.
             self.asm.annotate("the globals");
-            self.lookup_index(MAPS.globals, 0);
-            let no_key = self.no_key;
-            self.jmp(JmpOp::Eq, R0, 0, no_key);
+            self.asm.ld_map_value(R0, MAPS.globals, 0);
             self.store_stack(frame.globals_ptr, R0);
         }
 
@@ -1739,16 +1734,6 @@ impl<'a> Emitter<'a> {
                 _ => {
                     self.load_stack(dst, self.frame.globals_ptr);
                     self.emit(Insn::ldx(Size::DW, dst, dst, 8 * g.0 as i16));
-                    let init = self.global_init(g.0 as usize);
-                    match POOL.get(depth + 1) {
-                        Some(&free) => self.add_const(dst, init, free),
-                        None => {
-                            // No free register: borrow POOL[0] for a wide constant.
-                            self.store_stack(self.frame.bias_save, POOL[0]);
-                            self.add_const(dst, init, POOL[0]);
-                            self.load_stack(POOL[0], self.frame.bias_save);
-                        }
-                    }
                 }
             },
             Expr::Now => {
@@ -1914,7 +1899,6 @@ impl<'a> Emitter<'a> {
                     } else {
                         self.load_stack(R1, frame.globals_ptr);
                         self.emit(Insn::ldx(Size::DW, R1, R1, 8 * gi as i16));
-                        self.add_const(R1, self.global_init(gi), R2);
                         self.store_stack(frame.old_global(gi), R1);
                         let env = EvalEnv {
                             absent_reads_zero: false,
@@ -2158,16 +2142,11 @@ impl<'a> Emitter<'a> {
         let retry = self.label();
         self.start_waits();
         self.asm.bind(retry);
-        // The map holds `value - init` (see `Layout::decode_globals`).
-        let bias = self.global_init(gi).wrapping_neg();
         self.load_stack(R1, frame.globals_ptr);
         self.load_stack(R0, frame.old_global(gi));
-        self.add_const(R0, bias, R3);
         self.load_stack(R2, frame.new_global(gi));
-        self.add_const(R2, bias, R3);
         self.emit(Insn::atomic64(AtomicOp::CmpXchg, R1, R2, offset));
         self.load_stack(R1, frame.old_global(gi));
-        self.add_const(R1, bias, R3);
         // Success falls through (see `lock_entry`).
         let conflict = self.label();
         self.jmp(JmpOp::Ne, R0, R1, conflict);
@@ -2175,7 +2154,6 @@ impl<'a> Emitter<'a> {
         self.asm.bind(conflict);
         self.wait_or_give_up(done, None);
         // Someone else wrote it: recompute from the value they left.
-        self.add_const(R0, self.global_init(gi), R3);
         self.store_stack(frame.old_global(gi), R0);
         let env = EvalEnv {
             absent_reads_zero: false,

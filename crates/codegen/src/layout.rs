@@ -17,8 +17,14 @@ use flowstate_wire::Field;
 
 /// Name of the state table (hash or LRU hash).
 pub const FLOWS_MAP: &str = "flows";
-/// Name of the global registers (array, one entry).
+/// Name of the global registers: the variable (`struct globals`, one s64
+/// per global, holding its value) in the object's `.data` section, and
+/// the name flowstate pins that section's map under.
 pub const GLOBALS_MAP: &str = "globals";
+/// The section holding [`GLOBALS_MAP`]. Loaders make it an array map of
+/// one element that starts with the globals' initial values: aya names
+/// the map `.data`, libbpf `<object name>.data` (cut to 15 bytes).
+pub const GLOBALS_SECTION: &str = ".data";
 /// Name of the per-CPU packet and byte counters (per-CPU array).
 pub const COUNTERS_MAP: &str = "counters";
 /// Name of the ring buffer of `controller` events.
@@ -31,6 +37,17 @@ pub const CLOCK_MAP: &str = "clock";
 /// some action redirects to a named interface. The loader fills it in the
 /// namespace the program runs in; a slot left 0 drops the packet.
 pub const PORTS_MAP: &str = "ports";
+
+/// The name a loader gives the map holding `map` (one of the layout's
+/// names): [`GLOBALS_SECTION`] for the globals, which live in `.data`
+/// (aya's name; libbpf prefixes the object's name), else `map` itself.
+pub fn loader_name(map: &str) -> &str {
+    if map == GLOBALS_MAP {
+        GLOBALS_SECTION
+    } else {
+        map
+    }
+}
 
 /// Size of the events ring buffer.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -91,7 +108,8 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub flows_map: &'static str,
-    /// `None` when the program has no global registers.
+    /// `None` when the program has no global registers; else
+    /// [`GLOBALS_MAP`], the variable in [`GLOBALS_SECTION`].
     pub globals_map: Option<&'static str>,
     pub counters_map: &'static str,
     /// `None` when no action is `controller`.
@@ -115,8 +133,8 @@ pub struct Layout {
     /// Offset of each per-flow register (s64), in declaration order.
     pub register_offsets: Vec<usize>,
     /// Bytes of the `globals` value: one s64 per global, in order, each
-    /// stored as its difference from its initial value, so that the
-    /// zeroed value of a new map holds the initial values.
+    /// holding the global's value (the object's `.data` holds the initial
+    /// values, which loaders copy into the new map).
     pub globals_size: usize,
     /// The globals' initial values.
     pub globals_initial: Vec<i64>,
@@ -221,30 +239,38 @@ impl Layout {
         value
     }
 
-    /// Decodes the `globals` value into one number per global.
+    /// Decodes the `globals` value into one number per global (bytes
+    /// missing from a short value read as 0).
     pub fn decode_globals(&self, value: &[u8]) -> Vec<i64> {
-        self.globals_initial
-            .iter()
-            .enumerate()
-            .map(|(i, init)| {
-                let stored = value
+        (0..self.globals_initial.len())
+            .map(|i| {
+                value
                     .get(8 * i..8 * i + 8)
                     .and_then(|b| b.try_into().ok())
-                    .map_or(0, i64::from_le_bytes);
-                stored.wrapping_add(*init)
+                    .map_or(0, i64::from_le_bytes)
             })
             .collect()
     }
 
-    /// Encodes global values as the `globals` map stores them.
+    /// Decodes a `globals` value as flowstate stored it before globals
+    /// moved to `.data` (metadata format `flowstate-meta/1`, a map named
+    /// `globals`): each global as its difference from its initial value,
+    /// so that a zeroed map read as the initial values.
+    pub fn decode_globals_as_offsets(&self, value: &[u8]) -> Vec<i64> {
+        self.decode_globals(value)
+            .into_iter()
+            .zip(&self.globals_initial)
+            .map(|(stored, init)| stored.wrapping_add(*init))
+            .collect()
+    }
+
+    /// Encodes global values as the `globals` map stores them; missing
+    /// ones take their initial value.
     pub fn encode_globals(&self, values: &[i64]) -> Vec<u8> {
         self.globals_initial
             .iter()
             .enumerate()
-            .flat_map(|(i, init)| {
-                let value = values.get(i).copied().unwrap_or(*init);
-                value.wrapping_sub(*init).to_le_bytes()
-            })
+            .flat_map(|(i, init)| values.get(i).copied().unwrap_or(*init).to_le_bytes())
             .collect()
     }
 
@@ -346,19 +372,6 @@ pub(crate) fn map_defs(program: &Program, layout: &Layout) -> Vec<MapDef> {
         value.into(),
         program.capacity.max(1),
     )];
-    if let Some(name) = layout.globals_map {
-        let mut globals = StructType::new("globals");
-        for global in &program.globals {
-            globals = globals.field(c_name(&global.name), BtfType::i64());
-        }
-        maps.push(MapDef::new(
-            name,
-            MapKind::Array,
-            BtfType::u32(),
-            globals.into(),
-            1,
-        ));
-    }
     let counter = StructType::new("counter")
         .field("packets", BtfType::u64())
         .field("bytes", BtfType::u64());
@@ -391,6 +404,20 @@ pub(crate) fn map_defs(program: &Program, layout: &Layout) -> Vec<MapDef> {
         ));
     }
     maps
+}
+
+/// The BTF type of the globals variable: `struct globals`, one named s64
+/// per global, so `bpftool map dump` of the `.data` map shows each by
+/// name. `None` without globals.
+pub(crate) fn globals_type(program: &Program) -> Option<BtfType> {
+    if program.globals.is_empty() {
+        return None;
+    }
+    let mut globals = StructType::new("globals");
+    for global in &program.globals {
+        globals = globals.field(c_name(&global.name), BtfType::i64());
+    }
+    Some(globals.into())
 }
 
 /// Where the generated code keeps things on the stack. Offsets are from

@@ -7,6 +7,12 @@
 //! compile to the same maps) and that text's hash, and, for tools that do
 //! not compile flowstate, the layout: map names, the flow key's fields,
 //! the entry's offsets, states, registers, globals and redirect ports.
+//! The globals are the `globals` variable in the object's `.data`
+//! (`maps.globals` names the section; libbpf calls its map
+//! `<object>.data`), one s64 per global at `offset`, holding its value.
+//! Format 1 (flowstate before `.data`) kept them in a map named `globals`,
+//! each as its difference from its initial value; [`parse`] still reads
+//! it and says so in [`ObjectMeta::globals`].
 //! `bpf_metadata_flowstate` holds `NAME HASH`, which `bpftool prog show`
 //! prints.
 //!
@@ -26,7 +32,19 @@ pub const META_VAR: &str = "flowstate_meta";
 /// The variable `bpftool prog show` prints (`bpf_metadata_` prefix).
 pub const BPFTOOL_VAR: &str = "bpf_metadata_flowstate";
 /// The document's `format`; changes when a reader would misread it.
-pub const FORMAT: &str = "flowstate-meta/1";
+pub const FORMAT: &str = "flowstate-meta/2";
+/// The format before the globals moved to `.data`.
+pub const FORMAT_GLOBALS_AS_OFFSETS: &str = "flowstate-meta/1";
+
+/// How an object's globals are stored, by its metadata's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalsForm {
+    /// The `globals` variable in `.data`, each global's value (format 2).
+    Values,
+    /// A map named `globals`, each global as its difference from its
+    /// initial value (format 1).
+    Offsets,
+}
 
 /// The hash the metadata gives a program text: the first 6 bytes of its
 /// SHA-256, in hex (what `flowstate list` shows).
@@ -67,7 +85,7 @@ pub fn document(program: &Program, layout: &Layout, hook: Hook, source: Option<&
         "text": text,
         "maps": {
             "flows": layout.flows_map,
-            "globals": layout.globals_map,
+            "globals": layout.globals_map.map(|_| crate::layout::GLOBALS_SECTION),
             "counters": layout.counters_map,
             "events": layout.events_map,
             "ports": layout.ports_map,
@@ -88,7 +106,7 @@ pub fn document(program: &Program, layout: &Layout, hook: Hook, source: Option<&
             })).collect::<Vec<_>>(),
         },
         "states": program.states.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
-        // Stored as the difference from the initial value (8 bytes each).
+        // The value of each (8 bytes) at `offset` in `.data`'s `globals`.
         "globals": program.globals.iter().enumerate().map(|(i, g)| json!({
             "name": g.name,
             "offset": 8 * i,
@@ -118,6 +136,7 @@ pub struct ObjectMeta {
     /// A program text that compiles to the object's maps.
     pub text: String,
     pub text_hash: String,
+    pub globals: GlobalsForm,
 }
 
 /// Reads a document (up to its NUL, if any); `Err` says why it is not one.
@@ -133,12 +152,16 @@ pub fn parse(bytes: &[u8]) -> Result<ObjectMeta, String> {
             .ok_or_else(|| format!("flowstate metadata without `{name}`"))
     };
     let format = field("format")?;
-    if format != FORMAT {
-        return Err(format!(
-            "flowstate metadata of format {format:?}; this flowstate reads {FORMAT:?} (use the \
-             flowstate that compiled the program)"
-        ));
-    }
+    let globals = match format.as_str() {
+        FORMAT => GlobalsForm::Values,
+        FORMAT_GLOBALS_AS_OFFSETS => GlobalsForm::Offsets,
+        _ => {
+            return Err(format!(
+                "flowstate metadata of format {format:?}; this flowstate reads {FORMAT:?} and \
+                 {FORMAT_GLOBALS_AS_OFFSETS:?} (use the flowstate that compiled the program)"
+            ))
+        }
+    };
     let hook = match field("hook")?.as_str() {
         "xdp" => Hook::Xdp,
         "tc ingress" => Hook::TcIngress,
@@ -158,6 +181,7 @@ pub fn parse(bytes: &[u8]) -> Result<ObjectMeta, String> {
         hook,
         text,
         text_hash: field("text_hash")?,
+        globals,
     })
 }
 
@@ -189,11 +213,19 @@ mod tests {
                 hook: Hook::TcEgress,
                 text: source.into(),
                 text_hash: text_hash(source),
+                globals: GlobalsForm::Values,
             }
         );
+        // A document of the format before `.data` reads, its globals as
+        // offsets.
+        let old = String::from_utf8(doc.clone())
+            .unwrap()
+            .replace(FORMAT, FORMAT_GLOBALS_AS_OFFSETS);
+        assert_eq!(parse(old.as_bytes()).unwrap().globals, GlobalsForm::Offsets);
         let value: serde_json::Value = serde_json::from_slice(&doc[..doc.len() - 1]).unwrap();
         assert_eq!(value["entry"]["registers"][0]["offset"], 24);
         assert_eq!(value["globals"][0]["initial"], 7);
+        assert_eq!(value["maps"]["globals"], ".data");
         assert_eq!(value["ports"][0], "eth1");
         assert_eq!(
             bpftool_line(&doc),

@@ -56,6 +56,10 @@ pub(crate) fn build(
     for map in layout::map_defs(program, layout).into_iter().chain(extra) {
         builder.add_map(map);
     }
+    // The globals start at their initial values whoever loads the object.
+    if let (Some(name), Some(ty)) = (layout.globals_map, layout::globals_type(program)) {
+        builder.add_data(name, ty, layout.encode_globals(&layout.globals_initial));
+    }
     builder.add_program(ProgramDef {
         name: name.to_string(),
         section: section_of(hook),

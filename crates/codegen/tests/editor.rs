@@ -45,7 +45,14 @@ impl Edited {
         let maps: Vec<(&str, RawMap)> = editor
             .maps()
             .into_iter()
-            .map(|name| (name, loaded.map(name).unwrap()))
+            .map(|name| {
+                (
+                    name,
+                    loaded
+                        .map(flowstate_codegen::layout::loader_name(name))
+                        .unwrap(),
+                )
+            })
             .collect();
         let relocs: Vec<(usize, &RawMap)> = editor
             .map_relocs
@@ -89,7 +96,10 @@ impl Edited {
     }
 
     fn globals(&self) -> Vec<i64> {
-        let map = self.loaded.map("globals").unwrap();
+        let map = self
+            .loaded
+            .map(flowstate_codegen::layout::GLOBALS_SECTION)
+            .unwrap();
         self.output
             .layout
             .decode_globals(&map.array_get(0).unwrap())

@@ -155,7 +155,12 @@ impl<'p> Pair<'p> {
             .collect();
         assert_eq!(kernel, interp, "state tables at now={now}");
         if let Some(name) = layout.globals_map {
-            let globals = self.loaded.map(name).unwrap().array_get(0).unwrap();
+            let globals = self
+                .loaded
+                .map(flowstate_codegen::layout::loader_name(name))
+                .unwrap()
+                .array_get(0)
+                .unwrap();
             assert_eq!(
                 layout.decode_globals(&globals),
                 self.machine.globals(),
@@ -347,7 +352,7 @@ fn signed_arithmetic_matches_binop_eval() {
             for &x in &values {
                 flows.delete(&[1, 2, 3, 4]).unwrap();
                 loaded
-                    .map("globals")
+                    .map(flowstate_codegen::layout::GLOBALS_SECTION)
                     .unwrap()
                     .array_set(0, &layout.encode_globals(&[x]))
                     .unwrap();

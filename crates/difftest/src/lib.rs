@@ -337,7 +337,7 @@ impl Kernel {
         let layout = &output.layout;
         let flows = loaded.map(layout.flows_map)?;
         let globals = match layout.globals_map {
-            Some(name) => Some(loaded.map(name)?),
+            Some(name) => Some(loaded.map(flowstate_codegen::layout::loader_name(name))?),
             None => None,
         };
         let counters = loaded.map(layout.counters_map)?;

@@ -31,7 +31,12 @@ impl Edits {
         let maps: Vec<(&str, RawMap)> = editor
             .maps()
             .into_iter()
-            .map(|name| (name, kernel.loaded().map(name).unwrap()))
+            .map(|name| {
+                let map = kernel
+                    .loaded()
+                    .map(flowstate_codegen::layout::loader_name(name));
+                (name, map.unwrap())
+            })
             .collect();
         let relocs: Vec<(usize, &RawMap)> = editor
             .map_relocs

@@ -333,8 +333,8 @@ impl Emitter<'_> {
         self.asm.annotate("set a global: atomic exchange");
         self.emit(Insn::ldx(Size::W, CHECKED, REQUEST, INDEX_AT as i16));
         self.jmp(JmpOp::Ge, CHECKED, count as i32, bad);
-        self.lookup_index(MAPS.globals, 0);
-        self.jmp(JmpOp::Eq, R0, 0, bad);
+        // The `globals` variable in `.data`: its address, never null.
+        self.asm.ld_map_value(R0, MAPS.globals, 0);
         self.emit(Insn::lsh64(CHECKED, 3));
         self.emit(Insn::add64(R0, CHECKED));
         self.emit(Insn::ldx(Size::DW, R1, REQUEST, VALUE_AT as i16));
