@@ -6,7 +6,8 @@
 //! kernel lists that map among the program's. From a program id (or a
 //! pinned program) this module finds the program's maps through its info,
 //! reads the metadata, compiles the program text it holds, and opens the
-//! flows, globals and counters maps by their kernel names: the same
+//! flows, globals (the object's `.data`) and counters maps by their kernel
+//! names: the same
 //! [`Handle`] a `flowstate run` instance has, for reading.
 
 use std::path::PathBuf;
@@ -65,6 +66,21 @@ pub fn open_program(which: &ProgramRef) -> Result<Handle, ControlError> {
     let path = PathBuf::from(format!("<metadata of {which}>"));
     let program = crate::compile_source(&path, &object_meta.text)?;
     let layout = Layout::new(&program, false);
+    let globals = match layout.globals_map {
+        Some(_) => Some(
+            globals_map(&mut maps, &object_meta, &layout).ok_or_else(|| {
+                let name = match object_meta.globals {
+                    meta::GlobalsForm::Values => "<object>.data (its globals)",
+                    meta::GlobalsForm::Offsets => "globals",
+                };
+                ControlError::kernel(
+                    format!("opening the maps of {which}"),
+                    format!("the program has no map named {name} (its object's metadata names it)"),
+                )
+            })?,
+        ),
+        None => None,
+    };
     // Kernel names are cut at 15 bytes (BPF_OBJ_NAME_LEN - 1).
     let mut take = |name: Option<&str>| -> Option<(u32, RawMap)> {
         let name = name?;
@@ -92,10 +108,6 @@ pub fn open_program(which: &ProgramRef) -> Result<Handle, ControlError> {
             ),
         ));
     }
-    let globals = match layout.globals_map {
-        Some(name) => Some(take(Some(name)).ok_or_else(|| missing(name))?.1),
-        None => None,
-    };
     let (_, counters) =
         take(Some(layout.counters_map)).ok_or_else(|| missing(layout.counters_map))?;
     let events_id = take(layout.events_map).map(|(id, _)| id);
@@ -103,6 +115,29 @@ pub fn open_program(which: &ProgramRef) -> Result<Handle, ControlError> {
     Ok(Handle::from_maps(
         meta, program, flows, globals, counters, events_id,
     ))
+}
+
+/// Takes the globals' map from `maps`: the object's `.data` (aya names it
+/// `.data`, libbpf `<object>.data`), one element of the globals' size; for
+/// an object of metadata format 1, the map named `globals`.
+fn globals_map(
+    maps: &mut [Option<(u32, RawMap)>],
+    object_meta: &meta::ObjectMeta,
+    layout: &Layout,
+) -> Option<RawMap> {
+    let fits = |m: &RawMap| match object_meta.globals {
+        meta::GlobalsForm::Values => {
+            m.name()
+                .ends_with(flowstate_codegen::layout::GLOBALS_SECTION)
+                && m.max_entries() == 1
+                && m.value_size() == layout.globals_size
+        }
+        meta::GlobalsForm::Offsets => m.name() == flowstate_codegen::layout::GLOBALS_MAP,
+    };
+    maps.iter_mut()
+        .find(|slot| slot.as_ref().is_some_and(|(_, m)| fits(m)))?
+        .take()
+        .map(|(_, m)| m)
 }
 
 fn program_info(which: &ProgramRef) -> Result<ProgramInfo, ControlError> {

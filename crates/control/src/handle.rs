@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Map, MapData, RingBuf};
 use flowstate_codegen::editor::{Outcome, Request};
+use flowstate_codegen::meta::GlobalsForm;
 use flowstate_codegen::{EntryView, Layout};
 use flowstate_lang::ir::{Program, StateId};
 use flowstate_runtime::RawMap;
 
 use crate::edit::Editing;
 use crate::meta::Meta;
-use crate::{keytext, paths, ControlError};
+use crate::{globals, keytext, paths, ControlError};
 
 /// One entry of the state table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +112,9 @@ pub struct Handle {
     pin_dir: PathBuf,
     flows: RawMap,
     globals: Option<RawMap>,
+    /// How `globals` stores them (values, or an earlier flowstate's
+    /// offsets from the initial values).
+    globals_form: GlobalsForm,
     counters: RawMap,
     /// The events ring buffer's kernel id, for a program found by id
     /// rather than by its pins (see [`crate::foreign`]).
@@ -161,6 +165,9 @@ pub fn open(name: &str) -> Result<Handle, ControlError> {
         layout,
         pin_dir,
         flows,
+        globals_form: globals
+            .as_ref()
+            .map_or(GlobalsForm::Values, globals::form_of),
         globals,
         counters,
         events_id: None,
@@ -186,6 +193,9 @@ impl Handle {
             program,
             layout,
             flows,
+            globals_form: globals
+                .as_ref()
+                .map_or(GlobalsForm::Values, globals::form_of),
             globals,
             counters,
             events_id,
@@ -421,7 +431,7 @@ impl Handle {
             .program
             .globals
             .iter()
-            .zip(self.layout.decode_globals(&value))
+            .zip(globals::decode(&self.layout, self.globals_form, &value))
             .map(|(g, v)| (g.name.clone(), v))
             .collect())
     }
@@ -441,6 +451,12 @@ impl Handle {
                 name: name.to_string(),
                 known: names(self.program.globals.iter().map(|g| g.name.as_str())),
             })?;
+        if self.globals_form == GlobalsForm::Offsets {
+            return Err(ControlError::kernel(
+                format!("setting global {name}"),
+                globals::offsets_refusal(&self.meta.name),
+            ));
+        }
         self.editing()?.run(
             &format!("setting global {name}"),
             Request::SetGlobal { index, value },

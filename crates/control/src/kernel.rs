@@ -48,11 +48,9 @@ pub(crate) fn load(
 ) -> Result<LoadedObject, ControlError> {
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
-    for (map, path) in pins {
-        loader.map_pin_path(map, path.as_path());
-    }
+    let object = pin_maps(&mut loader, object, pins)?;
     let mut ebpf = loader
-        .load(object)
+        .load(&object)
         .map_err(|e| permission_or(e, |e| ControlError::kernel("loading the object", e)))?;
     fill_ports(&mut ebpf, ports)?;
     let loaded = match ebpf.program_mut(program) {
@@ -85,11 +83,9 @@ pub(crate) fn load_extension(
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
     loader.extension(program);
-    for (map, path) in pins {
-        loader.map_pin_path(map, path.as_path());
-    }
+    let object = pin_maps(&mut loader, object, pins)?;
     let mut ebpf = loader
-        .load(object)
+        .load(&object)
         .map_err(|e| permission_or(e, |e| ControlError::kernel("loading the object", e)))?;
     fill_ports(&mut ebpf, ports)?;
     let Some(Program::Extension(ext)) = ebpf.program_mut(program) else {
@@ -106,6 +102,29 @@ pub(crate) fn load_extension(
         ebpf,
         program: program.to_string(),
     })
+}
+
+/// Tells `loader` where each map of `pins` is pinned (under the name the
+/// loader gives it: the globals' map is `.data`), and returns the object
+/// to load: as it is, or, when the globals' map is already pinned, without
+/// `.data`'s initial bytes, which aya would otherwise write over the
+/// running values of the map it reuses.
+fn pin_maps<'p>(
+    loader: &mut EbpfLoader<'p>,
+    object: &[u8],
+    pins: &'p [(&'static str, std::path::PathBuf)],
+) -> Result<Vec<u8>, ControlError> {
+    let mut reuses_globals = false;
+    for (map, path) in pins {
+        loader.map_pin_path(flowstate_codegen::layout::loader_name(map), path.as_path());
+        reuses_globals |= *map == flowstate_codegen::layout::GLOBALS_MAP && path.exists();
+    }
+    if reuses_globals {
+        flowstate_obj::without_initial_data(object)
+            .map_err(|e| ControlError::kernel("loading the object", e))
+    } else {
+        Ok(object.to_vec())
+    }
 }
 
 /// A new fd for the loaded program (to hand to the dispatcher code).

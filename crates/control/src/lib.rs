@@ -34,6 +34,7 @@
 
 mod edit;
 mod foreign;
+mod globals;
 mod handle;
 pub mod host;
 pub mod journal;

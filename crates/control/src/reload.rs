@@ -19,7 +19,10 @@
 //!   (`sweep`, `BPF_PROG_TEST_RUN` once per key), and the new program
 //!   (`final-swap`). A key change is refused unless `reset_state`, which
 //!   starts from an empty table.
-//! - `globals`: reused when the names are unchanged, else migrated by name.
+//! - `globals` (the object's `.data`, pinned as `maps/globals`): reused
+//!   when the names are unchanged (each holds its value, so initial values
+//!   do not matter), else migrated by name; an earlier flowstate's map
+//!   (offsets from the initial values) is always migrated.
 //! - `counters`: reused when the rows are unchanged, else new (zero).
 //! - `events`: reused when both versions send events.
 //!
@@ -43,7 +46,8 @@ use crate::journal::{self, Journal, MigrationStage, Op, Outcome, ReloadPlan};
 use crate::lock::InstanceLock;
 use crate::meta::{source_hash, Meta};
 use crate::tc::Attachment;
-use crate::{kernel, paths, ControlError};
+use crate::{globals, kernel, paths, ControlError};
+use flowstate_codegen::meta::GlobalsForm;
 
 /// What happened to the state table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,13 +189,20 @@ pub fn reload(
     } else {
         None
     };
-    // The map stores each global as its distance from its initial value
-    // (a zeroed map reads as the initial values), so initial values count.
-    let globals_plan = if globals_decl(&old) == globals_decl(&new) {
-        Plan::Reuse
-    } else {
-        Plan::New
+    // The map holds each global's value, so the same names in the same
+    // order keep it (a changed initial value matters only to a new map). A
+    // map an earlier flowstate made holds offsets from the initial values:
+    // it is replaced, its values carried over by name.
+    let old_globals_form = match old_layout.globals_map {
+        Some(m) => globals::form_of(&open_map(&paths::pin_dir(name).join("maps").join(m))?),
+        None => GlobalsForm::Values,
     };
+    let globals_plan =
+        if globals_names(&old) == globals_names(&new) && old_globals_form == GlobalsForm::Values {
+            Plan::Reuse
+        } else {
+            Plan::New
+        };
     let counters_plan = if rows_text(&old) == rows_text(&new) {
         Plan::Reuse
     } else {
@@ -580,8 +591,8 @@ fn same_flows(old: &Program, new: &Program) -> bool {
         && old.full_policy == new.full_policy
 }
 
-fn globals_decl(p: &Program) -> Vec<(String, i64)> {
-    p.globals.iter().map(|g| (g.name.clone(), g.init)).collect()
+fn globals_names(p: &Program) -> Vec<&str> {
+    p.globals.iter().map(|g| g.name.as_str()).collect()
 }
 
 fn rows_text(p: &Program) -> Vec<String> {
@@ -669,7 +680,9 @@ impl Migration<'_> {
     /// initial value.
     fn copy_globals(&self, old_map: Option<&RawMap>, new_map: &RawMap) -> Result<(), ControlError> {
         let old_values = match old_map {
-            Some(m) => self.old_layout.decode_globals(
+            Some(m) => globals::decode(
+                self.old_layout,
+                globals::form_of(m),
                 &m.array_get(0)
                     .map_err(|e| ControlError::kernel("reading the old globals", e))?,
             ),
@@ -735,6 +748,6 @@ mod tests {
         let (old, new) = (program(V1), program(&v2));
         assert!(same_flows(&old, &new));
         assert_ne!(rows_text(&old), rows_text(&new));
-        assert_eq!(globals_decl(&old), globals_decl(&new));
+        assert_eq!(globals_names(&old), globals_names(&new));
     }
 }
