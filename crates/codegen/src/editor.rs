@@ -166,6 +166,9 @@ pub fn compile_for(
         atomic: true,
         conflict: crate::testing::StagedConflict::None,
         features: *features,
+        // The editor is loaded from its instructions (no object), so the
+        // `.data` address load works on any existing map.
+        globals_reused: false,
     };
     let code = match emit::emit_editor(program, &target, &layout, &frame, &lowered) {
         Ok(code) => code,

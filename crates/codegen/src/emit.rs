@@ -158,6 +158,9 @@ pub(crate) struct Target {
     pub conflict: StagedConflict,
     /// What the code may use (see [`crate::target`]).
     pub features: crate::Target,
+    /// The globals are a map found by lookup, not `.data` (see
+    /// [`crate::Options::globals_reused`]).
+    pub globals_reused: bool,
 }
 
 /// Where an expression's operands come from.
@@ -973,9 +976,15 @@ impl<'a> Emitter<'a> {
         self.load_now();
 
         if self.layout.globals_map.is_some() {
-            // The `globals` variable in `.data`: its address, never null.
             self.asm.annotate("the globals");
-            self.asm.ld_map_value(R0, MAPS.globals, 0);
+            if self.target.globals_reused {
+                self.lookup_index(MAPS.globals, 0);
+                let no_key = self.no_key;
+                self.jmp(JmpOp::Eq, R0, 0, no_key);
+            } else {
+                // The `globals` variable in `.data`: its address, never null.
+                self.asm.ld_map_value(R0, MAPS.globals, 0);
+            }
             self.store_stack(frame.globals_ptr, R0);
         }
 

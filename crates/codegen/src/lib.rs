@@ -204,6 +204,13 @@ pub struct Options {
     /// The kernel (and CPU) to generate code for; the default is the
     /// newest. Commands that load pass the host's.
     pub target: Target,
+    /// The globals' map already exists (pinned) and the loader reuses it.
+    /// The object then declares it as a BTF array map named `globals` in
+    /// `.maps`, whose value the code finds with a lookup, instead of the
+    /// portable `.data` (the default): a loader initialises a `.data` map
+    /// from the object's bytes even when it reuses one (aya 0.14 does),
+    /// which would put the running values back to the initial ones.
+    pub globals_reused: bool,
 }
 
 /// A program's file name and text.
@@ -221,6 +228,7 @@ impl Default for Options {
             hook: None,
             source: None,
             target: Target::newest(),
+            globals_reused: false,
         }
     }
 }
@@ -339,6 +347,7 @@ fn compile_parts(
         atomic: options.atomic,
         conflict,
         features: options.target,
+        globals_reused: options.globals_reused,
     };
     let code = match emit::emit(program, &target, &layout, &frame, &lowered, variant.role) {
         Ok(code) => code,
@@ -364,7 +373,7 @@ fn compile_parts(
         &name,
         &code,
         variant.extra_maps,
-        options.source.as_ref(),
+        options,
     )?;
     let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
     Ok(Output {

@@ -45,8 +45,9 @@ pub(crate) fn build(
     name: &str,
     code: &AsmProgram,
     extra: Vec<MapDef>,
-    source: Option<&SourceText>,
+    options: &crate::Options,
 ) -> Result<Vec<u8>, ObjError> {
+    let source = options.source.as_ref();
     let metadata = crate::meta::document(program, layout, hook, source.map(|s| s.text.as_str()));
     let mut builder = ObjectBuilder::new();
     // The document first: readers find it at offset 0 of `.rodata`.
@@ -56,9 +57,21 @@ pub(crate) fn build(
     for map in layout::map_defs(program, layout).into_iter().chain(extra) {
         builder.add_map(map);
     }
-    // The globals start at their initial values whoever loads the object.
     if let (Some(name), Some(ty)) = (layout.globals_map, layout::globals_type(program)) {
-        builder.add_data(name, ty, layout.encode_globals(&layout.globals_initial));
+        if options.globals_reused {
+            // A map reused from its pin (see `Options::globals_reused`).
+            builder.add_map(MapDef::new(
+                name,
+                flowstate_obj::MapKind::Array,
+                flowstate_obj::BtfType::u32(),
+                ty,
+                1,
+            ));
+        } else {
+            // The globals start at their initial values whoever loads the
+            // object.
+            builder.add_data(name, ty, layout.encode_globals(&layout.globals_initial));
+        }
     }
     builder.add_program(ProgramDef {
         name: name.to_string(),

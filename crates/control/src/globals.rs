@@ -13,7 +13,7 @@ const OFFSETS_MAP_NAME: &str = "globals";
 
 /// The form of a globals map, by its kernel name.
 pub(crate) fn form_of(map: &RawMap) -> GlobalsForm {
-    if map.name() == OFFSETS_MAP_NAME {
+    if map.kernel_name() == OFFSETS_MAP_NAME {
         GlobalsForm::Offsets
     } else {
         GlobalsForm::Values

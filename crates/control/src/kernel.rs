@@ -50,7 +50,7 @@ pub(crate) fn load(
     loader.verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
     let object = pin_maps(&mut loader, object, pins)?;
     let mut ebpf = loader
-        .load(&object)
+        .load(object)
         .map_err(|e| permission_or(e, |e| ControlError::kernel("loading the object", e)))?;
     fill_ports(&mut ebpf, ports)?;
     let loaded = match ebpf.program_mut(program) {
@@ -85,7 +85,7 @@ pub(crate) fn load_extension(
     loader.extension(program);
     let object = pin_maps(&mut loader, object, pins)?;
     let mut ebpf = loader
-        .load(&object)
+        .load(object)
         .map_err(|e| permission_or(e, |e| ControlError::kernel("loading the object", e)))?;
     fill_ports(&mut ebpf, ports)?;
     let Some(Program::Extension(ext)) = ebpf.program_mut(program) else {
@@ -104,27 +104,39 @@ pub(crate) fn load_extension(
     })
 }
 
-/// Tells `loader` where each map of `pins` is pinned (under the name the
-/// loader gives it: the globals' map is `.data`), and returns the object
-/// to load: as it is, or, when the globals' map is already pinned, without
-/// `.data`'s initial bytes, which aya would otherwise write over the
-/// running values of the map it reuses.
+/// Tells `loader` where each map of `pins` is pinned, under the name the
+/// loader gives it: the globals' map is `.data` in a portable object and
+/// `globals` in one built to reuse it (`Options::globals_reused`). Returns
+/// the object, after checking it has the form its globals' pin calls for:
+/// aya writes a `.data` object's initial values even into a map it reuses.
 fn pin_maps<'p>(
     loader: &mut EbpfLoader<'p>,
-    object: &[u8],
+    object: &'p [u8],
     pins: &'p [(&'static str, std::path::PathBuf)],
-) -> Result<Vec<u8>, ControlError> {
-    let mut reuses_globals = false;
+) -> Result<&'p [u8], ControlError> {
+    use flowstate_codegen::layout::{GLOBALS_MAP, GLOBALS_SECTION};
     for (map, path) in pins {
-        loader.map_pin_path(flowstate_codegen::layout::loader_name(map), path.as_path());
-        reuses_globals |= *map == flowstate_codegen::layout::GLOBALS_MAP && path.exists();
+        loader.map_pin_path(map, path.as_path());
+        if *map != GLOBALS_MAP {
+            continue;
+        }
+        loader.map_pin_path(GLOBALS_SECTION, path.as_path());
+        let portable = flowstate_obj::has_section(object, GLOBALS_SECTION)
+            .map_err(|e| ControlError::kernel("loading the object", e))?;
+        if portable == path.exists() {
+            return Err(ControlError::kernel(
+                "loading the object",
+                format!(
+                    "internal error (a flowstate bug): an object whose globals are {} with \
+                     {} pinned at {}",
+                    if portable { "in .data" } else { "a reused map" },
+                    if portable { "a map already" } else { "no map" },
+                    path.display()
+                ),
+            ));
+        }
     }
-    if reuses_globals {
-        flowstate_obj::without_initial_data(object)
-            .map_err(|e| ControlError::kernel("loading the object", e))
-    } else {
-        Ok(object.to_vec())
-    }
+    Ok(object)
 }
 
 /// A new fd for the loaded program (to hand to the dispatcher code).

@@ -366,6 +366,7 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
         &program,
         attach.hook(),
         source_text(&spec.program_path, &source),
+        false, // a new instance: its globals' map is made from `.data`
     )?;
     let port_indexes = ports::resolve_at(&output.layout, &place)?;
 
@@ -974,15 +975,19 @@ pub(crate) fn source_text(path: &Path, text: &str) -> Option<flowstate_codegen::
     })
 }
 
+/// `globals_reused`: the object is for a load that reuses the pinned
+/// globals' map (see `flowstate_codegen::Options::globals_reused`).
 pub(crate) fn codegen(
     program: &Program,
     hook: Hook,
     source: Option<flowstate_codegen::SourceText>,
+    globals_reused: bool,
 ) -> Result<flowstate_codegen::Output, ControlError> {
     let options = flowstate_codegen::Options {
         hook: Some(hook),
         source,
         target: host::target(),
+        globals_reused,
         ..flowstate_codegen::Options::default()
     };
     flowstate_codegen::compile(program, &options).map_err(|e| ControlError::Codegen(e.to_string()))

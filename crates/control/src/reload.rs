@@ -160,9 +160,29 @@ pub fn reload(
             new: show(&new),
         });
     }
+    // The map holds each global's value, so the same names in the same
+    // order keep it (a changed initial value matters only to a new map). A
+    // map an earlier flowstate made holds offsets from the initial values:
+    // it is replaced, its values carried over by name.
+    let old_globals_form = match Layout::new(&old, false).globals_map {
+        Some(m) => globals::form_of(&open_map(&paths::pin_dir(name).join("maps").join(m))?),
+        None => GlobalsForm::Values,
+    };
+    let globals_plan =
+        if globals_names(&old) == globals_names(&new) && old_globals_form == GlobalsForm::Values {
+            Plan::Reuse
+        } else {
+            Plan::New
+        };
     // The link's kind is fixed: compile for where the program runs.
     let hook = meta.attach.hook();
-    let output = crate::codegen(&new, hook, crate::source_text(program_path, &source))?;
+    // A reused globals map must not get the object's initial values.
+    let output = crate::codegen(
+        &new,
+        hook,
+        crate::source_text(program_path, &source),
+        globals_plan == Plan::Reuse,
+    )?;
     let old_layout = Layout::new(&old, false);
     let new_layout = &output.layout;
     // Redirect targets, looked up where the instance runs (the old
@@ -182,6 +202,7 @@ pub fn reload(
         // The mover runs after the swap: a program it cannot be must stop
         // the reload now.
         migrate::compile_mover(&new, &old, &codegen_options(hook)).map_err(codegen_error)?;
+        // All three load after the globals' map they use exists.
         Some((
             migrate::compile_handoff(&old, &codegen_options(hook)).map_err(codegen_error)?,
             migrate::compile_bridge(&new, &old, &codegen_options(hook)).map_err(codegen_error)?,
@@ -189,20 +210,6 @@ pub fn reload(
     } else {
         None
     };
-    // The map holds each global's value, so the same names in the same
-    // order keep it (a changed initial value matters only to a new map). A
-    // map an earlier flowstate made holds offsets from the initial values:
-    // it is replaced, its values carried over by name.
-    let old_globals_form = match old_layout.globals_map {
-        Some(m) => globals::form_of(&open_map(&paths::pin_dir(name).join("maps").join(m))?),
-        None => GlobalsForm::Values,
-    };
-    let globals_plan =
-        if globals_names(&old) == globals_names(&new) && old_globals_form == GlobalsForm::Values {
-            Plan::Reuse
-        } else {
-            Plan::New
-        };
     let counters_plan = if rows_text(&old) == rows_text(&new) {
         Plan::Reuse
     } else {
@@ -386,10 +393,13 @@ pub fn reload(
     })
 }
 
+/// Options of the migration's programs (handoff, bridge, mover), which
+/// load after every globals' map they use exists.
 fn codegen_options(hook: flowstate_lang::ir::Hook) -> flowstate_codegen::Options {
     flowstate_codegen::Options {
         hook: Some(hook),
         target: crate::host::target(),
+        globals_reused: true,
         ..flowstate_codegen::Options::default()
     }
 }

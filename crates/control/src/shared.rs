@@ -92,6 +92,7 @@ pub fn run_shared(
         &program,
         attach.hook(),
         source_text(&spec.program_path, &source),
+        false, // a new instance: its globals' map is made from `.data`
     )?;
     let port_indexes = crate::ports::resolve_at(&output.layout, &place)?;
 

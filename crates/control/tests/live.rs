@@ -458,6 +458,83 @@ fn flows_edits_globals_and_stats_on_real_packets() {
 }
 
 #[test]
+fn reload_keeps_the_globals_values() {
+    require_root!("reload_keeps_the_globals_values");
+    let net = Net::new(12);
+    let prog = TempProgram::new("glob1", CTL);
+    let name = unique("globals");
+    let _guard = start(&net, &prog.0, &name);
+    let total = |name: &str| open(name).unwrap().globals().unwrap();
+    net.udp(9, 3);
+    assert_eq!(total(&name), [("total".to_string(), 8)]);
+    open(&name).unwrap().set_global("total", 50).unwrap();
+
+    // Same globals, another initial value and another row: the running
+    // map is kept as it is (the loader must not write the object's
+    // initial values over it), and the new program adds to it.
+    let v2 = TempProgram::new(
+        "glob2",
+        &CTL.replace("globals total = 5", "globals total = 1000")
+            .replace("udp.dport == 9", "udp.dport == 7"),
+    );
+    reload(&name, &v2.0, false).unwrap();
+    assert_eq!(total(&name), [("total".to_string(), 50)]);
+    net.udp(7, 2);
+    assert_eq!(total(&name), [("total".to_string(), 52)]);
+
+    // A global added: a new map, `total` carried by name, `extra` at its
+    // initial value.
+    let v3 = TempProgram::new(
+        "glob3",
+        &CTL.replace("globals total = 5", "globals total = 5, extra = -3"),
+    );
+    reload(&name, &v3.0, false).unwrap();
+    let handle = open(&name).unwrap();
+    assert_eq!(
+        handle.globals().unwrap(),
+        [("total".to_string(), 52), ("extra".to_string(), -3)]
+    );
+    net.udp(9, 1);
+    assert_eq!(handle.globals().unwrap()[0], ("total".to_string(), 53));
+}
+
+#[test]
+fn an_earlier_flowstates_globals_are_read_and_moved_on_reload() {
+    require_root!("an_earlier_flowstates_globals_are_read_and_moved_on_reload");
+    let net = Net::new(13);
+    let prog = TempProgram::new("old1", CTL);
+    let name = unique("oldglobals");
+    let _guard = start(&net, &prog.0, &name);
+    // What flowstate before `.data` pinned: a map named `globals` holding
+    // each global's difference from its initial value (total = 5 + 37).
+    let pin = pins_of(&name).join("maps").join("globals");
+    std::fs::remove_file(&pin).unwrap();
+    must(&format!(
+        "bpftool map create {} type array key 4 value 8 entries 1 name globals",
+        pin.display()
+    ));
+    must(&format!(
+        "bpftool map update pinned {} key 0 0 0 0 value 37 0 0 0 0 0 0 0",
+        pin.display()
+    ));
+    let handle = open(&name).unwrap();
+    assert_eq!(handle.globals().unwrap(), [("total".to_string(), 42)]);
+    let err = handle.set_global("total", 1).unwrap_err().to_string();
+    assert!(
+        err.contains("earlier flowstate") && err.contains("flowstate reload"),
+        "{err}"
+    );
+    // A reload with the same globals moves them into the object's `.data`
+    // map, by value.
+    reload(&name, &prog.0, false).unwrap();
+    let handle = open(&name).unwrap();
+    assert_eq!(handle.globals().unwrap(), [("total".to_string(), 42)]);
+    handle.set_global("total", 10).unwrap();
+    net.udp(9, 1);
+    assert_eq!(handle.globals().unwrap(), [("total".to_string(), 11)]);
+}
+
+#[test]
 fn reload_keeps_state_and_remaps_by_name() {
     require_root!("reload_keeps_state_and_remaps_by_name");
     let net = Net::new(5);

@@ -42,8 +42,7 @@
 //!   named `.data`. Loaders make the section an array map of one element
 //!   that starts as the section's bytes (libbpf names it
 //!   `<object>.data`, aya `.data`); relocations load variables' addresses
-//!   as for `.rodata`. [`without_initial_data`] turns the section into one
-//!   without bytes, for a loader that must not overwrite a map it reuses.
+//!   as for `.rodata`.
 //!
 //! ```
 //! use flowstate_obj::{BtfType, MapDef, MapKind, ObjectBuilder, ProgramDef, ProgramSection};
@@ -952,15 +951,9 @@ fn global_symbol(
     }
 }
 
-/// `elf` with its `.data` section turned into one without bytes
-/// (`SHT_NOBITS`, its size kept), or unchanged if it has none.
-///
-/// A loader initialises a `.data` map with the section's bytes even when
-/// it reuses a map that already exists (aya 0.14 writes them into a map
-/// opened from its pin), which would put a running program's globals back
-/// to their initial values. Without bytes, aya writes nothing: the map is
-/// reused as it is.
-pub fn without_initial_data(elf: &[u8]) -> Result<Vec<u8>, ObjError> {
+/// Whether the ELF object `elf` (as [`ObjectBuilder::build`] writes it)
+/// has a section named `name`; `Err` if `elf` is not such an object.
+pub fn has_section(elf: &[u8], name: &str) -> Result<bool, ObjError> {
     let bad = |what: &str| ObjError::Write(format!("reading the object: {what}"));
     let u16_at = |at: usize| {
         elf.get(at..at + 2)
@@ -975,7 +968,7 @@ pub fn without_initial_data(elf: &[u8]) -> Result<Vec<u8>, ObjError> {
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
     };
-    // A 64-bit little-endian ELF, as `ObjectBuilder::build` writes.
+    // A 64-bit little-endian ELF.
     if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
         return Err(bad("not a 64-bit little-endian ELF object"));
     }
@@ -990,14 +983,5 @@ pub fn without_initial_data(elf: &[u8]) -> Result<Vec<u8>, ObjError> {
         let rest = elf.get(start..)?;
         Some(&rest[..rest.iter().position(|&b| b == 0)?])
     };
-    let Some(index) = (0..count).find(|&i| name_of(i) == Some(b".data".as_slice())) else {
-        return Ok(elf.to_vec());
-    };
-    // sh_type is the second u32 of a section header.
-    let at = header(index) + 4;
-    let mut out = elf.to_vec();
-    out.get_mut(at..at + 4)
-        .ok_or_else(|| bad("truncated section headers"))?
-        .copy_from_slice(&elf::SHT_NOBITS.to_le_bytes());
-    Ok(out)
+    Ok((0..count).any(|i| name_of(i) == Some(name.as_bytes())))
 }

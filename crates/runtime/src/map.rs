@@ -38,6 +38,8 @@ pub enum UpdateMode {
 #[derive(Debug)]
 pub struct RawMap {
     name: String,
+    /// The name the map was created with (`bpftool map show`).
+    kernel_name: String,
     fd: OwnedFd,
     map_type: u32,
     key_size: usize,
@@ -73,6 +75,7 @@ impl RawMap {
         };
         Ok(RawMap {
             name: name.to_string(),
+            kernel_name: info.name_as_str().unwrap_or_default().to_string(),
             fd,
             map_type,
             key_size: info.key_size() as usize,
@@ -137,6 +140,12 @@ impl RawMap {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The name the kernel knows the map by (cut to 15 bytes), whatever
+    /// it was opened through.
+    pub fn kernel_name(&self) -> &str {
+        &self.kernel_name
     }
 
     pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
