@@ -110,6 +110,10 @@
 //! in, reply out through the packet's bytes) that goes through the same
 //! [`emit`] pieces (`lock_loop` with a held placeholder for a missing
 //! flow, `delete_held`, `unlock_entry`, `expiry_check`). Global registers
+//! live in the object's `.data` (the `globals` variable, one s64 value per
+//! global, starting at the declared values whoever loads the object; an
+//! object built to reuse a pinned map declares a `globals` map instead,
+//! see [`Options::globals_reused`]) and
 //! use an atomic add (`g = g + e`) or a cmpxchg loop through `may_goto` (a
 //! write that spends the budget is dropped); the editor sets one with an
 //! atomic exchange. `bpf_spin_lock` is not

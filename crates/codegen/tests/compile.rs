@@ -295,3 +295,31 @@ fn tokenbucket_tests_each_condition_once() {
     assert!(tests.iter().all(|l| l.contains("if r1 s")), "{active:#?}");
     assert!(!active.iter().any(|l| l.contains("if r8")), "{active:#?}");
 }
+
+#[test]
+fn globals_are_in_data_unless_the_map_is_reused() {
+    let program = flowstate_lang::compile(
+        "program g\nhook xdp\nflow ip.src\nstates A\nglobals total = 7, floor = -2\n\
+         default pass\ntable\n  * * => pass, total = total + 1\nend\n",
+    )
+    .unwrap()
+    .program;
+    let portable = compile(&program, &Options::default()).unwrap();
+    assert!(flowstate_obj::has_section(&portable.object, ".data").unwrap());
+    assert!(
+        portable.listing.contains("map_value"),
+        "{}",
+        portable.listing
+    );
+
+    let reusing = Options {
+        globals_reused: true,
+        ..Options::default()
+    };
+    let reused = compile(&program, &reusing).unwrap();
+    assert!(
+        !flowstate_obj::has_section(&reused.object, ".data").unwrap(),
+        "no bytes a loader would write over the reused map"
+    );
+    assert!(!reused.listing.contains("map_value"), "{}", reused.listing);
+}
