@@ -13,7 +13,7 @@ use flowstate_runtime::TcDirection;
 
 use flowstate_control::{
     list, open, reload, run, run_in_netns, stop, AttachPoint, ControlError, FlowsMigration,
-    RunSpec, XdpMode,
+    RunSpec, TcPlacement, TcVia, XdpMode,
 };
 
 fn skip_reason() -> Option<String> {
@@ -210,23 +210,56 @@ fn run_list_stop_leaves_the_interface_as_before() {
     assert!(matches!(stop(&name), Err(ControlError::NotRunning(_))));
 }
 
+/// TC ingress through what the kernel has (TCX from 6.6, else clsact)
+/// beside generic XDP on one interface. Without TCX, an explicit
+/// `--tc-attach tcx` is refused first, leaving nothing behind.
 #[test]
 fn tc_ingress_through_tcx_and_generic_xdp() {
     require_root!("tc_ingress_through_tcx_and_generic_xdp");
+    let has_tcx = flowstate_runtime::kernel_features()
+        .get(flowstate_runtime::Feature::Tcx)
+        .is_present();
     let net = Net::new(2);
+    let ifindex = must(&format!("cat /sys/class/net/{}/ifindex", net.host))
+        .trim()
+        .parse::<u32>()
+        .unwrap();
     let tc = unique("tc");
-    let instance = run(&RunSpec {
+    let spec = |via: TcVia| RunSpec {
         program_path: example("portknock.fsm"),
         dev: net.host.clone(),
         attach: Some(AttachPoint::TcIngress),
         name: Some(tc.clone()),
-        tc: Default::default(),
-    })
-    .unwrap();
+        tc: TcPlacement {
+            via,
+            ..Default::default()
+        },
+    };
+    let clsact_filters =
+        || flowstate_runtime::clsact::filters(ifindex, TcDirection::Ingress).unwrap();
+    if !has_tcx {
+        let err = run(&spec(TcVia::Tcx)).unwrap_err();
+        let _g = Running(tc.clone());
+        let text = err.to_string();
+        assert!(
+            text.contains("has no TCX") && text.contains("nothing was attached"),
+            "{text}"
+        );
+        assert!(!pins_of(&tc).exists() && !meta_of(&tc).exists());
+        assert!(list().unwrap().iter().all(|i| i.name != tc));
+        assert!(clsact_filters().is_empty());
+    }
+    let instance = run(&spec(TcVia::Auto)).unwrap();
     let _g1 = Running(tc.clone());
-    assert_eq!(instance.mode, "tcx");
     let tcx = |dev: &str| flowstate_runtime::tcx_programs(dev, TcDirection::Ingress).unwrap();
-    assert_eq!(tcx(&net.host), ["portknock"]);
+    if has_tcx {
+        assert_eq!(instance.mode, "tcx");
+        assert_eq!(tcx(&net.host), ["portknock"]);
+    } else {
+        assert_eq!(instance.mode, "clsact");
+        let ids: Vec<u32> = clsact_filters().iter().map(|f| f.prog_id).collect();
+        assert_eq!(ids, [instance.prog_id]);
+    }
     let xdp = unique("gen");
     let generic = run(&RunSpec {
         program_path: example("portknock.fsm"),
@@ -250,6 +283,10 @@ fn tc_ingress_through_tcx_and_generic_xdp() {
     stop(&tc).unwrap();
     stop(&xdp).unwrap();
     assert!(!net.xdp_shown());
+    if !has_tcx {
+        assert!(clsact_filters().is_empty(), "stop deletes the filter");
+        return;
+    }
     // The kernel releases a TCX link shortly after its last reference.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !tcx(&net.host).is_empty() {
