@@ -418,6 +418,27 @@ impl Retransmits {
     }
 }
 
+/// The connection's segment size (`TCP_MAXSEG`: the MSS in use once
+/// connected).
+fn max_segment(stream: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut mss: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `mss`.
+    let ret = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mut mss as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(ret, 0, "TCP_MAXSEG: {}", std::io::Error::last_os_error());
+    assert!(mss > 0, "TCP_MAXSEG {mss}");
+    mss as usize
+}
+
 fn retransmissions(stream: &TcpStream) -> Retransmits {
     use std::os::fd::AsRawFd;
     // Offsets in the kernel's `struct tcp_info` (include/uapi/linux/tcp.h),
@@ -495,11 +516,16 @@ fn reload_under_traffic_keeps_open_flows_open_and_loses_nothing() {
         .unwrap()
         .expect("connect after knocking");
     stream.set_nodelay(true).unwrap();
+    // Writes of one whole segment each: the sender counts a D-SACK's
+    // duplicates as its bytes divided by the segment size, rounded up, which
+    // is exact only for whole segments (the receiver's GRO may report
+    // several in one block).
+    let segment = max_segment(&stream);
     let running = Arc::new(AtomicBool::new(true));
     let writer = {
         let running = running.clone();
         std::thread::spawn(move || {
-            let chunk = [7u8; 1000];
+            let chunk = vec![7u8; segment];
             let mut sent = 0u64;
             while running.load(Ordering::Relaxed) {
                 stream.write_all(&chunk).unwrap();
