@@ -198,3 +198,54 @@ fn before_at_xdp_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--before/--after"), "{err}");
 }
+
+/// `--tc-attach tcx` does what the kernel can: with TCX (6.6+) the
+/// instance runs through it and `list` says so; without it the run is
+/// refused before anything is loaded, saying why and what to use, and
+/// nothing is listed or attached (no clsact qdisc either).
+#[test]
+fn tc_attach_tcx_follows_the_probe() {
+    if skip("tc_attach_tcx_follows_the_probe") {
+        return;
+    }
+    let tcx = flowstate_runtime::kernel_features()
+        .get(flowstate_runtime::Feature::Tcx)
+        .is_present();
+    let lab = Lab::new("hktcx");
+    let name = format!("h{}-t", std::process::id());
+    let _stop = Stop(name.clone());
+    let path = lab.write("hookt");
+    let args = [
+        "run",
+        &path,
+        "--dev",
+        DEV,
+        "--name",
+        &name,
+        "--tc-attach",
+        "tcx",
+    ];
+    if tcx {
+        lab.ok(&args);
+        assert_eq!(lab.listed(&name)["mode"], "tcx");
+        lab.ok(&["stop", &name]);
+        return;
+    }
+    let out = lab.flowstate(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("has no TCX") && err.contains("--tc-attach clsact"),
+        "{err}"
+    );
+    let all: Value = serde_json::from_str(&lab.ok(&["list", "--json"])).unwrap();
+    assert!(
+        all.as_array().unwrap().iter().all(|i| i["name"] != name),
+        "{all}"
+    );
+    let qdiscs = lab
+        .switch
+        .exec("tc", &["qdisc", "show", "dev", DEV])
+        .unwrap();
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+}

@@ -2322,7 +2322,11 @@ impl<'a> Emitter<'a> {
                 (layout.event_key_offset + i) as i16,
             ));
         }
-        self.jmp(JmpOp::Eq, R4, 0, submit);
+        // `< 1` rather than `== 0`: 6.1's verifier learns nothing from a
+        // failed `==` test, so the load's length would stay 0..=128 and
+        // the helper refuses a length that may be 0; a failed `<` test
+        // raises the minimum to 1 on every kernel.
+        self.jmp(JmpOp::Lt, R4, 1, submit);
         self.emit(Insn::mov64(R1, CTX));
         self.emit(Insn::mov64(R2, 0));
         self.emit(Insn::mov64(R3, PRESENCE));

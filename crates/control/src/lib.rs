@@ -362,6 +362,11 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
             (e, _) => e,
         })?;
     let attach = spec.attach.unwrap_or(AttachPoint::of_hook(program.hook));
+    if !matches!(attach, AttachPoint::Xdp { .. }) {
+        // A TC attach this kernel cannot make is refused before anything
+        // is loaded (`--tc-attach tcx` without TCX).
+        spec.tc.resolve()?;
+    }
     let output = codegen(
         &program,
         attach.hook(),

@@ -48,11 +48,34 @@ impl TcVia {
                 .is_present()
         };
         Ok(match chosen {
+            // Refused before anything is loaded or attached: aya would
+            // only fail later, with an error that does not say why.
+            TcVia::Tcx if !has_tcx() => return Err(no_tcx()),
             TcVia::Tcx => Resolved::Tcx,
             TcVia::Clsact => Resolved::Clsact,
             TcVia::Auto if has_tcx() => Resolved::Tcx,
             TcVia::Auto => Resolved::Clsact,
         })
+    }
+}
+
+/// `--tc-attach tcx` (or `FLOWSTATE_TC_ATTACH=tcx`) on a kernel whose
+/// probe found no TCX.
+fn no_tcx() -> ControlError {
+    let features = flowstate_runtime::kernel_features();
+    let reason = match features.get(flowstate_runtime::Feature::Tcx) {
+        flowstate_runtime::Presence::Absent { reason } => reason.clone(),
+        flowstate_runtime::Presence::Unknown { error } => format!("the probe failed: {error}"),
+        flowstate_runtime::Presence::Present => String::new(),
+    };
+    ControlError::Kernel {
+        what: "--tc-attach tcx".to_string(),
+        message: format!(
+            "this kernel ({}) has no TCX (TC programs attached through a bpf_link, Linux 6.6; \
+             {reason}); nothing was attached. Use --tc-attach clsact, or auto (the default), \
+             which takes clsact where TCX is missing",
+            features.release
+        ),
     }
 }
 

@@ -4,7 +4,9 @@
 //! Every program counts what it sees; the order is set with
 //! `Order::Before/After` and checked with `list`'s hook programs.
 //!
-//! The TCX tests need kernel 6.6+; the clsact ones run anywhere. Each
+//! The TCX tests run in full on kernel 6.6+; before it they check that a
+//! TCX run is refused cleanly (`tcx_refused_here`). The clsact ones run
+//! anywhere. Each
 //! test's namespaces (and so its interfaces, qdiscs and filters) go with
 //! its netlab Topology, and its instances are stopped by guards.
 
@@ -39,16 +41,69 @@ enum Via {
     Clsact,
 }
 
-fn skip(test: &str, via: Via) -> bool {
-    let reason = flowstate_netlab::skip_reason()
-        .or_else(flowstate_runtime::kernel_unavailable)
-        .or_else(|| {
-            let tcx = flowstate_runtime::kernel_features()
-                .get(flowstate_runtime::Feature::Tcx)
-                .is_present();
-            (via == Via::Tcx && !tcx).then(|| "the kernel has no TCX (6.6+)".to_string())
-        });
+/// Skips only when the machine cannot run kernel tests at all. A kernel
+/// without TCX is no reason: a TCX test checks the refusal there instead
+/// (see [`tcx_refused_here`]).
+fn skip(test: &str) -> bool {
+    let reason = flowstate_netlab::skip_reason().or_else(flowstate_runtime::kernel_unavailable);
     flowstate_testkit::skip_if(test, reason)
+}
+
+/// On a kernel without TCX (before 6.6), checks what a TCX test can
+/// check there and returns true: `run --tc-attach tcx` is refused with a
+/// message that says why and what to use, nothing is pinned, listed or
+/// attached, and the kernel itself refuses a TCX link. With TCX, returns
+/// false and the test runs in full.
+fn tcx_refused_here(tag: &str) -> bool {
+    let tcx = flowstate_runtime::kernel_features()
+        .get(flowstate_runtime::Feature::Tcx)
+        .is_present();
+    if tcx {
+        return false;
+    }
+    let lab = Lab::new(tag);
+    let name = unique(tag);
+    let path = lab.dir.join("p.fsm");
+    std::fs::write(&path, COUNTER.replace("VERDICT", "pass")).unwrap();
+    let spec = RunSpec {
+        program_path: path,
+        dev: DEV.to_string(),
+        attach: Some(AttachPoint::TcIngress),
+        name: Some(name.clone()),
+        tc: TcPlacement {
+            via: TcVia::Tcx,
+            order: Order::Last,
+        },
+    };
+    let err = run_in_netns(&spec, Some(lab.switch.name())).unwrap_err();
+    let _cleanup = Running(name.clone());
+    let text = err.to_string();
+    assert!(
+        text.contains("has no TCX")
+            && text.contains("nothing was attached")
+            && text.contains("--tc-attach clsact"),
+        "{text}"
+    );
+    assert!(!flowstate_control::pin_root().join(&name).exists());
+    assert!(list().unwrap().iter().all(|i| i.name != name));
+    let ifindex = lab.ifindex;
+    let filters = lab
+        .switch
+        .run_in(|| clsact::filters(ifindex, TcDirection::Ingress))
+        .unwrap()
+        .unwrap();
+    assert!(filters.is_empty(), "{filters:?}");
+    let mut foreign = Foreign::load(TC_ACT_OK);
+    let loaded = &mut foreign.loaded;
+    let attached = lab
+        .switch
+        .run_in(|| loaded.attach_tcx("foreign_tc", DEV, TcDirection::Ingress, TcOrder::Last))
+        .unwrap();
+    assert!(
+        attached.is_err(),
+        "the probe found no TCX, yet a TCX link was made"
+    );
+    true
 }
 
 /// The foreign program: adds 1 to `count[0]` for every packet and returns
@@ -367,7 +422,7 @@ fn pass_continues_to_a_foreign_drop(tag: &str, via: Via) {
 
 #[test]
 fn pass_continues_the_tcx_chain_to_a_foreign_drop() {
-    if skip("pass_continues_the_tcx_chain_to_a_foreign_drop", Via::Tcx) {
+    if skip("pass_continues_the_tcx_chain_to_a_foreign_drop") || tcx_refused_here("stptcx") {
         return;
     }
     pass_continues_to_a_foreign_drop("stptcx", Via::Tcx);
@@ -375,10 +430,7 @@ fn pass_continues_the_tcx_chain_to_a_foreign_drop() {
 
 #[test]
 fn pass_continues_the_clsact_filters_to_a_foreign_drop() {
-    if skip(
-        "pass_continues_the_clsact_filters_to_a_foreign_drop",
-        Via::Clsact,
-    ) {
+    if skip("pass_continues_the_clsact_filters_to_a_foreign_drop") {
         return;
     }
     pass_continues_to_a_foreign_drop("stpcls", Via::Clsact);
@@ -438,10 +490,9 @@ fn share_in_both_orders(tag: &str, via: Via) {
 
 #[test]
 fn flowstate_and_a_foreign_program_share_the_tcx_hook_in_both_orders() {
-    if skip(
-        "flowstate_and_a_foreign_program_share_the_tcx_hook_in_both_orders",
-        Via::Tcx,
-    ) {
+    if skip("flowstate_and_a_foreign_program_share_the_tcx_hook_in_both_orders")
+        || tcx_refused_here("stotcx")
+    {
         return;
     }
     share_in_both_orders("stotcx", Via::Tcx);
@@ -449,10 +500,7 @@ fn flowstate_and_a_foreign_program_share_the_tcx_hook_in_both_orders() {
 
 #[test]
 fn flowstate_and_a_foreign_program_share_the_clsact_hook_in_both_orders() {
-    if skip(
-        "flowstate_and_a_foreign_program_share_the_clsact_hook_in_both_orders",
-        Via::Clsact,
-    ) {
+    if skip("flowstate_and_a_foreign_program_share_the_clsact_hook_in_both_orders") {
         return;
     }
     share_in_both_orders("stocls", Via::Clsact);
@@ -499,10 +547,7 @@ fn foreign_goes_first_after_flowstate(tag: &str, via: Via) {
 
 #[test]
 fn a_foreign_program_before_flowstate_outlives_it_tcx() {
-    if skip(
-        "a_foreign_program_before_flowstate_outlives_it_tcx",
-        Via::Tcx,
-    ) {
+    if skip("a_foreign_program_before_flowstate_outlives_it_tcx") || tcx_refused_here("stftcx") {
         return;
     }
     foreign_goes_first_after_flowstate("stftcx", Via::Tcx);
@@ -510,10 +555,7 @@ fn a_foreign_program_before_flowstate_outlives_it_tcx() {
 
 #[test]
 fn a_foreign_program_before_flowstate_outlives_it_clsact() {
-    if skip(
-        "a_foreign_program_before_flowstate_outlives_it_clsact",
-        Via::Clsact,
-    ) {
+    if skip("a_foreign_program_before_flowstate_outlives_it_clsact") {
         return;
     }
     foreign_goes_first_after_flowstate("stfcls", Via::Clsact);
@@ -544,7 +586,7 @@ fn drop_ends_the_chain(tag: &str, via: Via) {
 
 #[test]
 fn drop_ends_the_tcx_chain() {
-    if skip("drop_ends_the_tcx_chain", Via::Tcx) {
+    if skip("drop_ends_the_tcx_chain") || tcx_refused_here("stdtcx") {
         return;
     }
     drop_ends_the_chain("stdtcx", Via::Tcx);
@@ -552,7 +594,7 @@ fn drop_ends_the_tcx_chain() {
 
 #[test]
 fn drop_ends_the_clsact_filters() {
-    if skip("drop_ends_the_clsact_filters", Via::Clsact) {
+    if skip("drop_ends_the_clsact_filters") {
         return;
     }
     drop_ends_the_chain("stdcls", Via::Clsact);
@@ -564,7 +606,7 @@ fn drop_ends_the_clsact_filters() {
 /// added, after stop.
 #[test]
 fn clsact_run_list_reload_and_stop() {
-    if skip("clsact_run_list_reload_and_stop", Via::Clsact) {
+    if skip("clsact_run_list_reload_and_stop") {
         return;
     }
     let lab = Lab::new("stlife");
@@ -642,10 +684,7 @@ fn clsact_run_list_reload_and_stop() {
 /// replaced it with `tc filter replace`), and the qdisc under it.
 #[test]
 fn clsact_stop_leaves_a_filter_someone_else_took_over() {
-    if skip(
-        "clsact_stop_leaves_a_filter_someone_else_took_over",
-        Via::Clsact,
-    ) {
+    if skip("clsact_stop_leaves_a_filter_someone_else_took_over") {
         return;
     }
     let lab = Lab::new("sttake");
@@ -741,7 +780,7 @@ fn reload_keeps_the_place(tag: &str, via: Via) {
 
 #[test]
 fn a_reload_keeps_the_place_on_the_tcx_hook() {
-    if skip("a_reload_keeps_the_place_on_the_tcx_hook", Via::Tcx) {
+    if skip("a_reload_keeps_the_place_on_the_tcx_hook") || tcx_refused_here("strtcx") {
         return;
     }
     reload_keeps_the_place("strtcx", Via::Tcx);
@@ -749,10 +788,7 @@ fn a_reload_keeps_the_place_on_the_tcx_hook() {
 
 #[test]
 fn a_reload_keeps_the_place_among_the_clsact_filters() {
-    if skip(
-        "a_reload_keeps_the_place_among_the_clsact_filters",
-        Via::Clsact,
-    ) {
+    if skip("a_reload_keeps_the_place_among_the_clsact_filters") {
         return;
     }
     reload_keeps_the_place("strcls", Via::Clsact);
@@ -799,7 +835,7 @@ fn relative_not_on_the_hook(tag: &str, via: Via) {
 
 #[test]
 fn before_a_program_not_on_the_tcx_hook_is_refused() {
-    if skip("before_a_program_not_on_the_tcx_hook_is_refused", Via::Tcx) {
+    if skip("before_a_program_not_on_the_tcx_hook_is_refused") || tcx_refused_here("stntcx") {
         return;
     }
     relative_not_on_the_hook("stntcx", Via::Tcx);
@@ -807,10 +843,7 @@ fn before_a_program_not_on_the_tcx_hook_is_refused() {
 
 #[test]
 fn before_a_program_not_among_the_clsact_filters_is_refused() {
-    if skip(
-        "before_a_program_not_among_the_clsact_filters_is_refused",
-        Via::Clsact,
-    ) {
+    if skip("before_a_program_not_among_the_clsact_filters_is_refused") {
         return;
     }
     relative_not_on_the_hook("stncls", Via::Clsact);

@@ -166,12 +166,55 @@ fn xdp_driver_mode_attach_pin_replace_detach() {
     attach_count_replace_detach(ProgramKind::Xdp, XdpMode::Driver);
 }
 
+/// Through TCX where the kernel has it (6.6+); before that, what such a
+/// kernel does instead: see [`tcx_is_refused_and_clsact_runs`].
 #[test]
 fn tc_ingress_attach_pin_replace_detach() {
     if skip("tc_ingress_attach_pin_replace_detach") {
         return;
     }
-    attach_count_replace_detach(ProgramKind::Tc, XdpMode::Skb);
+    let tcx = flowstate_runtime::kernel_features()
+        .get(flowstate_runtime::Feature::Tcx)
+        .is_present();
+    if tcx {
+        attach_count_replace_detach(ProgramKind::Tc, XdpMode::Skb);
+    } else {
+        tcx_is_refused_and_clsact_runs();
+    }
+}
+
+/// A kernel without TCX refuses a TCX attach, and nothing runs after
+/// the refusal (no link, no filter, no frame counted); the same program
+/// then runs as a clsact filter, the path flowstate takes there.
+fn tcx_is_refused_and_clsact_runs() {
+    use flowstate_runtime::{clsact, TcOrder};
+    let netns = Netns::new("notcx");
+    netns.enter(|| {
+        let index = std::ffi::CString::new("veth0").unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(index.as_ptr()) };
+        assert_ne!(ifindex, 0);
+        let mut loaded = load(&object(), &LoadOptions::default()).unwrap();
+        prepare(&loaded, TC_ACT_OK);
+        let refused = loaded.attach_tcx("count_tc", "veth0", TcDirection::Ingress, TcOrder::Last);
+        let err = match refused {
+            Ok(_) => panic!("the probe found no TCX, yet a TCX link was made"),
+            Err(err) => err.to_string(),
+        };
+        assert!(err.contains("count_tc"), "{err}");
+        assert!(clsact::filters(ifindex, TcDirection::Ingress)
+            .unwrap()
+            .is_empty());
+        send_frames("veth1", &udp_packet(), 2);
+        assert_eq!(packets(&loaded), 0, "nothing was attached");
+        loaded
+            .attach_clsact("count_tc", ifindex, TcDirection::Ingress, 1)
+            .unwrap();
+        send_frames("veth1", &udp_packet(), 3);
+        assert_eq!(packets(&loaded), 3, "the clsact filter saw each frame");
+        clsact::delete_filter(ifindex, TcDirection::Ingress, 1).unwrap();
+        clsact::delete_qdisc(ifindex).unwrap();
+    });
 }
 
 #[test]

@@ -356,8 +356,8 @@ fn start(
         AttachPoint::Xdp { .. } => Some(format!("xdp id {} ", instance.prog_id)),
         AttachPoint::TcIngress if instance.mode == "tcx" => Some("tcx/ingress ".to_string()),
         AttachPoint::TcEgress if instance.mode == "tcx" => Some("tcx/egress ".to_string()),
-        // A clsact filter (kernels before TCX) is not in the TCX query.
-        _ => None,
+        AttachPoint::TcIngress => Some(format!("clsact/ingress id {} ", instance.prog_id)),
+        AttachPoint::TcEgress => Some(format!("clsact/egress id {} ", instance.prog_id)),
     };
     if let Some(expected) = expected {
         story.check(
@@ -408,19 +408,32 @@ fn stop(story: &mut Story, lab: &SwitchLab, instance: &Instance) -> anyhow::Resu
 
 /// The programs the kernel reports on `dev` in the switch, `; `-separated
 /// (empty: none): XDP from the link's netlink attributes (any attach
-/// method), TCX from the kernel's TCX query.
+/// method), TCX from the kernel's TCX query where the kernel has TCX (the
+/// query fails with EINVAL before 6.6), and clsact filters from netlink.
 fn programs_on(netns: &Netns, dev: &str) -> anyhow::Result<String> {
     let mut found: Vec<String> = netns
         .xdp_programs(dev)?
         .into_iter()
         .map(|xdp| format!("xdp id {} ({})", xdp.prog_id, xdp.mode))
         .collect();
+    let has_tcx = flowstate_runtime::kernel_features()
+        .get(flowstate_runtime::Feature::Tcx)
+        .is_present();
+    let ifindex = netns.ifindex(dev)?;
     for (direction, label) in [
-        (TcDirection::Ingress, "tcx/ingress"),
-        (TcDirection::Egress, "tcx/egress"),
+        (TcDirection::Ingress, "ingress"),
+        (TcDirection::Egress, "egress"),
     ] {
-        let names = netns.run_in(|| flowstate_runtime::tcx_programs(dev, direction))??;
-        found.extend(names.into_iter().map(|n| format!("{label} {n}")));
+        if has_tcx {
+            let names = netns.run_in(|| flowstate_runtime::tcx_programs(dev, direction))??;
+            found.extend(names.into_iter().map(|n| format!("tcx/{label} {n}")));
+        }
+        let filters = netns.run_in(|| flowstate_runtime::clsact::filters(ifindex, direction))??;
+        found.extend(
+            filters
+                .into_iter()
+                .map(|f| format!("clsact/{label} id {} ({})", f.prog_id, f.name)),
+        );
     }
     Ok(found.join("; "))
 }
