@@ -135,12 +135,41 @@ pub(crate) struct MigrationStage {
     pub migration_pin: PathBuf,
     /// The handoff build's `successor` array (slot 0: the bridge).
     pub successor_pin: PathBuf,
+    /// In a shared XDP dispatcher: the bridge loaded a second time, as an
+    /// extension, for the slot (the one in `successor` stays an XDP
+    /// program: the kernel refuses to attach an extension that is in a
+    /// program array). Known from `migrate` on; none elsewhere.
+    #[serde(default)]
+    pub slot_bridge: Option<SlotBridge>,
+}
+
+/// The bridge as the extension a dispatcher slot runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SlotBridge {
+    pub id: u32,
+    pub pin: PathBuf,
 }
 
 impl MigrationStage {
     /// Every pin it makes.
-    pub fn pins(&self) -> [&PathBuf; 3] {
-        [&self.bridge_pin, &self.migration_pin, &self.successor_pin]
+    pub fn pins(&self) -> Vec<&PathBuf> {
+        let mut pins = vec![&self.bridge_pin, &self.migration_pin, &self.successor_pin];
+        pins.extend(self.slot_bridge.as_ref().map(|b| &b.pin));
+        pins
+    }
+
+    /// The bridge program that goes where the instance runs at `bridge`.
+    pub fn hooked_bridge_pin(&self) -> &PathBuf {
+        self.slot_bridge
+            .as_ref()
+            .map_or(&self.bridge_pin, |b| &b.pin)
+    }
+
+    /// Whether `prog_id` is the bridge (either build).
+    pub fn is_bridge(&self, prog_id: u32) -> bool {
+        prog_id != 0
+            && (prog_id == self.bridge_id
+                || self.slot_bridge.as_ref().is_some_and(|b| b.id == prog_id))
     }
 }
 
