@@ -25,7 +25,8 @@
 //! Fault injection, for tests only: `FLOWSTATE_TEST_CRASH_AT=STEP` makes
 //! the command SIGKILL itself right after journaling STEP (so the step has
 //! not run); `FLOWSTATE_TEST_SIGINT_AT=STEP` sends it SIGINT there
-//! instead. STEP is `op:step`, e.g. `reload:swap` (see [`RUN_STEPS`],
+//! instead; `FLOWSTATE_TEST_FAIL_AT=STEP` makes the step fail with an
+//! error, as a refusal of the kernel there would. STEP is `op:step`, e.g. `reload:swap` (see [`RUN_STEPS`],
 //! [`RELOAD_STEPS`], [`STOP_STEPS`]).
 
 use std::io::Write;
@@ -135,10 +136,9 @@ pub(crate) struct MigrationStage {
     pub migration_pin: PathBuf,
     /// The handoff build's `successor` array (slot 0: the bridge).
     pub successor_pin: PathBuf,
-    /// In a shared XDP dispatcher: the bridge loaded a second time, as an
-    /// extension, for the slot (the one in `successor` stays an XDP
-    /// program: the kernel refuses to attach an extension that is in a
-    /// program array). Known from `migrate` on; none elsewhere.
+    /// In a shared XDP dispatcher: the bridge loaded a second time, for
+    /// the slot (the one in `successor`, an unattached extension, is only
+    /// ever tail-called). Known from `migrate` on; none elsewhere.
     #[serde(default)]
     pub slot_bridge: Option<SlotBridge>,
 }
@@ -224,8 +224,9 @@ impl Journal {
     pub fn step(&mut self, step: &str) -> Result<(), ControlError> {
         self.step = step.to_string();
         self.save()?;
-        crash_point(&format!("{}:{step}", self.op.name()));
-        Ok(())
+        let point = format!("{}:{step}", self.op.name());
+        crash_point(&point);
+        fail_point(&point)
     }
 
     fn save(&self) -> Result<(), ControlError> {
@@ -331,6 +332,18 @@ pub(crate) fn crash_point(point: &str) {
         // A handler may defer the exit: never go past the point.
         std::thread::sleep(std::time::Duration::from_secs(5));
     }
+}
+
+/// Test fault injection: the step fails as a refusal of the kernel would
+/// (see the module doc).
+fn fail_point(point: &str) -> Result<(), ControlError> {
+    if std::env::var("FLOWSTATE_TEST_FAIL_AT").is_ok_and(|v| v == point) {
+        return Err(ControlError::kernel(
+            format!("step {point}"),
+            "refused (FLOWSTATE_TEST_FAIL_AT)",
+        ));
+    }
+    Ok(())
 }
 
 /// Finishes or undoes the change journalled for `name`, if any. The caller

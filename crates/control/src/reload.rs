@@ -164,6 +164,22 @@ pub fn reload(
         Plan::New
     };
     let migrate = flows_plan == Plan::New && !reset_state;
+    if migrate && meta.xdp_priority.is_some() {
+        // The handoff build must tail-call the bridge, and the kernels
+        // tried (6.12) refuse the bridge in the handoff's program array
+        // when the handoff is a dispatcher's extension (EINVAL): refused
+        // before anything is loaded. The steps below are written for it
+        // (`SlotBridge`) should a way be found.
+        return Err(ControlError::Attach {
+            dev: meta.dev.clone(),
+            message: format!(
+                "instance {name} runs in a shared XDP dispatcher, where a reload that changes \
+                 the state table's layout (states, registers, capacity or full policy) is not \
+                 supported yet: the migration's handoff cannot tail-call from a dispatcher \
+                 slot. Keep the layout, or reload with --reset-state (an empty flow table)"
+            ),
+        });
+    }
     // The programs of a migration, compiled before anything changes.
     let migration_programs = if migrate {
         let codegen_error =
@@ -293,7 +309,10 @@ pub fn reload(
         let mut bridge_pins = pins.clone();
         bridge_pins.push((migrate::OLD_FLOWS_MAP, maps_dir.join(old_layout.flows_map)));
         bridge_pins.push((migrate::MIGRATION_MAP, stage.migration_pin.clone()));
-        let mut bridge = kernel::load(
+        // The tail call's target: the same kind of program as the
+        // handoff build calling it (the kernel checks that a program array
+        // holds one kind), so an extension in a dispatcher.
+        let mut bridge = load_hooked(
             &bridge_out.object,
             &bridge_out.program_name,
             &bridge_pins,
@@ -553,12 +572,7 @@ impl Hook {
                 Err(_) if matches!(attachment, Attachment::Filter { .. }) => Ok(None),
                 Err(e) => Err(e),
             },
-            Hook::Slot(slot) => {
-                // A crash inside a dispatcher swap can leave the directory
-                // of a dispatcher that never ran, or no longer runs.
-                slot.remove_stale_dirs();
-                slot.running()
-            }
+            Hook::Slot(slot) => slot.running(),
         }
     }
 }

@@ -348,13 +348,6 @@ impl DispatcherSlot {
             .find(|id| self.ours.contains(id)))
     }
 
-    /// Best effort: removes the pins of dispatchers that do not run on
-    /// the interface (left by a crash inside a dispatcher swap).
-    pub fn remove_stale_dirs(&self) {
-        let ifindex = self.ifindex;
-        let _ = crate::netns::run_at(&self.place, move || dispatcher::remove_stale_dirs(ifindex));
-    }
-
     /// The running dispatcher and slot function of program `prog_id`, to
     /// load its replacement against (see `dispatcher::slot_target`).
     pub fn load_target(
