@@ -11,10 +11,14 @@
 //!   the run priority (`Meta::xdp_priority`).
 //! - `stop` takes the program out of the dispatcher (a new dispatcher runs
 //!   the others; the last one out leaves the hook empty).
-//! - `reload` swaps the program within the dispatcher in one dispatcher
-//!   swap, when the flow table keeps its layout. A migrating reload (its
-//!   handoff programs tail-call across, which extensions do not) is
-//!   refused.
+//! - `reload` ([`DispatcherSlot`]) loads the new program as an extension
+//!   against the running dispatcher, then swaps it into the instance's
+//!   slot in one dispatcher swap (the slot's priority and chain-call
+//!   actions kept, the other programs re-linked as they were), when the
+//!   flow table keeps its layout or with `--reset-state`. A migrating
+//!   reload is refused before it loads anything: its handoff build must
+//!   tail-call the bridge, and the kernel refuses the bridge in the
+//!   program array of a handoff that is an extension.
 //! - Crash safety: the dispatcher swap is the only step that changes what
 //!   the interface runs, and the old dispatcher keeps running until it
 //!   succeeds. The journal records the instance before the swap, so an
