@@ -183,8 +183,19 @@ impl Lab {
         share: &str,
         env: &[(&str, &str)],
     ) -> Result<String, String> {
+        self.run_program(name, priority, share, PASS_ALL, env)
+    }
+
+    fn run_program(
+        &mut self,
+        name: &str,
+        priority: u32,
+        share: &str,
+        text: &str,
+        env: &[(&str, &str)],
+    ) -> Result<String, String> {
         let path = self.dir.join(format!("{name}.fsm"));
-        std::fs::write(&path, PASS_ALL).unwrap();
+        std::fs::write(&path, text).unwrap();
         let owned = name.to_string();
         self.lab
             .topology
@@ -392,17 +403,14 @@ fn flowstate_and_a_foreign_program_share_in_both_orders() {
     lab.send(10);
     assert!(seen_by_foreign(theirs) >= 10);
     assert!(seen_by_flowstate(&ours) >= 10);
-    // Reload is not supported in a dispatcher yet: refused, nothing moves.
-    let program = lab.dir.join(format!("{ours}.fsm"));
-    let out = flowstate()
-        .arg("reload")
-        .arg(&ours)
-        .arg(&program)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("shared XDP dispatcher"), "{text}");
+    // A reload keeps the slot (more in the reload tests below).
+    let out = lab.reload(&ours, PASS_ALL, &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        list_mode(&ours).contains("dispatcher 2/2 prio 30"),
+        "{}",
+        list_mode(&ours)
+    );
     assert_eq!(lab.components().len(), 2);
     lab.unload_foreign(theirs);
     assert!(
@@ -531,5 +539,381 @@ fn an_interrupted_shared_run_or_stop_leaves_the_interface_working() {
         seen_by_foreign(theirs) >= before + 5,
         "the interface still works"
     );
+    lab.unload_foreign(theirs);
+}
+
+/// Counts each flow's packets in register `n`: every packet adds one,
+/// whichever version of the program (or, during a migrating reload, its
+/// handoff build or bridge) sees it.
+const COUNT_V1: &str = "program share_pass
+hook xdp
+flow ip.src
+states SEEN
+registers n = 0
+default pass
+table
+  SEEN  *  => pass, n = n + 1
+end
+";
+
+/// A new row: the state table keeps its layout (a plain reload).
+const COUNT_V2: &str = "program share_pass
+hook xdp
+flow ip.src
+states SEEN
+registers n = 0
+default pass
+table
+  SEEN  udp.dport == 1  => pass, n = n + 1
+  SEEN  *  => pass, n = n + 1
+end
+";
+
+/// A new state: the state table changes layout (a migrating reload, not
+/// supported in a dispatcher yet).
+const COUNT_V3: &str = "program share_pass
+hook xdp
+flow ip.src
+states SEEN, LATER
+registers n = 0
+default pass
+table
+  SEEN  *  => pass, n = n + 1
+end
+";
+
+impl Lab {
+    /// `flowstate reload NAME` to a program of text `text`.
+    fn reload(&self, name: &str, text: &str, env: &[(&str, &str)]) -> std::process::Output {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("{name}-v{n}.fsm"));
+        std::fs::write(&path, text).unwrap();
+        flowstate()
+            .arg("reload")
+            .arg(name)
+            .arg(&path)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    /// Datagrams from the client to the server until stopped.
+    fn start_traffic(&self) -> Traffic {
+        let socket = self
+            .lab
+            .client
+            .udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let to = SocketAddrV4::new(SwitchLab::SERVER_ADDR, 9000);
+        let sender = std::thread::spawn(move || {
+            let mut sent = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                sent += send_udp(&socket, to, b"x", 10);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            sent
+        });
+        Traffic { stop, sender }
+    }
+
+    /// Our slot's position, the foreign program's, and the priorities: what
+    /// a reload must keep.
+    fn layout(&self, theirs: u32) -> (usize, usize, Vec<u32>) {
+        let components = self.components();
+        let at = |f: &dyn Fn(u32) -> bool| components.iter().position(|c| f(c.prog_id)).unwrap();
+        (
+            at(&|id| id != theirs),
+            at(&|id| id == theirs),
+            components.iter().map(|c| c.priority).collect(),
+        )
+    }
+
+    fn our_prog_id(&self, theirs: u32) -> u32 {
+        let components = self.components();
+        assert_eq!(components.len(), 2, "{components:?}");
+        components
+            .iter()
+            .find(|c| c.prog_id != theirs)
+            .unwrap()
+            .prog_id
+    }
+}
+
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::thread::JoinHandle<usize>,
+}
+
+impl Traffic {
+    /// Stops sending; the datagrams sent, once they have arrived.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = self.sender.join().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        sent as u64
+    }
+}
+
+/// The client's packets the instance counted in its flow's register `n`.
+fn counted(name: &str) -> u64 {
+    let out = flowstate()
+        .args(["flows", name, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "flows {name}: {out:?}");
+    let flows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let client = SwitchLab::CLIENT_ADDR.to_string();
+    flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["key"].as_str() == Some(client.as_str()))
+        .map_or(0, |f| f["registers"]["n"].as_u64().unwrap())
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Files under the instance's pin directory (a staged pin left behind
+/// shows here).
+fn pins_of(name: &str) -> Vec<String> {
+    let dir = flowstate_control::pin_root().join(name);
+    let mut names = Vec::new();
+    for sub in [dir.clone(), dir.join("maps")] {
+        if let Ok(entries) = std::fs::read_dir(&sub) {
+            names.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+    }
+    names.sort();
+    names
+}
+
+/// A reload of a program in the dispatcher, under traffic, with
+/// xdp-loader's counter before it and after it: the instance keeps its
+/// slot and priority, the foreign program its id and every packet, and the
+/// flow's count (register `n`) goes on through the reload with every
+/// packet counted (none met no program). A migrating reload is refused
+/// and changes nothing; one with `--reset-state` goes through.
+#[test]
+fn reload_in_the_dispatcher_under_traffic_in_both_orders() {
+    if skip("reload_in_the_dispatcher_under_traffic_in_both_orders") {
+        return;
+    }
+    for (round, ours_first) in [(0, true), (1, false)] {
+        let mut lab = Lab::new(&format!("rl{round}"));
+        lab.send(3);
+        let ours = lab.name("r");
+        let (our_priority, their_priority) = if ours_first { (10, 20) } else { (30, 20) };
+        let theirs = if ours_first {
+            lab.run_program(&ours, our_priority, "shared", COUNT_V1, &[])
+                .unwrap();
+            lab.load_foreign(XDP_PASS, their_priority)
+        } else {
+            let theirs = lab.load_foreign(XDP_PASS, their_priority);
+            lab.run_program(&ours, our_priority, "shared", COUNT_V1, &[])
+                .unwrap();
+            theirs
+        };
+        let layout = lab.layout(theirs);
+        assert_eq!(layout.0, usize::from(!ours_first), "round {round}");
+        lab.send(5);
+        let (counted_before, foreign_before) = (counted(&ours), seen_by_foreign(theirs));
+        assert!(counted_before >= 5, "round {round}: {counted_before}");
+
+        let traffic = lab.start_traffic();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let old_id = lab.our_prog_id(theirs);
+        let out = lab.reload(&ours, COUNT_V2, &[]);
+        assert!(out.status.success(), "round {round}: plain reload: {out:?}");
+        assert!(text(&out).contains("kept as is"), "{}", text(&out));
+        let plain_id = lab.our_prog_id(theirs);
+        assert_ne!(plain_id, old_id, "round {round}: a new program runs");
+        assert_eq!(lab.layout(theirs), layout, "round {round}: same slots");
+        // A migrating reload is refused before it changes anything.
+        let before = lab.occupant();
+        let out = lab.reload(&ours, COUNT_V3, &[]);
+        assert!(!out.status.success(), "round {round}: {out:?}");
+        assert!(text(&out).contains("not supported yet"), "{}", text(&out));
+        assert_eq!(lab.occupant(), before, "round {round}: nothing moved");
+        let sent = traffic.stop();
+
+        assert!(sent > 0);
+        let foreign = seen_by_foreign(theirs) - foreign_before;
+        assert!(
+            foreign >= sent,
+            "round {round}: xdp-loader's program saw {foreign} of {sent}"
+        );
+        let ours_counted = counted(&ours) - counted_before;
+        assert!(
+            ours_counted >= sent,
+            "round {round}: the flow counted {ours_counted} of {sent} through the reloads"
+        );
+        let mode = list_mode(&ours);
+        assert!(
+            mode.contains(&format!(
+                "dispatcher {}/2 prio {our_priority}",
+                layout.0 + 1
+            )),
+            "{mode}"
+        );
+        // A new layout with an empty table goes through.
+        let path = lab.dir.join(format!("{ours}-reset.fsm"));
+        std::fs::write(&path, COUNT_V3).unwrap();
+        let out = flowstate()
+            .args(["reload", "--reset-state", &ours])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "round {round}: reset: {out:?}");
+        assert_ne!(lab.our_prog_id(theirs), plain_id);
+        assert_eq!(lab.layout(theirs), layout, "round {round}: same slots");
+        let status = lab.status();
+        assert!(
+            status.contains("share_pass") && status.contains("counter"),
+            "{status}"
+        );
+        lab.stop_flowstate(&ours);
+        let left: Vec<u32> = lab.components().iter().map(|c| c.prog_id).collect();
+        assert_eq!(left, [theirs], "round {round}: xdp-loader's program stays");
+        lab.unload_foreign(theirs);
+        assert_eq!(lab.occupant(), XdpOccupant::Free);
+    }
+}
+
+/// A reload that fails (at its swap, as a refusal of the kernel there
+/// would: `FLOWSTATE_TEST_FAIL_AT`; or a migrating one, refused) leaves
+/// everything as it was: the same dispatcher with the same programs, the
+/// instance's pins, no journal, and both programs counting.
+#[test]
+fn a_refused_reload_in_the_dispatcher_leaves_everything_as_it_was() {
+    if skip("a_refused_reload_in_the_dispatcher_leaves_everything_as_it_was") {
+        return;
+    }
+    let mut lab = Lab::new("rlno");
+    lab.send(3);
+    let theirs = lab.load_foreign(XDP_PASS, 20);
+    let ours = lab.name("r");
+    lab.run_program(&ours, 10, "shared", COUNT_V1, &[]).unwrap();
+    lab.send(5);
+    for (kind, text_v, says) in [
+        ("plain", COUNT_V2, "FLOWSTATE_TEST_FAIL_AT"),
+        ("migrating", COUNT_V3, "not supported yet"),
+    ] {
+        let before = lab.occupant();
+        let pins = pins_of(&ours);
+        let out = lab.reload(&ours, text_v, &[("FLOWSTATE_TEST_FAIL_AT", "reload:swap")]);
+        assert!(!out.status.success(), "{kind}: {out:?}");
+        assert!(text(&out).contains(says), "{kind}: {}", text(&out));
+        assert_eq!(lab.occupant(), before, "{kind}: the same dispatcher");
+        assert_eq!(pins_of(&ours), pins, "{kind}: no staged pin left");
+        assert!(
+            !flowstate_control::meta_dir()
+                .join(format!("{ours}.journal"))
+                .exists(),
+            "{kind}: no journal left"
+        );
+        let (counted_before, foreign_before) = (counted(&ours), seen_by_foreign(theirs));
+        lab.send(5);
+        assert!(
+            counted(&ours) >= counted_before + 5,
+            "{kind}: ours counts on"
+        );
+        assert!(seen_by_foreign(theirs) >= foreign_before + 5, "{kind}");
+    }
+    // Without the fault the reload goes through.
+    let out = lab.reload(&ours, COUNT_V2, &[]);
+    assert!(out.status.success(), "{out:?}");
+    lab.stop_flowstate(&ours);
+    lab.unload_foreign(theirs);
+}
+
+/// Each step of a reload in the dispatcher, killed (SIGKILL), then
+/// `flowstate repair`: the instance runs (the old
+/// program or the new one, as its metadata says) in its slot, the foreign
+/// program keeps its id, no staged pin is left, the flow keeps counting,
+/// and a next reload works.
+#[test]
+fn a_reload_in_the_dispatcher_killed_at_each_step_is_repaired() {
+    if skip("a_reload_in_the_dispatcher_killed_at_each_step_is_repaired") {
+        return;
+    }
+    let mut lab = Lab::new("rlkill");
+    lab.send(3);
+    let theirs = lab.load_foreign(XDP_PASS, 20);
+    let ours = lab.name("r");
+    lab.run_program(&ours, 30, "shared", COUNT_V1, &[]).unwrap();
+    let layout = lab.layout(theirs);
+    let pins = pins_of(&ours);
+    // v1 and v2 share the state table's layout.
+    let mut current = COUNT_V1;
+    for kind in ["plain"] {
+        for step in [
+            "stage",
+            "migrate",
+            "swap",
+            "bridge",
+            "sweep",
+            "final-swap",
+            "rename",
+            "write-meta",
+        ] {
+            let next = if current == COUNT_V1 {
+                COUNT_V2
+            } else {
+                COUNT_V1
+            };
+            let context = format!("{kind} reload killed at {step}");
+            lab.send(2);
+            let counted_before = counted(&ours);
+            let crash = format!("reload:{step}");
+            let out = lab.reload(&ours, next, &[("FLOWSTATE_TEST_CRASH_AT", &crash)]);
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&out.status),
+                Some(9),
+                "{context}: killed: {}",
+                text(&out)
+            );
+            let out = flowstate().args(["repair", &ours]).output().unwrap();
+            assert!(out.status.success(), "{context}: repair: {out:?}");
+            let repaired = text(&out);
+            if repaired.contains("finished") {
+                current = next;
+            } else {
+                assert!(repaired.contains("undone"), "{context}: {repaired}");
+            }
+            assert_eq!(lab.layout(theirs), layout, "{context}: same slots");
+            let listed = list_mode(&ours);
+            assert!(
+                listed.contains("dispatcher 2/2 prio 30"),
+                "{context}: {listed}"
+            );
+            let mut now = pins_of(&ours);
+            now.retain(|p| !p.starts_with("migration") && !p.starts_with("successor"));
+            assert_eq!(now, pins, "{context}: the pins of a running instance");
+            let foreign_before = seen_by_foreign(theirs);
+            lab.send(5);
+            assert!(
+                counted(&ours) >= counted_before + 5,
+                "{context}: the flow counts on"
+            );
+            assert!(seen_by_foreign(theirs) >= foreign_before + 5, "{context}");
+        }
+    }
+    let out = lab.reload(&ours, COUNT_V2, &[]);
+    assert!(out.status.success(), "a reload after the repairs: {out:?}");
+    lab.stop_flowstate(&ours);
+    assert_eq!(lab.components().len(), 1);
     lab.unload_foreign(theirs);
 }

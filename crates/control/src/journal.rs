@@ -25,7 +25,8 @@
 //! Fault injection, for tests only: `FLOWSTATE_TEST_CRASH_AT=STEP` makes
 //! the command SIGKILL itself right after journaling STEP (so the step has
 //! not run); `FLOWSTATE_TEST_SIGINT_AT=STEP` sends it SIGINT there
-//! instead. STEP is `op:step`, e.g. `reload:swap` (see [`RUN_STEPS`],
+//! instead; `FLOWSTATE_TEST_FAIL_AT=STEP` makes the step fail with an
+//! error, as a refusal of the kernel there would. STEP is `op:step`, e.g. `reload:swap` (see [`RUN_STEPS`],
 //! [`RELOAD_STEPS`], [`STOP_STEPS`]).
 
 use std::io::Write;
@@ -135,12 +136,40 @@ pub(crate) struct MigrationStage {
     pub migration_pin: PathBuf,
     /// The handoff build's `successor` array (slot 0: the bridge).
     pub successor_pin: PathBuf,
+    /// In a shared XDP dispatcher: the bridge loaded a second time, for
+    /// the slot (the one in `successor`, an unattached extension, is only
+    /// ever tail-called). Known from `migrate` on; none elsewhere.
+    #[serde(default)]
+    pub slot_bridge: Option<SlotBridge>,
+}
+
+/// The bridge as the extension a dispatcher slot runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SlotBridge {
+    pub id: u32,
+    pub pin: PathBuf,
 }
 
 impl MigrationStage {
     /// Every pin it makes.
-    pub fn pins(&self) -> [&PathBuf; 3] {
-        [&self.bridge_pin, &self.migration_pin, &self.successor_pin]
+    pub fn pins(&self) -> Vec<&PathBuf> {
+        let mut pins = vec![&self.bridge_pin, &self.migration_pin, &self.successor_pin];
+        pins.extend(self.slot_bridge.as_ref().map(|b| &b.pin));
+        pins
+    }
+
+    /// The bridge program that goes where the instance runs at `bridge`.
+    pub fn hooked_bridge_pin(&self) -> &PathBuf {
+        self.slot_bridge
+            .as_ref()
+            .map_or(&self.bridge_pin, |b| &b.pin)
+    }
+
+    /// Whether `prog_id` is the bridge (either build).
+    pub fn is_bridge(&self, prog_id: u32) -> bool {
+        prog_id != 0
+            && (prog_id == self.bridge_id
+                || self.slot_bridge.as_ref().is_some_and(|b| b.id == prog_id))
     }
 }
 
@@ -195,8 +224,9 @@ impl Journal {
     pub fn step(&mut self, step: &str) -> Result<(), ControlError> {
         self.step = step.to_string();
         self.save()?;
-        crash_point(&format!("{}:{step}", self.op.name()));
-        Ok(())
+        let point = format!("{}:{step}", self.op.name());
+        crash_point(&point);
+        fail_point(&point)
     }
 
     fn save(&self) -> Result<(), ControlError> {
@@ -302,6 +332,18 @@ pub(crate) fn crash_point(point: &str) {
         // A handler may defer the exit: never go past the point.
         std::thread::sleep(std::time::Duration::from_secs(5));
     }
+}
+
+/// Test fault injection: the step fails as a refusal of the kernel would
+/// (see the module doc).
+fn fail_point(point: &str) -> Result<(), ControlError> {
+    if std::env::var("FLOWSTATE_TEST_FAIL_AT").is_ok_and(|v| v == point) {
+        return Err(ControlError::kernel(
+            format!("step {point}"),
+            "refused (FLOWSTATE_TEST_FAIL_AT)",
+        ));
+    }
+    Ok(())
 }
 
 /// Finishes or undoes the change journalled for `name`, if any. The caller

@@ -42,9 +42,10 @@ use flowstate_lang::ir::Program;
 use flowstate_runtime::{RawMap, UpdateMode};
 
 use crate::handle::row_text;
-use crate::journal::{self, Journal, MigrationStage, Op, Outcome, ReloadPlan};
+use crate::journal::{self, Journal, MigrationStage, Op, Outcome, ReloadPlan, SlotBridge};
 use crate::lock::InstanceLock;
 use crate::meta::{source_hash, Meta};
+use crate::shared::DispatcherSlot;
 use crate::tc::Attachment;
 use crate::{globals, kernel, paths, ControlError};
 use flowstate_codegen::meta::GlobalsForm;
@@ -138,14 +139,6 @@ pub fn reload(
         return Err(ControlError::NotRunning(name.to_string()));
     }
     let meta = Meta::load(&meta_path)?;
-    if meta.xdp_priority.is_some() {
-        return Err(ControlError::Attach {
-            dev: meta.dev.clone(),
-            message: format!(
-                "instance {name} runs in a shared XDP dispatcher, where reload is not supported                  yet; `flowstate stop {name}` and `flowstate run --xdp-share shared` again                  replace it (with an empty flow table)"
-            ),
-        });
-    }
     let old = crate::compile_source(&meta.source_path, &meta.source)?;
     if old.lookup_key != new.lookup_key && !reset_state {
         let show = |p: &Program| {
@@ -195,6 +188,22 @@ pub fn reload(
         Plan::New
     };
     let migrate = flows_plan == Plan::New && !reset_state;
+    if migrate && meta.xdp_priority.is_some() {
+        // The handoff build must tail-call the bridge, and the kernels
+        // tried (6.12) refuse the bridge in the handoff's program array
+        // when the handoff is a dispatcher's extension (EINVAL): refused
+        // before anything is loaded. The steps below are written for it
+        // (`SlotBridge`) should a way be found.
+        return Err(ControlError::Attach {
+            dev: meta.dev.clone(),
+            message: format!(
+                "instance {name} runs in a shared XDP dispatcher, where a reload that changes \
+                 the state table's layout (states, registers, capacity or full policy) is not \
+                 supported yet: the migration's handoff cannot tail-call from a dispatcher \
+                 slot. Keep the layout, or reload with --reset-state (an empty flow table)"
+            ),
+        });
+    }
     // The programs of a migration, compiled before anything changes.
     let migration_programs = if migrate {
         let codegen_error =
@@ -230,6 +239,21 @@ pub fn reload(
     };
 
     let attempt = attempt_id();
+    // In a shared XDP dispatcher every program that goes into the slot is
+    // loaded as an extension, against the dispatcher running now.
+    let shared = meta.xdp_priority.is_some();
+    let slot_target = if shared {
+        Some(DispatcherSlot::of(&meta, &[meta.prog_id]).load_target(meta.prog_id)?)
+    } else {
+        None
+    };
+    let load_hooked = |object: &[u8],
+                       program: &str,
+                       pins: &[(&'static str, PathBuf)],
+                       ports: &[u32]| match &slot_target {
+        Some((target, slot)) => kernel::load_extension(object, program, pins, ports, target, slot),
+        None => kernel::load(object, program, pins, ports),
+    };
     let pin_dir = paths::pin_dir(name);
     let maps_dir = pin_dir.join("maps");
     let mut pins = Vec::new();
@@ -274,6 +298,10 @@ pub fn reload(
             bridge_pin: pin_dir.join(paths::staged_name(&attempt, "bridge")),
             migration_pin: maps_dir.join(paths::staged_name(&attempt, migrate::MIGRATION_MAP)),
             successor_pin: maps_dir.join(paths::staged_name(&attempt, migrate::SUCCESSOR_MAP)),
+            slot_bridge: shared.then(|| SlotBridge {
+                id: 0,
+                pin: pin_dir.join(paths::staged_name(&attempt, "slotbridge")),
+            }),
         }),
     };
     let mut journal = Journal::new(name, Op::Reload(Box::new(plan.clone())));
@@ -286,7 +314,7 @@ pub fn reload(
     }
     let mut journal_guard = JournalOnDrop(Some(name));
 
-    let mut loaded = kernel::load(&output.object, &output.program_name, &pins, &new_ports)?;
+    let mut loaded = load_hooked(&output.object, &output.program_name, &pins, &new_ports)?;
     loaded.pin_program(&prog_staged)?;
     let new_prog_id = loaded.prog_id()?;
     plan.new.prog_id = new_prog_id;
@@ -299,7 +327,10 @@ pub fn reload(
         let mut bridge_pins = pins.clone();
         bridge_pins.push((migrate::OLD_FLOWS_MAP, maps_dir.join(old_layout.flows_map)));
         bridge_pins.push((migrate::MIGRATION_MAP, stage.migration_pin.clone()));
-        let mut bridge = kernel::load(
+        // The tail call's target: the same kind of program as the
+        // handoff build calling it (the kernel checks that a program array
+        // holds one kind), so an extension in a dispatcher.
+        let mut bridge = load_hooked(
             &bridge_out.object,
             &bridge_out.program_name,
             &bridge_pins,
@@ -307,13 +338,23 @@ pub fn reload(
         )?;
         bridge.pin_program(&stage.bridge_pin)?;
         stage.bridge_id = bridge.prog_id()?;
+        if let Some(slot_bridge) = stage.slot_bridge.as_mut() {
+            let mut hooked = load_hooked(
+                &bridge_out.object,
+                &bridge_out.program_name,
+                &bridge_pins,
+                &new_ports,
+            )?;
+            hooked.pin_program(&slot_bridge.pin)?;
+            slot_bridge.id = hooked.prog_id()?;
+        }
         let mut handoff_pins: Vec<(&'static str, PathBuf)> = crate::map_names(&old_layout)
             .into_iter()
             .map(|m| (m, maps_dir.join(m)))
             .collect();
         handoff_pins.push((migrate::SUCCESSOR_MAP, stage.successor_pin.clone()));
         let old_ports = crate::ports::resolve_at(&handoff_out.layout, &meta.place())?;
-        let old_again = kernel::load(
+        let old_again = load_hooked(
             &handoff_out.object,
             &handoff_out.program_name,
             &handoff_pins,
@@ -358,7 +399,8 @@ pub fn reload(
     let fd = swapped_in.prog_fd()?;
     // SAFETY: the fd belongs to the program `swapped_in` holds, alive here.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    Attachment::of(&meta).replace_with_fd(fd, swapped_in.program_name())?;
+    let swapped_id = swapped_in.prog_id()?;
+    Hook::of(&plan, &[swapped_id]).replace_with_fd(fd, swapped_in.program_name())?;
     next.0.clear();
     journal_guard.0 = None;
     drop(loaded);
@@ -421,7 +463,7 @@ fn roll_forward(
 ) -> Result<(), ControlError> {
     let pin_dir = paths::pin_dir(name);
     let maps_dir = pin_dir.join("maps");
-    let link = Attachment::of(&plan.old);
+    let link = Hook::of(plan, &[]);
     // A repair runs without a journal of its own (it finishes another's).
     let repairing = journal.is_none();
     let steps = journal::RELOAD_STEPS;
@@ -435,7 +477,7 @@ fn roll_forward(
                 // No packet of the program replaced at `swap` is still
                 // running: those of the handoff build know about moves.
                 kernel::wait_for_running_programs();
-                swap_link(&link, &stage.bridge_pin, repairing)?;
+                link.replace_with_pinned(stage.hooked_bridge_pin(), repairing)?;
             }
             ("sweep", Some(stage)) => {
                 // The handoff build has stopped: the bridge stops
@@ -456,7 +498,7 @@ fn roll_forward(
                 tally.lost = (counts.lost + counts.conflicts) as usize;
             }
             ("final-swap", Some(_)) => {
-                swap_link(&link, &plan.prog_staged, repairing)?;
+                link.replace_with_pinned(&plan.prog_staged, repairing)?;
             }
             ("rename", _) => {
                 for (staged, current) in &plan.renames {
@@ -492,16 +534,67 @@ fn roll_forward(
     Ok(())
 }
 
-/// Puts the pinned program on the link. When repairing, a link the kernel
-/// has severed (its interface is gone, `ENOLINK`) runs nothing and has no
-/// traffic to hand over: the swap is skipped and the rest of the reload
-/// (maps, pins, metadata) still completes, so that `stop` can then remove
-/// the instance. A reload in progress reports it instead.
-fn swap_link(link: &Attachment, prog: &Path, repairing: bool) -> Result<(), ControlError> {
-    if repairing {
-        link.replace_unless_severed(prog).map(drop)
-    } else {
-        link.replace_with_pinned(prog)
+/// Where the instance's program runs: alone on its link or clsact filter,
+/// or in a slot of a shared XDP dispatcher (see [`DispatcherSlot`]).
+enum Hook {
+    Alone(Attachment),
+    Slot(DispatcherSlot),
+}
+
+impl Hook {
+    /// The hook of the reload's instance; in a dispatcher, the slot that
+    /// runs one of the reload's programs (or `extra`).
+    fn of(plan: &ReloadPlan, extra: &[u32]) -> Hook {
+        if plan.old.xdp_priority.is_none() {
+            return Hook::Alone(Attachment::of(&plan.old));
+        }
+        let mut ours = vec![plan.old.prog_id, plan.new.prog_id];
+        if let Some(stage) = &plan.migration {
+            ours.push(stage.handoff_id);
+            ours.push(stage.bridge_id);
+            ours.extend(stage.slot_bridge.as_ref().map(|b| b.id));
+        }
+        ours.extend_from_slice(extra);
+        Hook::Slot(DispatcherSlot::of(&plan.old, &ours))
+    }
+
+    fn replace_with_fd(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), ControlError> {
+        match self {
+            Hook::Alone(attachment) => attachment.replace_with_fd(fd, name),
+            Hook::Slot(slot) => slot.swap_in(fd),
+        }
+    }
+
+    /// Puts the pinned program where the instance runs. When repairing,
+    /// an attachment the kernel has severed (its interface is gone,
+    /// `ENOLINK`; a dispatcher no longer running any of ours) runs nothing
+    /// and has no traffic to hand over: the swap is skipped and the rest
+    /// of the reload (maps, pins, metadata) still completes, so that
+    /// `stop` can then remove the instance. A reload in progress reports
+    /// it instead.
+    fn replace_with_pinned(&self, prog: &Path, repairing: bool) -> Result<(), ControlError> {
+        match self {
+            Hook::Alone(link) if repairing => link.replace_unless_severed(prog).map(drop),
+            Hook::Alone(link) => link.replace_with_pinned(prog),
+            Hook::Slot(slot) => slot.swap_in_pinned(prog, repairing),
+        }
+    }
+
+    /// The program running there; `Ok(None)` when nothing of ours runs
+    /// (a clsact filter or dispatcher gone with its interface).
+    fn program_id(&self) -> Result<Option<u32>, ControlError> {
+        match self {
+            Hook::Alone(attachment) => match attachment.program_id() {
+                Ok(id) => Ok(Some(id)),
+                Err(_) if matches!(attachment, Attachment::Filter { .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
+            Hook::Slot(slot) => slot.running(),
+        }
     }
 }
 
@@ -513,19 +606,18 @@ pub(crate) fn repair(
     journal: &Journal,
     plan: &ReloadPlan,
 ) -> Result<Outcome, ControlError> {
-    let attachment = Attachment::of(&plan.old);
-    let running = match attachment.program_id() {
-        Ok(id) => id,
-        // A clsact filter gone with its interface runs nothing: undone
-        // before the swap, else finished (its swaps skipped).
-        Err(_) if matches!(attachment, Attachment::Filter { .. }) => {
+    let running = match Hook::of(plan, &[]).program_id()? {
+        Some(id) => id,
+        // A clsact filter or a dispatcher gone with its interface runs
+        // nothing: undone before the swap, else finished (its swaps
+        // skipped).
+        None => {
             if journal.reached(journal::RELOAD_STEPS, "bridge") {
                 plan.new.prog_id
             } else {
                 plan.old.prog_id
             }
         }
-        Err(e) => return Err(e),
     };
     let stage = plan.migration.as_ref();
     let reached = if plan.new.prog_id != 0 && running == plan.new.prog_id {
@@ -534,7 +626,7 @@ pub(crate) fn repair(
         } else {
             "bridge"
         }
-    } else if stage.is_some_and(|s| s.bridge_id != 0 && running == s.bridge_id) {
+    } else if stage.is_some_and(|s| s.is_bridge(running)) {
         "sweep"
     } else if stage.is_some_and(|s| s.handoff_id != 0 && running == s.handoff_id) {
         "bridge"

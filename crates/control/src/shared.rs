@@ -11,17 +11,21 @@
 //!   the run priority (`Meta::xdp_priority`).
 //! - `stop` takes the program out of the dispatcher (a new dispatcher runs
 //!   the others; the last one out leaves the hook empty).
-//! - `reload` swaps the program within the dispatcher in one dispatcher
-//!   swap, when the flow table keeps its layout. A migrating reload (its
-//!   handoff programs tail-call across, which extensions do not) is
-//!   refused.
+//! - `reload` ([`DispatcherSlot`]) loads the new program as an extension
+//!   against the running dispatcher, then swaps it into the instance's
+//!   slot in one dispatcher swap (the slot's priority and chain-call
+//!   actions kept, the other programs re-linked as they were), when the
+//!   flow table keeps its layout or with `--reset-state`. A migrating
+//!   reload is refused before it loads anything: its handoff build must
+//!   tail-call the bridge, and the kernel refuses the bridge in the
+//!   program array of a handoff that is an extension.
 //! - Crash safety: the dispatcher swap is the only step that changes what
 //!   the interface runs, and the old dispatcher keeps running until it
 //!   succeeds. The journal records the instance before the swap, so an
 //!   interrupted `run` is undone (the program taken out again, if the
 //!   swap happened) by the next command on the name.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use flowstate_runtime::dispatcher::{self, NewComponent, XdpOccupant, CHAIN_ON_PASS};
@@ -282,5 +286,109 @@ pub(crate) fn position(meta: &Meta) -> (Option<String>, String) {
             )),
             meta.mode.clone(),
         ),
+    }
+}
+
+/// The dispatcher slot an instance's program runs in, as `reload` sees
+/// it: the slot's program is replaced by putting another extension in its
+/// place, in one dispatcher swap (libxdp's way of changing a dispatcher:
+/// a freplace link cannot be updated in place, and a slot function takes
+/// one extension at a time, so a new dispatcher is the atomic step).
+#[derive(Debug, Clone)]
+pub(crate) struct DispatcherSlot {
+    place: crate::netns::Place,
+    ifindex: u32,
+    dev: String,
+    /// The instance's programs that may be in the slot: the one there
+    /// before a reload and those the reload puts there in turn.
+    ours: Vec<u32>,
+}
+
+impl DispatcherSlot {
+    /// The slot of `meta`'s instance, holding one of `ours` (ids of 0,
+    /// not known yet, are left out).
+    pub fn of(meta: &Meta, ours: &[u32]) -> DispatcherSlot {
+        DispatcherSlot {
+            place: meta.place(),
+            ifindex: meta.ifindex,
+            dev: meta.dev.clone(),
+            ours: ours.iter().copied().filter(|id| *id != 0).collect(),
+        }
+    }
+
+    fn attach_error(&self, what: &str, e: impl std::fmt::Display) -> ControlError {
+        ControlError::Attach {
+            dev: self.dev.clone(),
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    fn run<T: Send>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T, flowstate_runtime::RuntimeError> + Send,
+    ) -> Result<T, ControlError> {
+        crate::netns::run_at(&self.place, f)
+            .map_err(|why| self.attach_error(what, why))?
+            .map_err(|e| self.attach_error(what, e))
+    }
+
+    /// Which of our programs runs in the dispatcher (`None`: none does,
+    /// e.g. the interface or the dispatcher is gone).
+    pub fn running(&self) -> Result<Option<u32>, ControlError> {
+        let ifindex = self.ifindex;
+        let occupant = self.run("reading the XDP dispatcher", move || {
+            dispatcher::xdp_occupant(ifindex)
+        });
+        let components = match occupant {
+            Ok(XdpOccupant::Dispatcher { components, .. }) => components,
+            Ok(_) => return Ok(None),
+            // The namespace, and the interface with it, is gone.
+            Err(_) if crate::netns::run_at(&self.place, || ()).is_err() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(components
+            .iter()
+            .map(|c| c.prog_id)
+            .find(|id| self.ours.contains(id)))
+    }
+
+    /// The running dispatcher and slot function of program `prog_id`, to
+    /// load its replacement against (see `dispatcher::slot_target`).
+    pub fn load_target(
+        &self,
+        prog_id: u32,
+    ) -> Result<(aya::programs::ProgramFd, String), ControlError> {
+        let ifindex = self.ifindex;
+        self.run("finding the instance's dispatcher slot", move || {
+            dispatcher::slot_target(ifindex, prog_id)
+        })
+    }
+
+    /// Puts the extension behind `fd` in the slot, in place of whichever
+    /// of ours runs there (nothing to do when it already runs there).
+    pub fn swap_in(&self, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), ControlError> {
+        let prog = fd
+            .try_clone_to_owned()
+            .map_err(|e| ControlError::kernel("duplicating the program fd", e))?;
+        let (ifindex, ours) = (self.ifindex, self.ours.clone());
+        self.run(
+            "swapping the program in its XDP dispatcher slot",
+            move || dispatcher::swap_in(ifindex, &ours, prog),
+        )
+        .map(drop)
+    }
+
+    /// [`DispatcherSlot::swap_in`] of a pinned program. When `repairing`,
+    /// a slot none of ours runs in any more (the interface, its
+    /// namespace or the dispatcher is gone) is skipped: nothing runs
+    /// there to hand over.
+    pub fn swap_in_pinned(&self, prog_pin: &Path, repairing: bool) -> Result<(), ControlError> {
+        if repairing && self.running()?.is_none() {
+            return Ok(());
+        }
+        let fd = crate::links::obj_get(prog_pin)
+            .map_err(|e| ControlError::kernel(format!("opening {}", prog_pin.display()), e))?;
+        self.swap_in(std::os::fd::AsFd::as_fd(&fd))
     }
 }

@@ -413,6 +413,89 @@ pub fn replace(
     })
 }
 
+/// Where program `prog_id` runs: the interface's running dispatcher (to
+/// load a replacement extension against, as the kernel wants a target at
+/// load time) and the slot function it replaces. An extension loaded
+/// against it can later be linked into any dispatcher's slot
+/// ([`swap_in`]): every slot function has the same prototype.
+pub fn slot_target(ifindex: u32, prog_id: u32) -> Result<(ProgramFd, String), RuntimeError> {
+    let _lock = ProtocolLock::acquire()?;
+    let (occupant, _) = occupant_locked(ifindex)?;
+    let XdpOccupant::Dispatcher {
+        prog_id: dispatcher_id,
+        components,
+        ..
+    } = occupant
+    else {
+        return Err(error(format!(
+            "ifindex {ifindex} runs no dispatcher: program {prog_id} is not running there"
+        )));
+    };
+    let Some(at) = components.iter().position(|c| c.prog_id == prog_id) else {
+        return Err(error(format!(
+            "program {prog_id} is not in the dispatcher on ifindex {ifindex}"
+        )));
+    };
+    let fd = program_info(dispatcher_id)?
+        .fd()
+        .map_err(|e| error(format!("opening dispatcher {dispatcher_id}: {e}")))?;
+    Ok((fd, object::slot_function(at)))
+}
+
+/// Puts the extension `prog`, already loaded (see [`slot_target`]), in
+/// the slot of whichever program of `current` runs in the interface's
+/// dispatcher, with that slot's priority and chain-call actions: one
+/// dispatcher swap, the other programs re-linked as they were. When `prog`
+/// already runs there nothing changes (a repair may ask twice).
+pub fn swap_in(ifindex: u32, current: &[u32], prog: OwnedFd) -> Result<Joined, RuntimeError> {
+    let _lock = ProtocolLock::acquire()?;
+    let new_id = prog_id_of(prog.as_fd())?;
+    let (occupant, fds) = occupant_locked(ifindex)?;
+    let (
+        XdpOccupant::Dispatcher {
+            prog_id: dispatcher_id,
+            mode_flags,
+            components,
+        },
+        Some((fd, fds)),
+    ) = (occupant, fds)
+    else {
+        return Err(error(format!(
+            "ifindex {ifindex} runs no dispatcher: the program to replace is gone"
+        )));
+    };
+    if let Some(slot) = components.iter().position(|c| c.prog_id == new_id) {
+        return Ok(Joined {
+            dispatcher_id,
+            slot,
+            prog_id: new_id,
+        });
+    }
+    let Some(at) = components.iter().position(|c| current.contains(&c.prog_id)) else {
+        return Err(error(format!(
+            "none of programs {current:?} is in the dispatcher on ifindex {ifindex}"
+        )));
+    };
+    let mut slots: Vec<Slot> = components
+        .into_iter()
+        .zip(fds)
+        .map(|(c, fd)| Slot::Existing(c, fd))
+        .collect();
+    if let Slot::Existing(component, _) = &slots[at] {
+        let component = Component {
+            prog_id: new_id,
+            ..component.clone()
+        };
+        slots[at] = Slot::Existing(component, prog);
+    }
+    let (dispatcher_id, _) = rebuild(ifindex, Some((dispatcher_id, fd)), slots, mode_flags)?;
+    Ok(Joined {
+        dispatcher_id,
+        slot: at,
+        prog_id: new_id,
+    })
+}
+
 /// Builds, pins and swaps in a dispatcher running `slots` in order;
 /// returns its id and the slots' program ids. The old dispatcher keeps
 /// running if anything fails.

@@ -507,3 +507,76 @@ fn replace_swaps_our_program_in_its_slot() {
         XdpOccupant::Free
     );
 }
+
+/// A reload's primitive: a replacement loaded ahead of the swap against
+/// the running dispatcher (`slot_target`), then put in the slot of the
+/// program it replaces (`swap_in`); a second `swap_in` changes nothing,
+/// and one naming no program of the dispatcher is refused and changes
+/// nothing either.
+#[test]
+fn swap_in_puts_a_preloaded_extension_in_the_slot() {
+    if skip_without_xdp_loader("swap_in_puts_a_preloaded_extension_in_the_slot") {
+        return;
+    }
+    let netns = Netns::new("dsps");
+    let ifindex = netns.enter(|| ifindex("veth0"));
+    let their_id = xdp_loader_load(&netns, 20);
+    let mut first = None;
+    let joined = netns
+        .enter(|| {
+            dispatcher::join(
+                ifindex,
+                NewComponent {
+                    name: "count_xdp".into(),
+                    priority: 30,
+                    chain_call_actions: CHAIN_ON_PASS,
+                    load: Box::new(|d, slot| Ok(load_counter(&mut first, d, slot))),
+                },
+                dispatcher::XDP_FLAGS_DRV_MODE,
+            )
+        })
+        .unwrap();
+    let (target, slot) = netns
+        .enter(|| dispatcher::slot_target(ifindex, joined.prog_id))
+        .unwrap();
+    assert_eq!(slot, "prog1", "ours runs second");
+    let mut second = None;
+    let fd = load_counter(&mut second, &target, &slot);
+    let dispatcher_before = match netns.enter(|| dispatcher::xdp_occupant(ifindex)).unwrap() {
+        XdpOccupant::Dispatcher { prog_id, .. } => prog_id,
+        other => panic!("{other:?}"),
+    };
+    let stranger =
+        netns.enter(|| dispatcher::swap_in(ifindex, &[u32::MAX], fd.try_clone().unwrap()));
+    assert!(stranger.is_err(), "{stranger:?}");
+    let swapped = netns
+        .enter(|| dispatcher::swap_in(ifindex, &[joined.prog_id], fd.try_clone().unwrap()))
+        .unwrap();
+    assert_ne!(swapped.dispatcher_id, dispatcher_before, "a new dispatcher");
+    assert_eq!(swapped.slot, 1);
+    let again = netns
+        .enter(|| dispatcher::swap_in(ifindex, &[joined.prog_id], fd.try_clone().unwrap()))
+        .unwrap();
+    assert_eq!(again, swapped, "already in place: nothing changes");
+    let listed = components(&netns);
+    let ids: Vec<u32> = listed.iter().map(|c| c.prog_id).collect();
+    assert_eq!(ids, [their_id, swapped.prog_id]);
+    assert_eq!(listed[1].priority, 30, "the slot keeps its priority");
+    assert_eq!(listed[1].chain_call_actions, CHAIN_ON_PASS);
+    let flows = |keep: &Option<Ebpf>| {
+        RawMap::from_map("flows", keep.as_ref().unwrap().map("flows").unwrap()).unwrap()
+    };
+    let (their_flows, _) = counter_maps(their_id);
+    send(&netns, 4);
+    assert_eq!(packets_in(&flows(&first)), 0, "the old program is out");
+    assert_eq!(packets_in(&flows(&second)), 4);
+    assert_eq!(packets_in(&their_flows), 4, "the program before still runs");
+    assert!(netns
+        .enter(|| dispatcher::leave(ifindex, swapped.prog_id))
+        .unwrap());
+    xdp_loader(&netns, &["unload", "--all", "veth0"]).unwrap();
+    assert_eq!(
+        netns.enter(|| dispatcher::xdp_occupant(ifindex)).unwrap(),
+        XdpOccupant::Free
+    );
+}

@@ -9,6 +9,10 @@
 //!   `XDP_DISPATCHER_RETVAL` (31), which every slot's actions include, so
 //!   a slot whose extension went away is passed over. Extensions replace
 //!   them (`BPF_PROG_TYPE_EXT`); they are global so the kernel allows it.
+//!   Each makes a no-op `bpf_xdp_adjust_tail(ctx, 0)` call first, as
+//!   libxdp's do: the kernel refuses an extension that may change packet
+//!   data (a helper that moves it, or a tail call: a migrating reload's
+//!   handoff build tail-calls) in place of a function that does not.
 //! - one map, the configuration (`struct xdp_dispatcher_config`, key
 //!   `u32`, one entry, `BPF_F_RDONLY_PROG`): libxdp reads the slots' run
 //!   priorities and chain-call actions from it, and recognises a
@@ -87,14 +91,15 @@ const CALL: u8 = 0x85;
 const EXIT: u8 = 0x95;
 const PSEUDO_CALL: u8 = 1;
 const MAP_LOOKUP_ELEM: i32 = 1;
+const XDP_ADJUST_TAIL: i32 = 65;
 /// Instructions of the main function before the first slot, per slot,
 /// and after the last.
 const PROLOGUE: usize = 9;
 const PER_SLOT: usize = 9;
 const EPILOGUE: usize = 3;
 const MAIN_LEN: usize = PROLOGUE + PER_SLOT * MAX_SLOTS + EPILOGUE;
-/// Each stub: `r0 = 31; exit`.
-const STUB_LEN: usize = 2;
+/// Each stub: `r2 = 0; call bpf_xdp_adjust_tail; r0 = 31; exit`.
+const STUB_LEN: usize = 4;
 
 /// The main function; the stubs follow it in the section, stub i at slot
 /// `MAIN_LEN + STUB_LEN * i`.
@@ -156,6 +161,9 @@ pub fn dispatcher_object() -> Vec<u8> {
             name: slot_function(slot),
             section: ProgramSection::Xdp,
             insns: [
+                // r1 is the context on entry.
+                insn(MOV64_IMM, 2, 0, 0, 0),
+                insn(CALL, 0, 0, 0, XDP_ADJUST_TAIL),
                 insn(MOV64_IMM, 0, 0, 0, DISPATCHER_RETVAL as i32),
                 insn(EXIT, 0, 0, 0, 0),
             ]
