@@ -540,7 +540,7 @@ impl<'a> Emitter<'a> {
     /// counted as contention, only once the run's `may_goto` budget is
     /// spent (a holder keeps a lock for a few dozen instructions).
     fn lock_loop(&mut self, key: i16, missing: Missing) {
-        self.start_waits();
+        self.start_waits(wait::LOCK_ROUNDS);
         self.lock_loop_sharing_budget(key, missing);
     }
 
@@ -620,12 +620,15 @@ impl<'a> Emitter<'a> {
         self.goto(busy);
 
         self.asm.bind(absent);
+        // Where a placeholder inserted (here or by a wait's callback) is
+        // checked and held.
+        let placed = self.label();
         match missing {
             Missing::Goto(label) => {
                 self.emit(Insn::mov64(ENTRY, 0));
                 self.goto(label);
             }
-            Missing::Placeholder(taken) => {
+            Missing::Placeholder(held) => {
                 self.asm
                     .annotate("missing: insert a held placeholder, then hold it");
                 self.held_view(PLACEHOLDER_STATE);
@@ -637,6 +640,7 @@ impl<'a> Emitter<'a> {
                 self.jmp(JmpOp::Eq, R0, -EEXIST, busy);
                 let table_full = self.table_full;
                 self.jmp(JmpOp::Ne, R0, 0, table_full);
+                self.asm.bind(placed);
                 self.lookup(map, key);
                 self.jmp(JmpOp::Eq, R0, 0, busy);
                 self.emit(Insn::mov64(ENTRY, R0));
@@ -645,7 +649,7 @@ impl<'a> Emitter<'a> {
                 self.jmp(JmpOp::Ne, R1, R2, busy);
                 self.emit(Insn::add64(R2, -1));
                 self.store_stack(frame.seq, R2);
-                self.goto(taken);
+                self.goto(held);
             }
         }
 
@@ -655,9 +659,18 @@ impl<'a> Emitter<'a> {
         }
         self.asm.bind(busy);
         let contention = self.contention;
-        self.lock_round(contention, map, key, moved.is_some(), taken);
+        self.lock_round(
+            contention,
+            map,
+            key,
+            moved.is_some(),
+            missing,
+            taken,
+            placed,
+        );
         self.goto(spin);
         self.asm.bind(locked);
+        self.forget_rounds();
     }
 
     /// Builds in the view an entry no one else may take: a random odd
@@ -858,16 +871,21 @@ impl<'a> Emitter<'a> {
     /// of 0 (fully ordered on arm64: the copy's loads can move neither
     /// before the first read nor after the second).
     fn read_sequence(&mut self, reg: Reg) {
+        self.sequence_of(reg, ENTRY);
+    }
+
+    /// [`Emitter::read_sequence`] of the element at `base`.
+    fn sequence_of(&mut self, reg: Reg, base: Reg) {
         if self.target.features.weakly_ordered {
             self.emit(Insn::mov64(reg, 0));
             self.emit(Insn::atomic32(
                 AtomicOp::FetchAdd,
-                ENTRY,
+                base,
                 reg,
                 LOCK_OFFSET as i16,
             ));
         } else {
-            self.emit(Insn::ldx(Size::W, reg, ENTRY, LOCK_OFFSET as i16));
+            self.emit(Insn::ldx(Size::W, reg, base, LOCK_OFFSET as i16));
         }
     }
 
@@ -1212,7 +1230,7 @@ impl<'a> Emitter<'a> {
         let absent = self.label();
         self.asm
             .annotate("copy the entry (seqlock read, waiting as long as it takes)");
-        self.start_waits();
+        self.start_waits(wait::LOCK_ROUNDS);
         self.asm.bind(spin);
         self.lookup(MAPS.flows, key);
         self.jmp(JmpOp::Eq, R0, 0, absent);
@@ -1238,9 +1256,10 @@ impl<'a> Emitter<'a> {
         }
         self.asm.bind(busy);
         let contention = self.contention;
-        self.wait_or_give_up(contention, Some((MAPS.flows, key)));
+        self.read_round(contention, key, missing, done);
         self.goto(spin);
         self.asm.bind(done);
+        self.forget_rounds();
     }
 
     /// Copies the entry at R7 to the view without locking it: a seqlock
@@ -2040,7 +2059,7 @@ impl<'a> Emitter<'a> {
             let new_entry = self.label();
             let expired = self.label();
             let fresh_enough = self.label();
-            self.start_waits();
+            self.start_waits(wait::INSERT_ROUNDS);
             self.asm.bind(again2);
             if self.target.atomic {
                 self.lock_loop_sharing_budget(update_key, Missing::Goto(new_entry));
@@ -2149,7 +2168,7 @@ impl<'a> Emitter<'a> {
             .annotate(format!("{name} = ... (compare-and-swap)"));
         let done = self.label();
         let retry = self.label();
-        self.start_waits();
+        self.start_waits(wait::CAS_TRIES);
         self.asm.bind(retry);
         self.load_stack(R1, frame.globals_ptr);
         self.load_stack(R0, frame.old_global(gi));
@@ -2172,6 +2191,7 @@ impl<'a> Emitter<'a> {
         self.store_stack(frame.new_global(gi), R1);
         self.goto(retry);
         self.asm.bind(done);
+        self.forget_rounds();
     }
 
     // ---- default paths and action tails ----

@@ -4,7 +4,7 @@
 //! Needs root and bpffs; prints SKIP otherwise.
 
 use flowstate_codegen::testing::{compile_with_conflict, StagedConflict};
-use flowstate_codegen::{compile, Options, Output};
+use flowstate_codegen::{compile, Options, Output, Target};
 use flowstate_interp::Machine;
 use flowstate_lang::ir::{Action, ControllerThen, Hook, Program};
 use flowstate_runtime::{load, LoadOptions, Loaded};
@@ -24,10 +24,43 @@ fn program(source: &str) -> Program {
     }
 }
 
+/// The target these tests build for: `FLOWSTATE_TARGET` (a kernel
+/// version) when set, else the running kernel's, from its probed features
+/// (what `flowstate run` builds; on a kernel without `may_goto`, the
+/// `bpf_loop` fallback), as `flowstate_difftest::test_target` does.
+fn kernel_target() -> Target {
+    match std::env::var("FLOWSTATE_TARGET") {
+        Ok(text) if !text.is_empty() => {
+            Target::parse(&text).unwrap_or_else(|why| panic!("FLOWSTATE_TARGET={text}: {why}"))
+        }
+        _ => {
+            let features = flowstate_runtime::kernel_features();
+            if !features.may_goto.is_present() && !features.bpf_loop.is_present() {
+                // No permission to probe: nothing loads either.
+                return Target::newest();
+            }
+            Target::from_host(
+                features.may_goto.is_present(),
+                features.bpf_loop.is_present(),
+                features.gotol.is_present(),
+                features.signed_division.is_present(),
+            )
+        }
+    }
+}
+
+/// Default options, for the kernel's target.
+fn kernel_options() -> Options {
+    Options {
+        target: kernel_target(),
+        ..Options::default()
+    }
+}
+
 fn test_options() -> Options {
     Options {
         test_clock: true,
-        ..Options::default()
+        ..kernel_options()
     }
 }
 
@@ -633,7 +666,7 @@ fn two_cpus_lose_no_update_of_one_flow() {
          \x20 * * => pass, n = n + 1\nend\n",
     );
     const PER_THREAD: u32 = 300_000;
-    let output = compile(&p, &Options::default()).unwrap();
+    let output = compile(&p, &kernel_options()).unwrap();
     let loaded = load_output(&output);
     let stats = loaded.stats(&output.program_name).unwrap();
     eprintln!(
@@ -1183,11 +1216,13 @@ fn the_longest_chain_check_accepts_loads() {
             text.push_str("end\n");
             text
         };
-        let accepted = |rows: u32| flowstate_codegen::check_limits(&program(&source(rows))).is_ok();
+        let accepted = |rows: u32| {
+            flowstate_codegen::check_limits_for(&program(&source(rows)), &kernel_target()).is_ok()
+        };
         let longest = largest_accepted(16_384, accepted);
         let p = program(&source(longest));
         // What `check_limits` compiles: the real clock.
-        let options = Options::default();
+        let options = kernel_options();
         let output = compile(&p, &options).unwrap();
         let loaded = match load(&output.object, &LoadOptions::default()) {
             Ok(loaded) => loaded,
@@ -1199,7 +1234,10 @@ fn the_longest_chain_check_accepts_loads() {
             output.insn_count, stats.verified_insns
         );
         if longest < 16_384 {
-            let refused = flowstate_codegen::check_limits(&program(&source(longest + 32)));
+            let refused = flowstate_codegen::check_limits_for(
+                &program(&source(longest + 32)),
+                &kernel_target(),
+            );
             assert!(refused.is_err(), "{name}: not monotonic at {longest}");
         }
     }

@@ -119,7 +119,7 @@ impl Emitter<'_> {
         self.asm
             .annotate("migrating: pull the flow from the old table");
         // One budget for both loops: the lock loop inside and this one.
-        self.start_waits();
+        self.start_waits(super::wait::INSERT_ROUNDS);
         self.asm.bind(top);
         self.lookup(MAPS.flows, key);
         self.jmp(JmpOp::Ne, R0, 0, done);

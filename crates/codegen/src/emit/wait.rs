@@ -30,24 +30,33 @@
 use super::*;
 use migrate::MOVED_STATE;
 
-/// Rounds of a wait (lock loop, locked seqlock read, a migration's pull)
-/// or of a global's compare-and-swap before the packet gives up, on a
-/// target without `may_goto`. A lock round ends with the lock taken by
-/// the callback, or with the flow gone, or after [`WAIT_ITERATIONS`]; a
-/// round is lost when another packet inserts the flow between our lookup
-/// and our insert. With two CPUs toggling one flow (insert, delete, ...:
-/// difftest `two_cpus_toggle_through_elision`) about 4 rounds in 5 are
-/// lost that way: 32 rounds gave up for about 1 packet in 2,500 (and
-/// 128 rounds still for 1 in 100,000, at 4 times the verifier's walk:
-/// the losses are not independent). The verifier walks every round,
-/// about 500 instructions each (see `examples/verifier_cost.rs`).
-/// Known limit: that toggle test is not at 0 contention on this target.
-pub(crate) const LOCK_WAITS: i32 = 32;
+/// Rounds in `bpf_loop` after a lock loop's or a seqlock read's first
+/// (inline) attempt, on a target without `may_goto`. The verifier walks
+/// every round (the counter is a known constant, see `start_waits`), so
+/// they are as few as the loop allows. A round runs whole inside the
+/// callback (lookup, placeholder insert, take, verify; or the seqlock
+/// copy), so an insert race or a holder's next packet does not end it:
+/// it ends with the lock taken (the copy made) or the flow found
+/// missing, unless the [`WAIT_ITERATIONS`] run out (a holder that keeps
+/// a word that long) or, between the callback and the caller's lookup,
+/// an eviction takes the element (a lock loop) or a writer changes it (a
+/// read).
+pub(crate) const LOCK_ROUNDS: i32 = 2;
 
-/// `bpf_loop` iterations per round: all rounds together, as many as the
-/// helper allows in one call (`BPF_MAX_LOOPS`, 1 << 23), about the budget
-/// of a `may_goto` loop (8M rounds).
-pub(crate) const WAIT_ITERATIONS: i32 = (1 << 23) / LOCK_WAITS;
+/// Rounds of a loop that, after finding the flow missing, inserts it
+/// itself (a write under the update key, a migration's pull): one more,
+/// for the insert that another packet's insert beats.
+pub(crate) const INSERT_ROUNDS: i32 = LOCK_ROUNDS + 1;
+
+/// Tries of a global's compare-and-swap (no `bpf_loop` wait: another
+/// try follows at once, with the value the winner left) before the write
+/// is dropped.
+pub(crate) const CAS_TRIES: i32 = 8;
+
+/// `bpf_loop` iterations per round (`BPF_MAX_LOOPS` is 1 << 23): with
+/// [`INSERT_ROUNDS`] rounds at most, about the budget of a `may_goto`
+/// loop (8M rounds).
+pub(crate) const WAIT_ITERATIONS: i32 = (1 << 23) / INSERT_ROUNDS;
 
 /// A `bpf_loop` callback (one per kind, map and key slot).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,20 +66,56 @@ pub(crate) struct Callback {
     key: i16,
     /// Stop at an entry held and marked moved (handoff programs).
     moved: bool,
-    /// Take the word the moment it is even, and leave the number taken
-    /// in the caller's `seq` slot (the lock loop), or only wait.
-    lock: bool,
+    kind: Kind,
+}
+
+/// What a callback does with the flow's word.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Only wait for it to be even (or the flow gone).
+    Wait,
+    /// A lock loop's whole round: take the word the moment it is even and
+    /// check the key still leads to the element, leaving the number taken
+    /// in the caller's `seq` slot. A missing flow: with `insert`, insert
+    /// the held placeholder the caller built in its view (`BPF_NOEXIST`;
+    /// a concurrent insert means go on) and leave [`INSERTED`]; else
+    /// leave [`ABSENT`].
+    Lock { insert: bool },
+    /// A seqlock read's whole round: copy the entry into the caller's
+    /// view, the word the same even number before and after and the key
+    /// still leading to the element, leaving that number in the caller's
+    /// `seq` slot; [`ABSENT`] for a missing flow.
+    Read,
 }
 
 /// The `seq` slot's value while a locking callback has taken nothing: not
 /// a 32-bit number, so no number taken reads as it.
 const NOTHING_TAKEN: i32 = -1;
+/// The `seq` slot's value when a locking callback found the flow missing
+/// (and was not asked to insert).
+const ABSENT: i32 = -2;
+/// The `seq` slot's value when a locking callback's placeholder insert
+/// failed for another reason than a concurrent insert (a full table).
+const TABLE_FULL: i32 = -3;
+/// The `seq` slot's value when a locking callback inserted the caller's
+/// held placeholder.
+const INSERTED: i32 = -4;
 
 impl Emitter<'_> {
-    /// Before a waiting loop: a full budget of rounds.
-    pub(super) fn start_waits(&mut self) {
+    /// Before a waiting loop: a budget of `rounds` (see [`LOCK_ROUNDS`]).
+    pub(super) fn start_waits(&mut self, rounds: i32) {
         if self.target.features.waits_in_bpf_loop() {
-            self.emit(Insn::st(Size::DW, R10, self.frame.tries, LOCK_WAITS));
+            self.emit(Insn::st(Size::DW, R10, self.frame.tries, rounds));
+        }
+    }
+
+    /// After a loop succeeded: the rounds left are set to one number, so
+    /// the verifier finds the program after the loop in the same state
+    /// from every round and walks it once. Nothing counts on from there
+    /// (a loop that shares the budget leaves once locked).
+    pub(super) fn forget_rounds(&mut self) {
+        if self.target.features.waits_in_bpf_loop() {
+            self.emit(Insn::st(Size::DW, R10, self.frame.tries, 0));
         }
     }
 
@@ -123,44 +168,111 @@ impl Emitter<'_> {
             map,
             key,
             moved,
-            lock: false,
+            kind: Kind::Wait,
         });
     }
 
     /// The end of a lock loop's round (see [`Emitter::lock_loop_in`]):
     /// `goto give_up` once the budget is spent; on a target without
-    /// `may_goto`, wait in `bpf_loop` with a callback that takes the word
-    /// of the flow under the key at `key` in `map` the moment it is even
-    /// (so that a packet that waited is not overtaken, round after round,
-    /// by the holder's next packets), and `goto taken` with the number it
-    /// took in the `seq` slot when it did (the caller then looks the flow
-    /// up and checks the word is that number plus one, as after its own
-    /// cmpxchg); else fall through to the next round. Clobbers R0-R5.
+    /// `may_goto`, run the next round whole in `bpf_loop`'s callback
+    /// ([`Kind::Lock`]), which goes round until it takes the word of the
+    /// flow under the key at `key` in `map` (then `goto taken` with the
+    /// number in the `seq` slot: the caller looks the flow up and checks
+    /// the word is that number plus one, as after its own cmpxchg) or
+    /// finds the flow missing (per `missing`: jump away with `ENTRY` = 0,
+    /// or it inserted the held placeholder built here in the view: then
+    /// `goto placed`, where the caller checks and holds it). Else (out of
+    /// iterations, or held and moved) fall through to the next round.
+    /// Clobbers R0-R5.
     pub(super) fn lock_round(
         &mut self,
         give_up: Label,
         map: MapRef,
         key: i16,
         moved: bool,
+        missing: Missing,
         taken: Label,
+        placed: Label,
     ) {
         if !self.target.features.waits_in_bpf_loop() || !self.callbacks_allowed {
             self.wait_or_give_up(give_up, Some((map, key)));
             return;
         }
         self.count_round(give_up);
-        self.asm
-            .annotate("wait in bpf_loop, taking the word the moment it is even (no may_goto here)");
+        self.asm.annotate(
+            "a whole round in bpf_loop: take the word once it is even (no may_goto here)",
+        );
+        let insert = matches!(missing, Missing::Placeholder(_));
+        if insert {
+            self.held_view(PLACEHOLDER_STATE);
+        }
         let seq = self.frame.seq;
         self.emit(Insn::st(Size::DW, R10, seq, NOTHING_TAKEN));
         self.wait_in(Callback {
             map,
             key,
             moved,
-            lock: true,
+            kind: Kind::Lock { insert },
         });
         self.load_stack(R1, seq);
+        match missing {
+            Missing::Goto(absent) => {
+                let present = self.label();
+                self.jmp(JmpOp::Ne, R1, ABSENT, present);
+                self.emit(Insn::mov64(ENTRY, 0));
+                self.goto(absent);
+                self.asm.bind(present);
+            }
+            Missing::Placeholder(_) => {
+                let table_full = self.table_full;
+                self.jmp(JmpOp::Eq, R1, TABLE_FULL, table_full);
+                self.jmp(JmpOp::Eq, R1, INSERTED, placed);
+            }
+        }
         self.jmp(JmpOp::Ne, R1, NOTHING_TAKEN, taken);
+    }
+
+    /// The end of a seqlock read's round (see [`Emitter::read_loop`]):
+    /// `goto give_up` once the budget is spent; on a target without
+    /// `may_goto`, run the next round whole in `bpf_loop`'s callback
+    /// ([`Kind::Read`]) and `goto copied` with `ENTRY` the element (the
+    /// view and `seq` as the inline round leaves them), or `goto missing`
+    /// with `ENTRY` = 0; else (out of iterations, held and moved, or
+    /// written again since the copy) fall through to the next round.
+    /// Clobbers R0-R5.
+    pub(super) fn read_round(&mut self, give_up: Label, key: i16, missing: Label, copied: Label) {
+        if !self.target.features.waits_in_bpf_loop() || !self.callbacks_allowed {
+            self.wait_or_give_up(give_up, Some((MAPS.flows, key)));
+            return;
+        }
+        self.count_round(give_up);
+        self.asm
+            .annotate("a whole seqlock read in bpf_loop (no may_goto here)");
+        let seq = self.frame.seq;
+        self.emit(Insn::st(Size::DW, R10, seq, NOTHING_TAKEN));
+        let moved = self.moved_target().is_some();
+        self.wait_in(Callback {
+            map: MAPS.flows,
+            key,
+            moved,
+            kind: Kind::Read,
+        });
+        let next_round = self.label();
+        let present = self.label();
+        self.load_stack(R1, seq);
+        self.jmp(JmpOp::Eq, R1, NOTHING_TAKEN, next_round);
+        self.jmp(JmpOp::Ne, R1, ABSENT, present);
+        self.emit(Insn::mov64(ENTRY, 0));
+        self.goto(missing);
+        self.asm.bind(present);
+        // The element, if still the copy's (the word unchanged).
+        self.lookup(MAPS.flows, key);
+        self.jmp(JmpOp::Eq, R0, 0, next_round);
+        self.emit(Insn::mov64(ENTRY, R0));
+        self.read_sequence(R1);
+        self.load_stack(R2, seq);
+        self.jmp(JmpOp::Eq, R1, R2, copied);
+        self.asm.bind(next_round);
     }
 
     /// The callbacks asked for, after the program's last instruction.
@@ -173,47 +285,188 @@ impl Emitter<'_> {
     }
 
     fn callback_body(&mut self, callback: Callback) {
+        match callback.kind {
+            Kind::Wait => self.wait_body(callback),
+            Kind::Lock { insert } => self.lock_body(callback, insert),
+            Kind::Read => self.read_body(callback),
+        }
+    }
+
+    /// Stops once the flow's word is even, or it is gone (or held and
+    /// moved). Writes nothing.
+    fn wait_body(&mut self, callback: Callback) {
         let stop = self.label();
         let held = self.label();
-        let go_on = self.label();
-        self.asm.annotate(if callback.lock {
-            "bpf_loop callback: take the flow's word once it is even (stop), or stop if it is gone"
-        } else {
-            "bpf_loop callback: stop once the flow's word is even, or it is gone"
-        });
-        // R2 is the key, a pointer into the caller's frame; R6 keeps it.
-        self.emit(Insn::mov64(R6, R2));
+        self.asm
+            .annotate("bpf_loop callback: stop once the flow's word is even, or it is gone");
         self.asm.ld_map_fd(R1, callback.map);
         self.call(Helper::MAP_LOOKUP_ELEM);
         self.asm.jmp(JmpOp::Eq, R0, 0, stop);
         self.emit(Insn::ldx(Size::W, R1, R0, LOCK_OFFSET as i16));
         self.asm.jmp(JmpOp::Set, R1, 1, held);
-        if callback.lock {
-            self.emit(Insn::mov64(R2, R0));
-            self.emit(Insn::mov64(R3, R1));
-            self.emit(Insn::add64(R3, 1));
-            self.emit(Insn::mov64(R0, R1));
-            self.emit(Insn::atomic32(
-                AtomicOp::CmpXchg,
-                R2,
-                R3,
-                LOCK_OFFSET as i16,
-            ));
-            self.asm.jmp(JmpOp::Ne, R0, R1, go_on);
-            // Ours: the number taken, for the caller (a scalar: nothing
-            // else is written into its frame).
-            self.emit(Insn::stx(Size::DW, R6, R1, self.frame.seq - callback.key));
+        self.asm.bind(stop);
+        self.emit(Insn::mov64(R0, 1));
+        self.emit(Insn::exit());
+        self.asm.bind(held);
+        self.stop_if_moved(callback, R0, stop);
+        self.emit(Insn::mov64(R0, 0));
+        self.emit(Insn::exit());
+    }
+
+    /// One round of a lock loop, as [`Emitter::lock_loop_in`] runs it
+    /// inline, with the caller's frame reached through the key pointer.
+    /// It writes only scalars there (the number taken, or a mark): a
+    /// callback that left a map pointer in the caller's frame was tried,
+    /// and 6.18's verifier, which walks a callback until its states
+    /// converge, gave up on it (E2BIG). So the caller looks the flow up
+    /// again; the word it holds keeps the element the key's (only an LRU
+    /// eviction takes a held element, and then the word is not ours).
+    fn lock_body(&mut self, callback: Callback, insert: bool) {
+        let frame = self.frame;
+        // Caller slots, relative to the key pointer in R6.
+        let seq = frame.seq - callback.key;
+        let view = frame.view - callback.key;
+        let (element, number) = (R7, R8);
+        let stop = self.label();
+        let held = self.label();
+        let go_on = self.label();
+        let release = self.label();
+        let absent = self.label();
+        self.asm.annotate(
+            "bpf_loop callback, a whole lock round: lookup, take even -> odd, verify (stop), \
+             or the flow is missing",
+        );
+        self.emit(Insn::mov64(R6, R2));
+        self.asm.ld_map_fd(R1, callback.map);
+        self.call(Helper::MAP_LOOKUP_ELEM);
+        self.asm.jmp(JmpOp::Eq, R0, 0, absent);
+        self.emit(Insn::mov64(element, R0));
+        self.emit(Insn::ldx(Size::W, number, element, LOCK_OFFSET as i16));
+        self.asm.jmp(JmpOp::Set, number, 1, held);
+        self.emit(Insn::mov64(R3, number));
+        self.emit(Insn::add64(R3, 1));
+        self.emit(Insn::mov64(R0, number));
+        self.emit(Insn::atomic32(
+            AtomicOp::CmpXchg,
+            element,
+            R3,
+            LOCK_OFFSET as i16,
+        ));
+        self.asm.jmp(JmpOp::Ne, R0, number, go_on);
+        self.asm
+            .annotate("still this flow's element, and still our word?");
+        self.asm.ld_map_fd(R1, callback.map);
+        self.emit(Insn::mov64(R2, R6));
+        self.call(Helper::MAP_LOOKUP_ELEM);
+        self.asm.jmp(JmpOp::Eq, R0, 0, release);
+        self.asm.jmp(JmpOp::Ne, R0, element, release);
+        self.emit(Insn::ldx(Size::W, R1, element, LOCK_OFFSET as i16));
+        self.emit(Insn::mov64(R2, number));
+        self.emit(Insn::add64(R2, 1));
+        // Not our word: an insert overwrote it; nothing to give back.
+        self.asm.jmp(JmpOp::Ne, R1, R2, go_on);
+        self.emit(Insn::stx(Size::DW, R6, number, seq));
+        self.asm.ja(stop);
+
+        self.asm.bind(release);
+        self.asm
+            .annotate("another flow's (or a free) element: give the word back");
+        self.emit(Insn::mov64(R0, number));
+        self.emit(Insn::add64(R0, 1));
+        self.emit(Insn::atomic32(
+            AtomicOp::CmpXchg,
+            element,
+            number,
+            LOCK_OFFSET as i16,
+        ));
+        self.asm.ja(go_on);
+
+        self.asm.bind(absent);
+        if insert {
+            let inserted = self.label();
+            self.asm
+                .annotate("missing: insert the caller's held placeholder");
+            self.asm.ld_map_fd(R1, callback.map);
+            self.emit(Insn::mov64(R2, R6));
+            self.emit(Insn::mov64(R3, R6));
+            self.emit(Insn::add64(R3, i32::from(view)));
+            self.emit(Insn::mov64(R4, BPF_NOEXIST));
+            self.call(Helper::MAP_UPDATE_ELEM);
+            self.asm.jmp(JmpOp::Eq, R0, -EEXIST, go_on);
+            self.asm.jmp(JmpOp::Eq, R0, 0, inserted);
+            self.emit(Insn::mov64(R1, TABLE_FULL));
+            self.emit(Insn::stx(Size::DW, R6, R1, seq));
+            self.asm.ja(stop);
+            self.asm.bind(inserted);
+            self.emit(Insn::mov64(R1, INSERTED));
+            self.emit(Insn::stx(Size::DW, R6, R1, seq));
+        } else {
+            self.emit(Insn::mov64(R1, ABSENT));
+            self.emit(Insn::stx(Size::DW, R6, R1, seq));
         }
         self.asm.bind(stop);
         self.emit(Insn::mov64(R0, 1));
         self.emit(Insn::exit());
         self.asm.bind(held);
-        if callback.moved {
-            self.emit(Insn::ldx(Size::W, R1, R0, STATE_OFFSET as i16));
-            self.asm.jmp(JmpOp::Eq, R1, MOVED_STATE, stop);
-        }
+        self.stop_if_moved(callback, element, stop);
         self.asm.bind(go_on);
         self.emit(Insn::mov64(R0, 0));
         self.emit(Insn::exit());
+    }
+
+    /// One round of a seqlock read, as [`Emitter::read_loop`] runs it
+    /// inline, with the caller's frame reached through the key pointer
+    /// (scalars only are written there: the copy, the number).
+    fn read_body(&mut self, callback: Callback) {
+        let frame = self.frame;
+        let seq = frame.seq - callback.key;
+        let view = frame.view - callback.key;
+        let (element, number) = (R7, R8);
+        let stop = self.label();
+        let held = self.label();
+        let go_on = self.label();
+        self.asm.annotate(
+            "bpf_loop callback, a whole seqlock read: lookup, copy, same even word, same element",
+        );
+        self.emit(Insn::mov64(R6, R2));
+        self.asm.ld_map_fd(R1, callback.map);
+        self.call(Helper::MAP_LOOKUP_ELEM);
+        let present = self.label();
+        self.asm.jmp(JmpOp::Ne, R0, 0, present);
+        self.emit(Insn::mov64(R1, ABSENT));
+        self.emit(Insn::stx(Size::DW, R6, R1, seq));
+        self.asm.ja(stop);
+        self.asm.bind(present);
+        self.emit(Insn::mov64(element, R0));
+        self.sequence_of(number, element);
+        self.asm.jmp(JmpOp::Set, number, 1, held);
+        for at in (0..self.layout.value_size).step_by(8) {
+            self.emit(Insn::ldx(Size::DW, R3, element, at as i16));
+            self.emit(Insn::stx(Size::DW, R6, R3, view + at as i16));
+        }
+        self.sequence_of(R3, element);
+        self.asm.jmp(JmpOp::Ne, R3, number, go_on);
+        self.asm.ld_map_fd(R1, callback.map);
+        self.emit(Insn::mov64(R2, R6));
+        self.call(Helper::MAP_LOOKUP_ELEM);
+        self.asm.jmp(JmpOp::Ne, R0, element, go_on);
+        self.emit(Insn::stx(Size::DW, R6, number, seq));
+        self.asm.bind(stop);
+        self.emit(Insn::mov64(R0, 1));
+        self.emit(Insn::exit());
+        self.asm.bind(held);
+        self.stop_if_moved(callback, element, stop);
+        self.asm.bind(go_on);
+        self.emit(Insn::mov64(R0, 0));
+        self.emit(Insn::exit());
+    }
+
+    /// Handoff programs: `goto stop` at an entry (at `entry`) held and
+    /// marked moved; the caller finds it so and hands the packet on.
+    fn stop_if_moved(&mut self, callback: Callback, entry: Reg, stop: Label) {
+        if callback.moved {
+            self.emit(Insn::ldx(Size::W, R1, entry, STATE_OFFSET as i16));
+            self.asm.jmp(JmpOp::Eq, R1, MOVED_STATE, stop);
+        }
     }
 }
