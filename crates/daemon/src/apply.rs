@@ -188,6 +188,14 @@ fn apply_one(
             flows_remapped: report.flows_remapped,
             flows_lost: report.flows_lost,
         },
+        Err(e @ flowstate_control::ControlError::KeyLayoutChanged { .. }) => Outcome::Failed {
+            error: format!(
+                "reloading {}: {e}. flowstated never drops flows on its own: to start {name} \
+                 from an empty table, `POST /v1/instances/{name}/reload` with \
+                 {{\"reset_state\": true}}; the configuration then applies unchanged",
+                declared.program.display()
+            ),
+        },
         Err(e) => Outcome::Failed {
             error: format!("reloading {}: {e}", declared.program.display()),
         },
