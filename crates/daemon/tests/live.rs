@@ -156,9 +156,13 @@ fn config_applies_at_start_on_sighup_and_on_request_and_a_bad_file_changes_nothi
     assert_eq!(cli_seen["owner"], serde_json::Value::Null);
     assert_eq!(prog_id(&cli_seen), u64::from(cli_instance.prog_id));
 
-    // SIGHUP: a changed program is reloaded, a new instance started, and
-    // the clashing declaration dropped.
-    std::fs::write(programs.join("xdp.fsm"), counter("dx", "xdp", "v2")).unwrap();
+    // SIGHUP: a changed program is reloaded (a new register: the flows
+    // migrate to the new layout), a new instance started, and the
+    // clashing declaration dropped.
+    const SENT: usize = 5;
+    lab.send(SENT);
+    let v2 = counter("dx", "xdp", "v2").replace("registers n = 0", "registers n = 0, m = 7");
+    std::fs::write(programs.join("xdp.fsm"), v2).unwrap();
     daemon.write_config(
         "30-tc.toml",
         &instance_config(
@@ -179,7 +183,13 @@ fn config_applies_at_start_on_sighup_and_on_request_and_a_bad_file_changes_nothi
     let status = daemon.json("GET", "/v1/config", None, 200);
     let change = change_of(&status["last_apply"], &xdp);
     assert_eq!(change["action"], "reloaded", "{status}");
-    assert_eq!(change["flows"], "reused", "{status}");
+    assert_eq!(change["flows"], "migrated", "{status}");
+    let flow_path = format!(
+        "/v1/instances/{xdp}/flows/{}",
+        encode(&SENDER_IP.to_string())
+    );
+    let flow = daemon.json("GET", &flow_path, None, 200);
+    assert_eq!(flow["registers"]["n"], SENT as u64, "{flow}");
 
     // A bad file: refused with file, line and column; nothing changes.
     let before: Vec<u64> = [&xdp, &tc, &cli]
@@ -255,7 +265,8 @@ fn metrics_flows_and_a_killed_daemon_restarted_keep_the_flows() {
         ),
     )
     .unwrap();
-    let mut daemon = Daemon::start(&root);
+    let metrics_addr = common::free_local_port();
+    let mut daemon = Daemon::start_with(&root, &["--metrics", &metrics_addr]);
     let started = daemon.instance(&name).expect("started at daemon start");
 
     const SENT: usize = 40;
@@ -306,6 +317,14 @@ fn metrics_flows_and_a_killed_daemon_restarted_keep_the_flows() {
         ),
         Some(1.0),
         "{text}"
+    );
+
+    // The same over TCP, which serves nothing else.
+    let (code, tcp_text) = common::tcp_metrics(&metrics_addr);
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(&tcp_text, "flowstate_row_packets_total", &labels),
+        Some(SENT as f64)
     );
 
     // The flow, read and edited through the API.

@@ -52,17 +52,24 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub config_dir: PathBuf,
     pub state_dir: PathBuf,
+    extra_args: Vec<String>,
 }
 
 impl Daemon {
     /// Starts flowstated on `root/config`, `root/api.sock`, `root/state`
     /// and waits until it answers (after its first apply).
     pub fn start(root: &Path) -> Daemon {
+        Daemon::start_with(root, &[])
+    }
+
+    /// [`Daemon::start`] with more arguments.
+    pub fn start_with(root: &Path, extra_args: &[&str]) -> Daemon {
         let mut daemon = Daemon {
             child: None,
             socket: root.join("api.sock"),
             config_dir: root.join("config"),
             state_dir: root.join("state"),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         std::fs::create_dir_all(&daemon.config_dir).unwrap();
         daemon.spawn();
@@ -77,6 +84,7 @@ impl Daemon {
             .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .spawn()
             .expect("starting flowstated");
@@ -166,6 +174,29 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `GET /metrics` over TCP at `addr`: status and body.
+pub fn tcp_metrics(addr: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connecting to the metrics port");
+    let request = "GET /metrics HTTP/1.1\r\nHost: flowstated\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    (status, body.to_string())
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the daemon binds it
+/// right after).
+pub fn free_local_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
 }
 
 /// HTTP/1.1 over the Unix socket at `socket`, one request per connection.
