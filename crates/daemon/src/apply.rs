@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Declared};
 use crate::launch;
-use crate::owned::{Origin, Owned, Ownership};
+use crate::owned::{started_ms, Origin, Owned, Ownership};
 
 /// What happened to one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -96,6 +96,19 @@ pub fn apply(
         let outcome = apply_one(declared, owned, running.get(name));
         report.push(name, outcome);
     }
+    // Instances started through the API and stopped outside the daemon
+    // since: forget them.
+    let vanished: Vec<String> = owned
+        .all()
+        .iter()
+        .filter(|(name, o)| o.origin == Origin::Api && !running.contains_key(*name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in vanished {
+        if let Err(e) = owned.remove(&name) {
+            report.push(&name, ownership_failed(e));
+        }
+    }
     let gone: Vec<String> = owned
         .all()
         .iter()
@@ -139,6 +152,7 @@ fn apply_one(
     let record = Owned {
         origin: Origin::Config,
         placement_key: declared.placement_key(),
+        started_unix_ms: None,
     };
     let Some(instance) = running else {
         return start(declared, owned, record);
@@ -152,9 +166,29 @@ fn apply_one(
             ),
         };
     };
+    if mine
+        .started_unix_ms
+        .is_some_and(|t| t != started_ms(instance))
+    {
+        // Ours was stopped outside the daemon and this one run since.
+        if let Err(e) = owned.remove(name) {
+            return ownership_failed(e);
+        }
+        return Outcome::LeftAlone {
+            why: format!(
+                "the {name} that flowstated started was stopped outside it, and the {name} \
+                 running now was started by someone else: it is left alone. Stop it \
+                 (`flowstate stop {name}`) for flowstated to run the declared one"
+            ),
+        };
+    }
     // Declared now, whoever started it: the configuration owns it.
-    if mine.origin != Origin::Config {
-        if let Err(e) = owned.insert(name, record.clone()) {
+    if mine.origin != Origin::Config || mine.started_unix_ms.is_none() {
+        let adopted = Owned {
+            started_unix_ms: Some(started_ms(instance)),
+            ..record.clone()
+        };
+        if let Err(e) = owned.insert(name, adopted) {
             return ownership_failed(e);
         }
     }
@@ -204,7 +238,7 @@ fn apply_one(
 
 /// Claims the name, then runs; a failed run gives the claim back.
 fn start(declared: &Declared, owned: &mut Ownership, record: Owned) -> Outcome {
-    if let Err(e) = owned.insert(&declared.name, record) {
+    if let Err(e) = owned.insert(&declared.name, record.clone()) {
         return ownership_failed(e);
     }
     match launch::run(
@@ -213,9 +247,18 @@ fn start(declared: &Declared, owned: &mut Ownership, record: Owned) -> Outcome {
         &declared.dev,
         &declared.placement,
     ) {
-        Ok(instance) => Outcome::Started {
-            prog_id: instance.prog_id,
-        },
+        Ok(instance) => {
+            let record = Owned {
+                started_unix_ms: Some(started_ms(&instance)),
+                ..record
+            };
+            match owned.insert(&declared.name, record) {
+                Ok(()) => Outcome::Started {
+                    prog_id: instance.prog_id,
+                },
+                Err(e) => ownership_failed(e),
+            }
+        }
         Err(e) => {
             // A failed run leaves nothing running (control's rule).
             let _ = owned.remove(&declared.name);

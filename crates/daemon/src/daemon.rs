@@ -210,20 +210,30 @@ impl Daemon {
             source_hash: String::new(),
         };
         let mut owned = self.ownership();
-        if owned.get(&request.name).is_some() || running()?.contains_key(&request.name) {
+        // A record without a running instance is stale (stopped outside
+        // the daemon): the name is free.
+        if running()?.contains_key(&request.name) {
             return Err(ControlError::NameTaken(request.name).into());
         }
+        let record = Owned {
+            origin: Origin::Api,
+            placement_key: declared.placement_key(),
+            started_unix_ms: None,
+        };
         owned
-            .insert(
-                &request.name,
-                Owned {
-                    origin: Origin::Api,
-                    placement_key: declared.placement_key(),
-                },
-            )
+            .insert(&request.name, record.clone())
             .map_err(DaemonError::Ownership)?;
         match crate::launch::run(&request.name, &request.program, &request.dev, &placement) {
-            Ok(instance) => Ok(InstanceView::new(&instance, Some(Origin::Api))),
+            Ok(instance) => {
+                let record = Owned {
+                    started_unix_ms: Some(crate::owned::started_ms(&instance)),
+                    ..record
+                };
+                owned
+                    .insert(&request.name, record)
+                    .map_err(DaemonError::Ownership)?;
+                Ok(InstanceView::new(&instance, Some(Origin::Api)))
+            }
             Err(e) => {
                 let _ = owned.remove(&request.name);
                 Err(e.into())

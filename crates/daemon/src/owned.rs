@@ -35,6 +35,21 @@ pub struct Owned {
     pub origin: Origin,
     /// [`crate::config::Declared::placement_key`] when it was run.
     pub placement_key: String,
+    /// When the instance it ran started (milliseconds since the epoch, as
+    /// control's metadata has it; a reload keeps it). `None` between the
+    /// claim and the end of `run`. An instance of the same name with
+    /// another start time was run by someone else after ours was stopped
+    /// outside the daemon: not ours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_unix_ms: Option<u64>,
+}
+
+/// An instance's start time as [`Owned::started_unix_ms`] records it.
+pub fn started_ms(instance: &flowstate_control::Instance) -> u64 {
+    instance
+        .started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -138,6 +153,7 @@ mod tests {
         let record = Owned {
             origin: Origin::Config,
             placement_key: "k".into(),
+            started_unix_ms: Some(1),
         };
         owned.insert("a", record.clone()).unwrap();
         owned
@@ -146,6 +162,7 @@ mod tests {
                 Owned {
                     origin: Origin::Api,
                     placement_key: "k".into(),
+                    started_unix_ms: None,
                 },
             )
             .unwrap();

@@ -235,6 +235,25 @@ fn config_applies_at_start_on_sighup_and_on_request_and_a_bad_file_changes_nothi
         .expect("the CLI's instance still runs");
     assert_eq!(prog_id(&cli_after), u64::from(cli_instance.prog_id));
     assert_eq!(cli_after["reloads"], 0);
+
+    // The daemon's instance stopped and run again by hand under the same
+    // name: that one is not the daemon's any more.
+    flowstate_control::stop(&tc).unwrap();
+    let by_hand = flowstate_control::run_in_netns(
+        &RunSpec {
+            program_path: programs.join("xdp.fsm"),
+            dev: "rb".into(),
+            name: Some(tc.clone()),
+            ..RunSpec::default()
+        },
+        Some(lab.receiver.name()),
+    )
+    .unwrap();
+    let report = daemon.json("POST", "/v1/config/reload", None, 200);
+    assert_eq!(change_of(&report, &tc)["action"], "left-alone", "{report}");
+    let seen = daemon.instance(&tc).unwrap();
+    assert_eq!(prog_id(&seen), u64::from(by_hand.prog_id));
+    assert_eq!(seen["owner"], serde_json::Value::Null);
     daemon.kill();
 }
 
