@@ -26,6 +26,13 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Control commands go through flowstated's API: `--daemon` (socket
+    /// /run/flowstate/flowstated.sock), `--daemon=SOCKET`, or
+    /// FLOWSTATE_DAEMON=SOCKET; the daemon then owns what `run` starts.
+    /// Without it they act directly, as always.
+    #[arg(long, global = true, value_name = "SOCKET", num_args = 0..=1, require_equals = true,
+          default_missing_value = cmd::control::daemon::DEFAULT_SOCKET)]
+    daemon: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -109,7 +116,16 @@ fn main() -> ExitCode {
     output::quiet_broken_pipe_panics();
     let cli = Cli::parse();
     let touches_kernel = cli.command.touches_kernel();
-    match std::panic::catch_unwind(AssertUnwindSafe(|| run(cli.command))) {
+    let daemon = cli.daemon.or_else(|| {
+        std::env::var_os("FLOWSTATE_DAEMON")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    });
+    let run = move || match (cli.command, daemon) {
+        (Command::Control(c), Some(socket)) => cmd::control::daemon::run(c, &socket),
+        (command, _) => run(command),
+    };
+    match std::panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(code)) => code,
         Ok(Err(err)) if output::is_broken_pipe(&err) => ExitCode::from(output::BROKEN_PIPE_STATUS),
         Ok(Err(err)) => {

@@ -7,6 +7,7 @@
 //! ("waiting for another flowstate command on NAME" on stderr) up to
 //! FLOWSTATE_LOCK_TIMEOUT seconds (60). Readers take no lock.
 
+pub mod daemon;
 mod show;
 
 use std::io::Write;
