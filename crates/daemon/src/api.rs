@@ -369,7 +369,12 @@ async fn config_status(State(d): State<Arc<Daemon>>) -> ApiResult<Response> {
 }
 
 async fn config_reload(State(d): State<Arc<Daemon>>) -> ApiResult<Response> {
-    let report = blocking(move || Ok(d.apply_config()?)).await?;
+    let report = blocking(move || {
+        let result = d.apply_config();
+        crate::server::log_apply("API", &result);
+        Ok(result?)
+    })
+    .await?;
     Ok(Json(report).into_response())
 }
 

@@ -37,7 +37,7 @@ pub fn serve(options: Options) -> Result<(), String> {
     // A bad configuration at start is reported and the daemon serves
     // anyway: what it owns keeps running, and a fixed file applies on
     // SIGHUP or `POST /v1/config/reload`.
-    log_apply("start", daemon.apply_config());
+    log_apply("start", &daemon.apply_config());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -73,7 +73,7 @@ async fn serve_async(daemon: Arc<Daemon>, options: Options) -> Result<(), String
             let d = on_hangup.clone();
             let result = tokio::task::spawn_blocking(move || d.apply_config()).await;
             match result {
-                Ok(result) => log_apply("SIGHUP", result),
+                Ok(result) => log_apply("SIGHUP", &result),
                 Err(e) => eprintln!("flowstated: SIGHUP: the apply failed: {e}"),
             }
         }
@@ -118,11 +118,16 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, String> {
     Ok(listener)
 }
 
-fn log_apply(when: &str, result: Result<ApplyReport, crate::daemon::DaemonError>) {
+/// One line per instance the apply changed (or could not), on stderr
+/// (the journal, under systemd).
+pub fn log_apply(when: &str, result: &Result<ApplyReport, crate::daemon::DaemonError>) {
     match result {
         Err(e) => eprintln!("flowstated: {when}: the configuration was not applied:\n{e}"),
         Ok(report) => {
             for change in &report.changes {
+                if change.outcome == Outcome::Unchanged && when != "start" {
+                    continue;
+                }
                 let what = match &change.outcome {
                     Outcome::Unchanged => "unchanged".to_string(),
                     Outcome::Started { prog_id } => format!("started (program {prog_id})"),

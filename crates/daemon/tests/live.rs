@@ -236,6 +236,24 @@ fn config_applies_at_start_on_sighup_and_on_request_and_a_bad_file_changes_nothi
     assert_eq!(prog_id(&cli_after), u64::from(cli_instance.prog_id));
     assert_eq!(cli_after["reloads"], 0);
 
+    // Where it attaches changed: stopped and run again.
+    let tc_before = prog_id(&daemon.instance(&tc).unwrap());
+    daemon.write_config(
+        "30-tc.toml",
+        &instance_config(
+            &tc,
+            &tc_file,
+            "rb",
+            &lab.receiver,
+            "hook = \"tc-ingress\"\ntc_attach = \"clsact\"\n",
+        ),
+    );
+    let report = daemon.json("POST", "/v1/config/reload", None, 200);
+    assert_eq!(change_of(&report, &tc)["action"], "restarted", "{report}");
+    let moved = daemon.instance(&tc).unwrap();
+    assert_eq!(moved["mode"], "clsact", "{moved}");
+    assert_ne!(prog_id(&moved), tc_before);
+
     // The daemon's instance stopped and run again by hand under the same
     // name: that one is not the daemon's any more.
     flowstate_control::stop(&tc).unwrap();
