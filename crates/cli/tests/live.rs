@@ -418,6 +418,23 @@ impl Retransmits {
     }
 }
 
+/// Packets the veth pairs between client and server dropped themselves
+/// (a full receive ring, counted as the sender's tx_dropped), as
+/// `ip -s link` reports them; the switch's program's drops are not among
+/// them.
+fn interface_drops(lab: &SwitchLab) -> u64 {
+    let read = |netns: &Netns, dev: &str| -> u64 {
+        let json = netns.ip(&["-s", "-j", "link", "show", "dev", dev]).unwrap();
+        let all: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let stats = &all[0]["stats64"];
+        stats["tx"]["dropped"].as_u64().unwrap_or(0) + stats["rx"]["dropped"].as_u64().unwrap_or(0)
+    };
+    read(&lab.client, SwitchLab::CLIENT_DEV)
+        + read(&lab.switch, SwitchLab::SWITCH_CLIENT_DEV)
+        + read(&lab.switch, SwitchLab::SWITCH_SERVER_DEV)
+        + read(&lab.server, SwitchLab::SERVER_DEV)
+}
+
 /// The connection's segment size (`TCP_MAXSEG`: the MSS in use once
 /// connected).
 fn max_segment(stream: &TcpStream) -> usize {
@@ -552,6 +569,7 @@ fn reload_under_traffic_keeps_open_flows_open_and_loses_nothing() {
         })
     };
 
+    let drops_before = interface_drops(&live.lab);
     std::thread::sleep(Duration::from_millis(200));
     let mut reports = Vec::new();
     for round in 0..6 {
@@ -586,17 +604,22 @@ fn reload_under_traffic_keeps_open_flows_open_and_loses_nothing() {
     // sender resend segments the receiver already has; the receiver's
     // D-SACK for each comes back a moment later. A segment the switch
     // dropped is never reported as a duplicate.
+    // A veth whose receive ring is full (its reader starved of CPU on a
+    // busy VM) drops too, and counts it; the program's drops are counted
+    // nowhere there, so a lost segment the interfaces do not account for
+    // is the program's.
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut retransmits = retransmissions(&stream);
-    while retransmits.lost() > 0 && Instant::now() < deadline {
+    let mut interfaces = interface_drops(&live.lab) - drops_before;
+    while u64::from(retransmits.lost()) > interfaces && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
         retransmits = retransmissions(&stream);
+        interfaces = interface_drops(&live.lab) - drops_before;
     }
-    eprintln!("retransmissions: {retransmits:?}");
-    assert_eq!(
-        retransmits.lost(),
-        0,
-        "a segment was dropped: {retransmits:?}"
+    eprintln!("retransmissions: {retransmits:?}; dropped by the interfaces: {interfaces}");
+    assert!(
+        u64::from(retransmits.lost()) <= interfaces,
+        "a segment was dropped: {retransmits:?}, and the interfaces dropped {interfaces}"
     );
     drop(stream);
     // Still the same attachment, now running the last version.
@@ -609,11 +632,21 @@ fn stop_leaves_the_interface_as_before() {
         return;
     }
     let mut live = Live::new("stop");
-    let link_before = live
-        .lab
-        .switch
-        .ip(&["-d", "link", "show", "dev", DEV])
-        .unwrap();
+    // A new veth pair reports its carrier a moment after it is up (seconds
+    // on a slow VM): compare with the link once it is up, as it stays.
+    let show = || {
+        live.lab
+            .switch
+            .ip(&["-d", "link", "show", "dev", DEV])
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut link_before = show();
+    while !link_before.contains("state UP") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        link_before = show();
+    }
+    assert!(link_before.contains("state UP"), "{link_before}");
     assert!(live.attached().is_empty());
     let xdp = live.write("portknock.fsm", PORTKNOCK);
     let tc = live.write("tokenbucket.fsm", TOKENBUCKET);

@@ -49,8 +49,9 @@ impl TcVia {
         };
         Ok(match chosen {
             // Refused before anything is loaded or attached: aya would
-            // only fail later, with an error that does not say why.
-            TcVia::Tcx if !has_tcx() => return Err(no_tcx()),
+            // only fail later, with an error that does not say why. (A
+            // probe that could not tell lets the attach try.)
+            TcVia::Tcx if tcx_absent() => return Err(no_tcx()),
             TcVia::Tcx => Resolved::Tcx,
             TcVia::Clsact => Resolved::Clsact,
             TcVia::Auto if has_tcx() => Resolved::Tcx,
@@ -59,14 +60,21 @@ impl TcVia {
     }
 }
 
+/// Whether the probe found that this kernel refuses TCX.
+fn tcx_absent() -> bool {
+    matches!(
+        flowstate_runtime::kernel_features().get(flowstate_runtime::Feature::Tcx),
+        flowstate_runtime::Presence::Absent { .. }
+    )
+}
+
 /// `--tc-attach tcx` (or `FLOWSTATE_TC_ATTACH=tcx`) on a kernel whose
 /// probe found no TCX.
 fn no_tcx() -> ControlError {
     let features = flowstate_runtime::kernel_features();
     let reason = match features.get(flowstate_runtime::Feature::Tcx) {
         flowstate_runtime::Presence::Absent { reason } => reason.clone(),
-        flowstate_runtime::Presence::Unknown { error } => format!("the probe failed: {error}"),
-        flowstate_runtime::Presence::Present => String::new(),
+        other => format!("{other:?}"),
     };
     ControlError::Kernel {
         what: "--tc-attach tcx".to_string(),
