@@ -355,6 +355,9 @@ struct BtfLoadAttr {
     btf_size: u32,
     btf_log_size: u32,
     btf_log_level: u32,
+    /// Explicit, so it is zero: a kernel before 6.4 (no
+    /// `btf_log_true_size` here) refuses non-zero bytes past its fields.
+    _pad: u32,
 }
 
 // SAFETY: the layout of BPF_BTF_LOAD's member; `btf` points at `btf_size`
