@@ -409,7 +409,7 @@ pub(crate) fn map_defs(program: &Program, layout: &Layout) -> Vec<MapDef> {
 /// The BTF type of the globals variable: `struct globals`, one named s64
 /// per global, so `bpftool map dump` of the `.data` map shows each by
 /// name. `None` without globals.
-pub(crate) fn globals_type(program: &Program) -> Option<BtfType> {
+pub fn globals_type(program: &Program) -> Option<BtfType> {
     if program.globals.is_empty() {
         return None;
     }

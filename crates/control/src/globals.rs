@@ -6,7 +6,11 @@
 
 use flowstate_codegen::meta::GlobalsForm;
 use flowstate_codegen::Layout;
+use flowstate_lang::ir::Program;
 use flowstate_runtime::RawMap;
+use std::path::Path;
+
+use crate::ControlError;
 
 /// The kernel name of the map earlier flowstate versions kept globals in.
 const OFFSETS_MAP_NAME: &str = "globals";
@@ -26,6 +30,35 @@ pub(crate) fn decode(layout: &Layout, form: GlobalsForm, value: &[u8]) -> Vec<i6
         GlobalsForm::Values => layout.decode_globals(value),
         GlobalsForm::Offsets => layout.decode_globals_as_offsets(value),
     }
+}
+
+/// Makes the globals' map of a new instance of `program` and pins it at
+/// `path`, starting at the initial values. aya would make it from the
+/// object's `.data` without BTF (raw bytes in `bpftool map dump`); made
+/// here, its key and value are typed (`struct globals`, one named s64
+/// each), and it is named `.data` like the map any loader makes from the
+/// object. The object is then built to reuse it (`globals_reused`).
+pub(crate) fn create_pinned(
+    program: &Program,
+    layout: &Layout,
+    path: &Path,
+) -> Result<(), ControlError> {
+    let error = |e: String| ControlError::kernel("creating the globals map", e);
+    let Some(value_type) = flowstate_codegen::layout::globals_type(program) else {
+        return Ok(());
+    };
+    let key_type = flowstate_obj::BtfType::u32();
+    let (btf, ids) = flowstate_obj::standalone_btf(&[&key_type, &value_type])
+        .map_err(|e| error(e.to_string()))?;
+    flowstate_runtime::create_pinned_typed_array(
+        path,
+        flowstate_codegen::layout::GLOBALS_SECTION,
+        &btf,
+        (ids[0], ids[1]),
+        &layout.encode_globals(&layout.globals_initial),
+    )
+    .map_err(|e| error(e.to_string()))?;
+    Ok(())
 }
 
 /// Why an instance whose globals are in the old form cannot be edited.

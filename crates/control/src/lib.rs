@@ -371,7 +371,8 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
         &program,
         attach.hook(),
         source_text(&spec.program_path, &source),
-        false, // a new instance: its globals' map is made from `.data`
+        // The globals' map is made here, typed for bpftool, before the load.
+        !program.globals.is_empty(),
     )?;
     let port_indexes = ports::resolve_at(&output.layout, &place)?;
 
@@ -398,6 +399,9 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
         .into_iter()
         .map(|m| (m, maps_dir.join(m)))
         .collect();
+    if let Some(map) = output.layout.globals_map {
+        globals::create_pinned(&program, &output.layout, &maps_dir.join(map))?;
+    }
     let mut loaded = kernel::load(&output.object, &output.program_name, &pins, &port_indexes)?;
     journal.step("pin-prog")?;
     loaded.pin_program(&pin_dir.join("prog"))?;

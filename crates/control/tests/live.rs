@@ -504,8 +504,14 @@ fn reload_keeps_the_globals_values() {
     let name = unique("globals");
     let _guard = start(&net, &prog.0, &name);
     let total = |name: &str| open(name).unwrap().globals().unwrap();
+    // bpftool reads the pinned map's values by name.
+    let pin = pins_of(&name).join("maps").join("globals");
+    let dump = must(&format!("bpftool -j map dump pinned {}", pin.display()));
+    assert!(dump.contains("\"total\":5"), "{dump}");
     net.udp(9, 3);
     assert_eq!(total(&name), [("total".to_string(), 8)]);
+    let dump = must(&format!("bpftool -j map dump pinned {}", pin.display()));
+    assert!(dump.contains("\"total\":8"), "{dump}");
     open(&name).unwrap().set_global("total", 50).unwrap();
 
     // Same globals, another initial value and another row: the running

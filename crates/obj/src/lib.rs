@@ -951,6 +951,19 @@ fn global_symbol(
     }
 }
 
+/// A standalone BTF blob (what `BPF_BTF_LOAD` takes) describing `types`,
+/// and each one's type id in it: for a map made outside an object whose
+/// key and value should still read by name in `bpftool map dump`.
+pub fn standalone_btf(types: &[&BtfType]) -> Result<(Vec<u8>, Vec<u32>), ObjError> {
+    let mut btf = btf::BtfWriter::new();
+    let mut ids = Vec::with_capacity(types.len());
+    for (index, ty) in types.iter().enumerate() {
+        ty.validate(&format!("standalone BTF type {index}"))?;
+        ids.push(btf.add_type(ty));
+    }
+    Ok((btf.finish(), ids))
+}
+
 /// Whether the ELF object `elf` (as [`ObjectBuilder::build`] writes it)
 /// has a section named `name`; `Err` if `elf` is not such an object.
 pub fn has_section(elf: &[u8], name: &str) -> Result<bool, ObjError> {

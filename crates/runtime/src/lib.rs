@@ -31,7 +31,7 @@ pub use attach::{
 };
 pub use aya::programs::XdpMode;
 pub use aya::VerifierLogLevel;
-pub use map::{Entry, RawMap, UpdateMode};
+pub use map::{create_pinned_typed_array, Entry, RawMap, UpdateMode};
 pub use probe::{kernel_features, Feature, KernelFeatures, Presence};
 pub use query::program_loaded;
 pub use raw_program::RawProgram;

@@ -309,3 +309,25 @@ impl RawMap {
         self.update(&index.to_le_bytes(), value, UpdateMode::Any)
     }
 }
+
+/// Creates an array map of one element named `name`, its key and value
+/// typed by BTF types `types` (key, value) of the standalone blob `btf`
+/// (so `bpftool map dump` names the value's members), starting as
+/// `value`, and pins it at `path`; returns it opened from the pin. A
+/// loader told to reuse the pin (aya's `map_pin_path`) then uses it as it
+/// is.
+pub fn create_pinned_typed_array(
+    path: &Path,
+    name: &str,
+    btf: &[u8],
+    types: (u32, u32),
+    value: &[u8],
+) -> Result<RawMap, RuntimeError> {
+    let btf_fd = crate::sys::btf_load(btf).map_err(|e| RuntimeError::syscall("loading BTF", e))?;
+    let fd = crate::sys::array_with_btf(name, value.len() as u32, btf_fd.as_fd(), types)
+        .map_err(|e| RuntimeError::syscall("creating a map", e))?;
+    crate::sys::update(fd.as_fd(), &0u32.to_le_bytes(), value, 0)
+        .map_err(|e| RuntimeError::syscall("writing a map's initial value", e))?;
+    crate::sys::obj_pin(fd.as_fd(), path).map_err(|e| RuntimeError::syscall("pinning a map", e))?;
+    RawMap::from_pin(path)
+}

@@ -321,3 +321,81 @@ pub(crate) fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
     Ok(info[1])
 }
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_BTF_LOAD: libc::c_long = 18;
+
+/// The `bpf_attr` member of `BPF_MAP_CREATE`, up to `btf_value_type_id`.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+    map_ifindex: u32,
+    btf_fd: u32,
+    btf_key_type_id: u32,
+    btf_value_type_id: u32,
+}
+
+// SAFETY: the layout of BPF_MAP_CREATE's member (a prefix of it).
+unsafe impl BpfAttr for MapCreateAttr {}
+
+/// The `bpf_attr` member of `BPF_BTF_LOAD`.
+#[repr(C)]
+#[derive(Default)]
+struct BtfLoadAttr {
+    btf: u64,
+    btf_log_buf: u64,
+    btf_size: u32,
+    btf_log_size: u32,
+    btf_log_level: u32,
+    /// Explicit, so it is zero: a kernel before 6.4 (no
+    /// `btf_log_true_size` here) refuses non-zero bytes past its fields.
+    _pad: u32,
+}
+
+// SAFETY: the layout of BPF_BTF_LOAD's member; `btf` points at `btf_size`
+// bytes, and no log buffer is given.
+unsafe impl BpfAttr for BtfLoadAttr {}
+
+/// Loads a BTF blob into the kernel.
+pub(crate) fn btf_load(btf: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
+    let mut a = BtfLoadAttr {
+        btf: btf.as_ptr() as u64,
+        btf_size: btf.len() as u32,
+        ..BtfLoadAttr::default()
+    };
+    bpf(BPF_BTF_LOAD, &mut a).map(owned)
+}
+
+/// Creates an array map of one element whose key (4 bytes) and value are
+/// BTF types `key_type_id` and `value_type_id` of `btf`.
+pub(crate) fn array_with_btf(
+    name: &str,
+    value_size: u32,
+    btf: BorrowedFd<'_>,
+    (key_type_id, value_type_id): (u32, u32),
+) -> io::Result<std::os::fd::OwnedFd> {
+    let mut map_name = [0u8; 16];
+    for (slot, byte) in map_name.iter_mut().zip(name.bytes().take(15)) {
+        *slot = byte;
+    }
+    let mut a = MapCreateAttr {
+        map_type: 2, // BPF_MAP_TYPE_ARRAY
+        key_size: 4,
+        value_size,
+        max_entries: 1,
+        map_name,
+        btf_fd: btf.as_raw_fd() as u32,
+        btf_key_type_id: key_type_id,
+        btf_value_type_id: value_type_id,
+        ..MapCreateAttr::default()
+    };
+    bpf(BPF_MAP_CREATE, &mut a).map(owned)
+}
