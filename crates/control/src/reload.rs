@@ -33,6 +33,12 @@
 //! and the metadata is rewritten. Global registers of a changed
 //! declaration are still copied by user space before the swap: an update
 //! the old program makes to them meanwhile is lost (a known limit).
+//!
+//! In a shared XDP dispatcher (`run --xdp-share`) the swaps go through the
+//! instance's slot ([`DispatcherSlot`]): each program is loaded as an
+//! extension against the running dispatcher, and a swap is a new
+//! dispatcher with that program in the slot (docs/sharing.md). A
+//! migrating reload is refused there (see where `migrate` is decided).
 
 use std::path::{Path, PathBuf};
 

@@ -378,34 +378,17 @@ pub fn replace(
     mut new: NewComponent<'_>,
 ) -> Result<Joined, RuntimeError> {
     let _lock = ProtocolLock::acquire()?;
-    let (occupant, fds) = occupant_locked(ifindex)?;
-    let (
-        XdpOccupant::Dispatcher {
-            prog_id: dispatcher_id,
-            mode_flags,
-            components,
-        },
-        Some((fd, fds)),
-    ) = (occupant, fds)
-    else {
-        return Err(error(format!(
-            "ifindex {ifindex} runs no dispatcher: the program to replace is gone"
-        )));
-    };
-    let Some(at) = components.iter().position(|c| c.prog_id == prog_id) else {
+    let running = Running::read(ifindex)?;
+    let Some(at) = running.components.iter().position(|c| c.prog_id == prog_id) else {
         return Err(error(format!(
             "program {prog_id} is not in the dispatcher on ifindex {ifindex}"
         )));
     };
-    new.priority = components[at].priority;
-    new.chain_call_actions = components[at].chain_call_actions;
-    let mut slots: Vec<Slot> = components
-        .into_iter()
-        .zip(fds)
-        .map(|(c, fd)| Slot::Existing(c, fd))
-        .collect();
+    new.priority = running.components[at].priority;
+    new.chain_call_actions = running.components[at].chain_call_actions;
+    let (old, mut slots, mode_flags) = running.into_slots();
     slots[at] = Slot::New(new);
-    let (dispatcher_id, ids) = rebuild(ifindex, Some((dispatcher_id, fd)), slots, mode_flags)?;
+    let (dispatcher_id, ids) = rebuild(ifindex, Some(old), slots, mode_flags)?;
     Ok(Joined {
         dispatcher_id,
         slot: at,
@@ -450,50 +433,80 @@ pub fn slot_target(ifindex: u32, prog_id: u32) -> Result<(ProgramFd, String), Ru
 pub fn swap_in(ifindex: u32, current: &[u32], prog: OwnedFd) -> Result<Joined, RuntimeError> {
     let _lock = ProtocolLock::acquire()?;
     let new_id = prog_id_of(prog.as_fd())?;
-    let (occupant, fds) = occupant_locked(ifindex)?;
-    let (
-        XdpOccupant::Dispatcher {
-            prog_id: dispatcher_id,
-            mode_flags,
-            components,
-        },
-        Some((fd, fds)),
-    ) = (occupant, fds)
-    else {
-        return Err(error(format!(
-            "ifindex {ifindex} runs no dispatcher: the program to replace is gone"
-        )));
-    };
-    if let Some(slot) = components.iter().position(|c| c.prog_id == new_id) {
+    let running = Running::read(ifindex)?;
+    let position = |f: &dyn Fn(u32) -> bool| running.components.iter().position(|c| f(c.prog_id));
+    if let Some(slot) = position(&|id| id == new_id) {
         return Ok(Joined {
-            dispatcher_id,
+            dispatcher_id: running.id,
             slot,
             prog_id: new_id,
         });
     }
-    let Some(at) = components.iter().position(|c| current.contains(&c.prog_id)) else {
+    let Some(at) = position(&|id| current.contains(&id)) else {
         return Err(error(format!(
             "none of programs {current:?} is in the dispatcher on ifindex {ifindex}"
         )));
     };
-    let mut slots: Vec<Slot> = components
-        .into_iter()
-        .zip(fds)
-        .map(|(c, fd)| Slot::Existing(c, fd))
-        .collect();
-    if let Slot::Existing(component, _) = &slots[at] {
-        let component = Component {
-            prog_id: new_id,
-            ..component.clone()
-        };
-        slots[at] = Slot::Existing(component, prog);
-    }
-    let (dispatcher_id, _) = rebuild(ifindex, Some((dispatcher_id, fd)), slots, mode_flags)?;
+    let component = Component {
+        prog_id: new_id,
+        ..running.components[at].clone()
+    };
+    let (old, mut slots, mode_flags) = running.into_slots();
+    slots[at] = Slot::Existing(component, prog);
+    let (dispatcher_id, _) = rebuild(ifindex, Some(old), slots, mode_flags)?;
     Ok(Joined {
         dispatcher_id,
         slot: at,
         prog_id: new_id,
     })
+}
+
+/// The dispatcher running on an interface, with fds of its program and of
+/// its components' (slot order): what a swap within it starts from.
+struct Running {
+    id: u32,
+    mode_flags: u32,
+    components: Vec<Component>,
+    fd: OwnedFd,
+    fds: Vec<OwnedFd>,
+}
+
+impl Running {
+    /// The interface's dispatcher, for replacing a program in it (the
+    /// caller holds the lock).
+    fn read(ifindex: u32) -> Result<Running, RuntimeError> {
+        match occupant_locked(ifindex)? {
+            (
+                XdpOccupant::Dispatcher {
+                    prog_id,
+                    mode_flags,
+                    components,
+                },
+                Some((fd, fds)),
+            ) => Ok(Running {
+                id: prog_id,
+                mode_flags,
+                components,
+                fd,
+                fds,
+            }),
+            _ => Err(error(format!(
+                "ifindex {ifindex} runs no dispatcher: the program to replace is gone"
+            ))),
+        }
+    }
+
+    /// What [`rebuild`] takes: the old dispatcher, every slot as it is,
+    /// and the XDP mode.
+    fn into_slots<'a>(self) -> ((u32, OwnedFd), Vec<Slot<'a>>, u32) {
+        let slots = self
+            .components
+            .into_iter()
+            .zip(self.fds)
+            .map(|(c, fd)| Slot::Existing(c, fd))
+            .collect();
+        ((self.id, self.fd), slots, self.mode_flags)
+    }
 }
 
 /// Builds, pins and swaps in a dispatcher running `slots` in order;

@@ -580,3 +580,69 @@ fn swap_in_puts_a_preloaded_extension_in_the_slot() {
         XdpOccupant::Free
     );
 }
+
+/// An extension that may move packet data (here `bpf_xdp_adjust_head(ctx,
+/// 0)`; a tail call counts too) joins: the kernel (6.12's
+/// `changes_pkt_data` check) refuses one in place of a slot function that
+/// does not, so the slots make a no-op `bpf_xdp_adjust_tail` call, as
+/// libxdp's do. It then runs: every frame passes.
+#[test]
+fn an_extension_that_moves_packet_data_joins() {
+    if skip_without_extensions("an_extension_that_moves_packet_data_joins") {
+        return;
+    }
+    let netns = Netns::new("dspm");
+    let ifindex = netns.enter(|| ifindex("veth0"));
+    let mut keep = None;
+    let joined = netns.enter(|| {
+        dispatcher::join(
+            ifindex,
+            NewComponent {
+                name: "move_xdp".into(),
+                priority: 50,
+                chain_call_actions: CHAIN_ON_PASS,
+                load: Box::new(|d, slot| {
+                    let mut builder = flowstate_obj::ObjectBuilder::new();
+                    builder.add_program(flowstate_obj::ProgramDef {
+                        name: "move_xdp".into(),
+                        section: flowstate_obj::ProgramSection::Xdp,
+                        insns: [
+                            // r2 = 0; call bpf_xdp_adjust_head; r0 = XDP_PASS; exit
+                            [0xb7, 0x02, 0, 0, 0, 0, 0, 0],
+                            [0x85, 0, 0, 0, 44, 0, 0, 0],
+                            [0xb7, 0, 0, 0, 2, 0, 0, 0],
+                            [0x95, 0, 0, 0, 0, 0, 0, 0],
+                        ]
+                        .concat(),
+                        map_relocs: Vec::new(),
+                    });
+                    let object = builder.build().unwrap();
+                    let mut ebpf = EbpfLoader::new()
+                        .extension("move_xdp")
+                        .load(&object)
+                        .map_err(|e| flowstate_runtime::RuntimeError::Dispatcher(e.to_string()))?;
+                    let Some(Program::Extension(ext)) = ebpf.program_mut("move_xdp") else {
+                        panic!("move_xdp is not an extension");
+                    };
+                    // The error shows the verifier's log.
+                    ext.load(d.try_clone().unwrap(), slot)
+                        .map_err(|e| flowstate_runtime::RuntimeError::Dispatcher(e.to_string()))?;
+                    let fd = ext.fd().unwrap().as_fd().try_clone_to_owned().unwrap();
+                    keep = Some(ebpf);
+                    Ok(fd)
+                }),
+            },
+            dispatcher::XDP_FLAGS_DRV_MODE,
+        )
+    });
+    let joined = joined.expect("an extension that moves packet data joins");
+    assert_eq!(components(&netns).len(), 1);
+    send(&netns, 2);
+    assert!(netns
+        .enter(|| dispatcher::leave(ifindex, joined.prog_id))
+        .unwrap());
+    assert_eq!(
+        netns.enter(|| dispatcher::xdp_occupant(ifindex)).unwrap(),
+        XdpOccupant::Free
+    );
+}
