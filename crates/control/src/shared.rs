@@ -96,7 +96,8 @@ pub fn run_shared(
         &program,
         attach.hook(),
         source_text(&spec.program_path, &source),
-        false, // a new instance: its globals' map is made from `.data`
+        // The globals' map is made here, typed for bpftool, before the load.
+        !program.globals.is_empty(),
     )?;
     let port_indexes = crate::ports::resolve_at(&output.layout, &place)?;
 
@@ -145,6 +146,9 @@ pub fn run_shared(
         .into_iter()
         .map(|m| (m, maps_dir.join(m)))
         .collect();
+    if let Some(map) = output.layout.globals_map {
+        crate::globals::create_pinned(&program, &output.layout, &maps_dir.join(map))?;
+    }
 
     journal.step("attach")?;
     let mut loaded = None;
