@@ -51,7 +51,7 @@ pub(crate) const INSERT_ROUNDS: i32 = LOCK_ROUNDS + 1;
 /// Tries of a global's compare-and-swap (no `bpf_loop` wait: another
 /// try follows at once, with the value the winner left) before the write
 /// is dropped.
-pub(crate) const CAS_TRIES: i32 = 8;
+pub(crate) const CAS_TRIES: i32 = 4;
 
 /// `bpf_loop` iterations per round (`BPF_MAX_LOOPS` is 1 << 23): with
 /// [`INSERT_ROUNDS`] rounds at most, about the budget of a `may_goto`
@@ -156,9 +156,8 @@ impl Emitter<'_> {
             return;
         }
         self.count_round(give_up);
-        // Without callbacks (the editor), the rounds follow each other at
-        // once and the caller retries a refusal (`BUSY`) from user space.
-        let Some((map, key)) = wait_on.filter(|_| self.callbacks_allowed) else {
+        // Without a word to wait for, the next round follows at once.
+        let Some((map, key)) = wait_on else {
             return;
         };
         self.asm
@@ -173,7 +172,7 @@ impl Emitter<'_> {
     }
 
     /// The end of a lock loop's round (see [`Emitter::lock_loop_in`]):
-    /// `goto give_up` once the budget is spent; on a target without
+    /// contention once the budget is spent; on a target without
     /// `may_goto`, run the next round whole in `bpf_loop`'s callback
     /// ([`Kind::Lock`]), which goes round until it takes the word of the
     /// flow under the key at `key` in `map` (then `goto taken` with the
@@ -186,7 +185,6 @@ impl Emitter<'_> {
     /// Clobbers R0-R5.
     pub(super) fn lock_round(
         &mut self,
-        give_up: Label,
         map: MapRef,
         key: i16,
         moved: bool,
@@ -194,7 +192,8 @@ impl Emitter<'_> {
         taken: Label,
         placed: Label,
     ) {
-        if !self.target.features.waits_in_bpf_loop() || !self.callbacks_allowed {
+        let give_up = self.contention;
+        if !self.target.features.waits_in_bpf_loop() {
             self.wait_or_give_up(give_up, Some((map, key)));
             return;
         }
@@ -241,7 +240,7 @@ impl Emitter<'_> {
     /// written again since the copy) fall through to the next round.
     /// Clobbers R0-R5.
     pub(super) fn read_round(&mut self, give_up: Label, key: i16, missing: Label, copied: Label) {
-        if !self.target.features.waits_in_bpf_loop() || !self.callbacks_allowed {
+        if !self.target.features.waits_in_bpf_loop() {
             self.wait_or_give_up(give_up, Some((MAPS.flows, key)));
             return;
         }
