@@ -622,6 +622,7 @@ impl<'a> Emitter<'a> {
         let placed = self.label();
         match missing {
             Missing::Goto(label) => {
+                self.forget_seq();
                 self.emit(Insn::mov64(ENTRY, 0));
                 self.goto(label);
             }

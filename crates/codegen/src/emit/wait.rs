@@ -44,9 +44,13 @@ use migrate::MOVED_STATE;
 pub(crate) const LOCK_ROUNDS: i32 = 2;
 
 /// Rounds of a loop that, after finding the flow missing, inserts it
-/// itself (a write under the update key, a migration's pull): one more,
-/// for the insert that another packet's insert beats.
-pub(crate) const INSERT_ROUNDS: i32 = LOCK_ROUNDS + 1;
+/// itself (a write under the update key, a migration's pull), the insert
+/// that another packet's insert beats included. Known limit: each round
+/// costs the verifier a walk of the write and what follows (a 5-row
+/// table writing under an update key: 3.9 times the `may_goto` build's
+/// cost with 2 rounds, 6.7 with 3; `tests/verifier_cost.rs`), so an
+/// insert race followed by a holder of the flow gives up (contention).
+pub(crate) const INSERT_ROUNDS: i32 = LOCK_ROUNDS;
 
 /// Tries of a global's compare-and-swap (no `bpf_loop` wait: another
 /// try follows at once, with the value the winner left) before the write
@@ -54,9 +58,9 @@ pub(crate) const INSERT_ROUNDS: i32 = LOCK_ROUNDS + 1;
 pub(crate) const CAS_TRIES: i32 = 4;
 
 /// `bpf_loop` iterations per round (`BPF_MAX_LOOPS` is 1 << 23): with
-/// [`INSERT_ROUNDS`] rounds at most, about the budget of a `may_goto`
-/// loop (8M rounds).
-pub(crate) const WAIT_ITERATIONS: i32 = (1 << 23) / INSERT_ROUNDS;
+/// [`LOCK_ROUNDS`] rounds, about the budget of a `may_goto` loop (8M
+/// rounds).
+pub(crate) const WAIT_ITERATIONS: i32 = (1 << 23) / LOCK_ROUNDS;
 
 /// A `bpf_loop` callback (one per kind, map and key slot).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -116,6 +120,17 @@ impl Emitter<'_> {
     pub(super) fn forget_rounds(&mut self) {
         if self.target.features.waits_in_bpf_loop() {
             self.emit(Insn::st(Size::DW, R10, self.frame.tries, 0));
+        }
+    }
+
+    /// The `seq` slot is left holding a number the verifier does not
+    /// know (an atomic add of 0: it tracks no value through one), so that
+    /// a flow found missing leaves one state whichever round found it,
+    /// and the verifier walks what follows once, not once per round.
+    pub(super) fn forget_seq(&mut self) {
+        if self.target.features.waits_in_bpf_loop() {
+            self.emit(Insn::mov64(R1, 0));
+            self.emit(Insn::atomic64(AtomicOp::Add, R10, R1, self.frame.seq));
         }
     }
 
@@ -218,6 +233,7 @@ impl Emitter<'_> {
             Missing::Goto(absent) => {
                 let present = self.label();
                 self.jmp(JmpOp::Ne, R1, ABSENT, present);
+                self.forget_seq();
                 self.emit(Insn::mov64(ENTRY, 0));
                 self.goto(absent);
                 self.asm.bind(present);
