@@ -61,8 +61,8 @@ pub(crate) const LOCK_ROUNDS: i32 = 2;
 /// itself (a write under the update key, a migration's pull), the insert
 /// that another packet's insert beats included. Known limit: each round
 /// costs the verifier a walk of the write and what follows (a 5-row
-/// table writing under an update key: 3.9 times the `may_goto` build's
-/// cost with 2 rounds, 6.7 with 3; `tests/verifier_cost.rs`), so an
+/// table writing under an update key: 3.2 times the `may_goto` build's
+/// cost with 2 rounds, about 6 with 3; `tests/verifier_cost.rs`), so an
 /// insert race followed by a holder of the flow gives up (contention).
 pub(crate) const INSERT_ROUNDS: i32 = LOCK_ROUNDS;
 
