@@ -132,6 +132,10 @@ pub struct Editor {
     /// `(instruction index, map name)` of each map load: the map's fd goes
     /// into that instruction's `imm` (`BPF_PSEUDO_MAP_FD`).
     pub map_relocs: Vec<(usize, &'static str)>,
+    /// The BTF of its functions when it has `bpf_loop` callbacks (built
+    /// for a kernel without `may_goto`), which the kernel needs to load
+    /// it: pass it to `RawProgram::load_xdp_with_btf`.
+    pub functions: Option<flowstate_obj::FunctionBtf>,
     /// Disassembly with annotations.
     pub listing: String,
     /// The layout it edits.
@@ -176,8 +180,10 @@ pub fn compile_for(
         Err(Err(asm)) => return Err(CodegenError::Assembly(asm)),
     };
     let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
+    let insns = code.bytes();
     Ok(Editor {
-        insns: code.bytes(),
+        functions: flowstate_obj::xdp_function_btf(PROGRAM_NAME, &insns),
+        insns,
         map_relocs: code
             .relocs
             .iter()

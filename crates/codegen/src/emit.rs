@@ -213,9 +213,6 @@ pub(crate) struct Emitter<'a> {
     /// `bpf_loop` callbacks to emit after the program, by the map whose
     /// lock words they wait on (see [`wait`]).
     callbacks: Vec<(wait::Callback, Label)>,
-    /// Whether the code may have subprograms (the editor may not: it is
-    /// loaded from bare instructions, without the BTF a callback needs).
-    pub(crate) callbacks_allowed: bool,
 }
 
 /// Longest 16-bit jump emitted, in slots. The kernel rewrites some
@@ -297,7 +294,6 @@ impl<'a> Emitter<'a> {
             short_sites: Vec::new(),
             role: Role::Plain,
             callbacks: Vec::new(),
-            callbacks_allowed: true,
         }
     }
 
@@ -625,6 +621,7 @@ impl<'a> Emitter<'a> {
         let placed = self.label();
         match missing {
             Missing::Goto(label) => {
+                self.forget_seq();
                 self.emit(Insn::mov64(ENTRY, 0));
                 self.goto(label);
             }
@@ -658,16 +655,7 @@ impl<'a> Emitter<'a> {
             self.held_and_moved(map, key, moved, busy);
         }
         self.asm.bind(busy);
-        let contention = self.contention;
-        self.lock_round(
-            contention,
-            map,
-            key,
-            moved.is_some(),
-            missing,
-            taken,
-            placed,
-        );
+        self.lock_round(map, key, moved.is_some(), missing, taken, placed);
         self.goto(spin);
         self.asm.bind(locked);
         self.forget_rounds();

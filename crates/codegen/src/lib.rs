@@ -68,8 +68,10 @@
 //!   entries (elision) then check that the key still leads to the element
 //!   (else the word is given back by cmpxchg). A failure starts over, once.
 //! - Locked pass (after a restart, and every update-key write): one
-//!   `may_goto` loop from the lookup (without `may_goto`: bounded rounds
-//!   that wait in `bpf_loop`, see `emit/wait.rs`): take the word even -> odd by
+//!   `may_goto` loop from the lookup (without `may_goto`: the first round
+//!   inline, then up to 2 rounds each run whole, lookup, placeholder
+//!   insert and take, inside a `bpf_loop` callback, see
+//!   `emit/wait.rs`): take the word even -> odd by
 //!   cmpxchg, then verify that the key still leads to the element and the
 //!   word is still ours (else give it back and go round). A missing flow
 //!   gets a held placeholder (state word `PLACEHOLDER_STATE`, random odd
@@ -109,11 +111,14 @@
 //! program's layout, an XDP program run with `BPF_PROG_TEST_RUN` (request
 //! in, reply out through the packet's bytes) that goes through the same
 //! [`emit`] pieces (`lock_loop` with a held placeholder for a missing
-//! flow, `delete_held`, `unlock_entry`, `expiry_check`). Global registers
-//! live in the object's `.data` (the `globals` variable, one s64 value per
-//! global, starting at the declared values whoever loads the object; an
-//! object built to reuse a pinned map declares a `globals` map instead,
-//! see [`Options::globals_reused`]) and
+//! flow, `delete_held`, `unlock_entry`, `expiry_check`); built for a
+//! kernel without `may_goto`, it waits in the same `bpf_loop` callbacks,
+//! and comes with the BTF of its functions
+//! ([`editor::Editor::functions`]), which the kernel needs to load them.
+//! Global registers live in the object's `.data` (the `globals` variable,
+//! one s64 value per global, starting at the declared values whoever loads
+//! the object; an object built to reuse a pinned map declares a `globals`
+//! map instead, see [`Options::globals_reused`]) and
 //! use an atomic add (`g = g + e`) or a cmpxchg loop through `may_goto` (a
 //! write that spends the budget is dropped); the editor sets one with an
 //! atomic exchange. `bpf_spin_lock` is not

@@ -59,7 +59,12 @@ impl Edited {
             .iter()
             .map(|(at, name)| (*at, &maps.iter().find(|(n, _)| n == name).unwrap().1))
             .collect();
-        let raw = match RawProgram::load_xdp(editor::PROGRAM_NAME, &editor.insns, &relocs) {
+        let raw = match RawProgram::load_xdp_with_btf(
+            editor::PROGRAM_NAME,
+            &editor.insns,
+            &relocs,
+            editor.functions.as_ref(),
+        ) {
             Ok(raw) => raw,
             Err(e) => panic!("{e}\n{}", editor.listing),
         };

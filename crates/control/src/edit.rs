@@ -40,17 +40,21 @@ impl Editing {
             })?;
             relocs.push((*index, map));
         }
-        let program = RawProgram::load_xdp(editor::PROGRAM_NAME, &editor.insns, &relocs).map_err(
-            |e| match e {
-                RuntimeError::Verifier { log, .. } => ControlError::Verifier {
-                    log: format!("{log}\n(the editor program)\n{}", editor.listing),
-                },
-                other if other.to_string().contains("Operation not permitted") => {
-                    ControlError::NeedsRoot
-                }
-                other => ControlError::kernel("loading the editor", other),
+        let program = RawProgram::load_xdp_with_btf(
+            editor::PROGRAM_NAME,
+            &editor.insns,
+            &relocs,
+            editor.functions.as_ref(),
+        )
+        .map_err(|e| match e {
+            RuntimeError::Verifier { log, .. } => ControlError::Verifier {
+                log: format!("{log}\n(the editor program)\n{}", editor.listing),
             },
-        )?;
+            other if other.to_string().contains("Operation not permitted") => {
+                ControlError::NeedsRoot
+            }
+            other => ControlError::kernel("loading the editor", other),
+        })?;
         Ok(Editing { editor, program })
     }
 

@@ -62,7 +62,10 @@
 
 mod btf;
 mod btf_ext;
+mod functions;
 mod subprograms;
+
+pub use functions::{xdp_function_btf, FuncInfo, FunctionBtf};
 
 use object::write::{Object, Relocation, StandardSegment, Symbol, SymbolId, SymbolSection};
 use object::{

@@ -8,11 +8,16 @@
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
-use crate::sys::{self, BpfAttr, ProgLoadAttr, TestRunAttr, BPF_PROG_LOAD, BPF_PROG_TEST_RUN};
+use crate::sys::{
+    self, BpfAttr, BtfLoadAttr, ProgLoadAttr, TestRunAttr, BPF_PROG_LOAD, BPF_PROG_TEST_RUN,
+};
 use crate::{RawMap, RuntimeError, TestRunResult};
 
 // `enum bpf_cmd`, `enum bpf_prog_type`.
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_BTF_LOAD: libc::c_long = 18;
+/// `struct bpf_func_info`: two `u32`s.
+const FUNC_INFO_SIZE: u32 = 8;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `BPF_LD | BPF_DW | BPF_IMM`, the first slot of a map load.
 const LD_IMM64: u8 = 0x18;
@@ -57,6 +62,18 @@ impl RawProgram {
         insns: &[u8],
         maps: &[(usize, &RawMap)],
     ) -> Result<RawProgram, RuntimeError> {
+        Self::load_xdp_with_btf(name, insns, maps, None)
+    }
+
+    /// [`RawProgram::load_xdp`] of a program with subprograms (`bpf_loop`
+    /// callbacks): the kernel verifies those only with BTF describing each
+    /// function, `functions` (see `flowstate_obj::xdp_function_btf`).
+    pub fn load_xdp_with_btf(
+        name: &str,
+        insns: &[u8],
+        maps: &[(usize, &RawMap)],
+        functions: Option<&flowstate_obj::FunctionBtf>,
+    ) -> Result<RawProgram, RuntimeError> {
         let mut insns = insns.to_vec();
         if !insns.len().is_multiple_of(8) {
             return Err(RuntimeError::BadInstructions(format!(
@@ -83,6 +100,15 @@ impl RawProgram {
                 b'_'
             };
         }
+        let btf_fd = functions.map(|f| load_btf(name, &f.btf)).transpose()?;
+        let func_info: Vec<u32> = functions
+            .map(|f| {
+                f.func_info
+                    .iter()
+                    .flat_map(|r| [r.insn, r.type_id])
+                    .collect()
+            })
+            .unwrap_or_default();
         let license = c"GPL";
         let attempt = |log_level: u32, log: &mut Vec<u8>| {
             let mut attr = ProgLoadAttr {
@@ -94,6 +120,14 @@ impl RawProgram {
                 log_size: log.len() as u32,
                 log_buf: log.as_mut_ptr() as u64,
                 prog_name,
+                prog_btf_fd: btf_fd.as_ref().map_or(0, |fd| fd.as_raw_fd() as u32),
+                func_info_rec_size: if btf_fd.is_some() { FUNC_INFO_SIZE } else { 0 },
+                func_info: if btf_fd.is_some() {
+                    func_info.as_ptr() as u64
+                } else {
+                    0
+                },
+                func_info_cnt: (func_info.len() / 2) as u32,
                 ..ProgLoadAttr::default()
             };
             sys::bpf(BPF_PROG_LOAD, &mut attr)
@@ -197,6 +231,29 @@ fn log_text(log: &[u8]) -> String {
 fn processed_insns(log: &str) -> Option<u32> {
     let rest = &log[log.find("processed ")? + "processed ".len()..];
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Loads a `.BTF` blob for the program `name`; the fd is only needed
+/// until the program is loaded (the program keeps the BTF).
+fn load_btf(name: &str, btf: &[u8]) -> Result<OwnedFd, RuntimeError> {
+    let mut log = vec![0u8; FAILURE_LOG_BYTES];
+    let mut attr = BtfLoadAttr {
+        btf: btf.as_ptr() as u64,
+        btf_size: btf.len() as u32,
+        btf_log_buf: log.as_mut_ptr() as u64,
+        btf_log_size: log.len() as u32,
+        btf_log_level: 1,
+        ..BtfLoadAttr::default()
+    };
+    match sys::bpf(BPF_BTF_LOAD, &mut attr) {
+        // SAFETY: BPF_BTF_LOAD returned a new fd that nothing else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Err(io) => Err(RuntimeError::Verifier {
+            program: format!("{name} (its BTF)"),
+            io,
+            log: log_text(&log),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -55,10 +55,30 @@ pub(crate) struct ProgLoadAttr {
     pub(crate) prog_name: [u8; 16],
     pub(crate) prog_ifindex: u32,
     pub(crate) expected_attach_type: u32,
+    pub(crate) prog_btf_fd: u32,
+    pub(crate) func_info_rec_size: u32,
+    pub(crate) func_info: u64,
+    pub(crate) func_info_cnt: u32,
+    pub(crate) _pad: u32,
 }
 
 // SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
 unsafe impl BpfAttr for ProgLoadAttr {}
+
+/// The `BPF_BTF_LOAD` member of `union bpf_attr`, up to `btf_log_level`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct BtfLoadAttr {
+    pub(crate) btf: u64,
+    pub(crate) btf_log_buf: u64,
+    pub(crate) btf_size: u32,
+    pub(crate) btf_log_size: u32,
+    pub(crate) btf_log_level: u32,
+    pub(crate) _pad: u32,
+}
+
+// SAFETY: the kernel's layout of this member (include/uapi/linux/bpf.h).
+unsafe impl BpfAttr for BtfLoadAttr {}
 
 /// The `BPF_PROG_TEST_RUN` member of `union bpf_attr`, up to `batch_size`.
 #[repr(C)]

@@ -33,7 +33,6 @@ pub(crate) fn emit_editor(
     loop {
         let mut emitter = Emitter::new(program, target, layout, frame, lowered);
         emitter.long_sites = long_sites.clone();
-        emitter.callbacks_allowed = false;
         emitter.editor();
         match emitter.finish()? {
             Pass::Done(code) => return Ok(code),
