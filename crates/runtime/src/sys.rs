@@ -74,6 +74,8 @@ pub(crate) struct BtfLoadAttr {
     pub(crate) btf_size: u32,
     pub(crate) btf_log_size: u32,
     pub(crate) btf_log_level: u32,
+    /// Explicit, so it is zero: a kernel before 6.4 (no
+    /// `btf_log_true_size` here) refuses non-zero bytes past its fields.
     pub(crate) _pad: u32,
 }
 
@@ -365,24 +367,6 @@ struct MapCreateAttr {
 
 // SAFETY: the layout of BPF_MAP_CREATE's member (a prefix of it).
 unsafe impl BpfAttr for MapCreateAttr {}
-
-/// The `bpf_attr` member of `BPF_BTF_LOAD`.
-#[repr(C)]
-#[derive(Default)]
-struct BtfLoadAttr {
-    btf: u64,
-    btf_log_buf: u64,
-    btf_size: u32,
-    btf_log_size: u32,
-    btf_log_level: u32,
-    /// Explicit, so it is zero: a kernel before 6.4 (no
-    /// `btf_log_true_size` here) refuses non-zero bytes past its fields.
-    _pad: u32,
-}
-
-// SAFETY: the layout of BPF_BTF_LOAD's member; `btf` points at `btf_size`
-// bytes, and no log buffer is given.
-unsafe impl BpfAttr for BtfLoadAttr {}
 
 /// Loads a BTF blob into the kernel.
 pub(crate) fn btf_load(btf: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
