@@ -38,8 +38,8 @@ pub(crate) unsafe trait BpfAttr {}
 // SAFETY: the layout of the map element commands' member.
 unsafe impl BpfAttr for MapElemAttr {}
 
-/// The `BPF_PROG_LOAD` member of `union bpf_attr`, up to
-/// `expected_attach_type`.
+/// The `BPF_PROG_LOAD` member of `union bpf_attr`, up to `func_info_cnt`
+/// (the zero pad is `line_info_rec_size`).
 #[repr(C)]
 #[derive(Default)]
 pub(crate) struct ProgLoadAttr {
