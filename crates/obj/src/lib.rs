@@ -713,39 +713,16 @@ impl ObjectBuilder {
         if self.rodata.is_empty() {
             return Vec::new();
         }
-        let section = obj.add_section(
-            obj.segment_name(StandardSegment::Data).to_vec(),
-            b".rodata".to_vec(),
-            SectionKind::ReadOnlyData,
-        );
         let char_type = btf.add_type(&BtfType::int("char", 1, true));
-        let mut data = Vec::new();
-        let mut vars = Vec::with_capacity(self.rodata.len());
-        let mut symbols = Vec::with_capacity(self.rodata.len());
-        for var in &self.rodata {
-            data.resize(data.len().next_multiple_of(8), 0);
-            let offset = data.len() as u32;
-            let size = var.bytes.len() as u32;
-            data.extend_from_slice(&var.bytes);
-            let array = btf.array(char_type, size);
-            let id = btf.var_global(&var.name, array);
-            vars.push(btf::SecVar {
-                var: id,
-                offset,
-                size,
-            });
-            symbols.push(obj.add_symbol(global_symbol(
-                &var.name,
-                SymbolKind::Data,
-                section,
-                u64::from(offset),
-                u64::from(size),
-            )));
-        }
-        let size = data.len() as u32;
-        obj.set_section_data(section, data, 8);
-        btf.datasec(".rodata", size, &vars);
-        symbols
+        let vars: Vec<_> = self
+            .rodata
+            .iter()
+            .map(|var| {
+                let array = btf.array(char_type, var.bytes.len() as u32);
+                (var.name.as_str(), var.bytes.as_slice(), array)
+            })
+            .collect();
+        write_variables(obj, btf, ".rodata", SectionKind::ReadOnlyData, &vars)
     }
 
     /// Writes `.data` and its BTF (a `DATASEC` of the variables, each
@@ -754,38 +731,18 @@ impl ObjectBuilder {
         if self.data.is_empty() {
             return Vec::new();
         }
-        let section = obj.add_section(
-            obj.segment_name(StandardSegment::Data).to_vec(),
-            b".data".to_vec(),
-            SectionKind::Data,
-        );
-        let mut bytes = Vec::new();
-        let mut vars = Vec::with_capacity(self.data.len());
-        let mut symbols = Vec::with_capacity(self.data.len());
-        for var in &self.data {
-            bytes.resize(bytes.len().next_multiple_of(8), 0);
-            let offset = bytes.len() as u32;
-            let size = var.bytes.len() as u32;
-            bytes.extend_from_slice(&var.bytes);
-            let ty = btf.add_type(&var.ty);
-            let id = btf.var_global(&var.name, ty);
-            vars.push(btf::SecVar {
-                var: id,
-                offset,
-                size,
-            });
-            symbols.push(obj.add_symbol(global_symbol(
-                &var.name,
-                SymbolKind::Data,
-                section,
-                u64::from(offset),
-                u64::from(size),
-            )));
-        }
-        let size = bytes.len() as u32;
-        obj.set_section_data(section, bytes, 8);
-        btf.datasec(".data", size, &vars);
-        symbols
+        let vars: Vec<_> = self
+            .data
+            .iter()
+            .map(|var| {
+                (
+                    var.name.as_str(),
+                    var.bytes.as_slice(),
+                    btf.add_type(&var.ty),
+                )
+            })
+            .collect();
+        write_variables(obj, btf, ".data", SectionKind::Data, &vars)
     }
 
     fn write_programs(
@@ -931,6 +888,48 @@ impl ObjectBuilder {
             });
         }
     }
+}
+
+/// Writes a data section `name` holding `vars` (name, initial bytes, BTF
+/// type id), each 8-byte aligned, and its `DATASEC`; returns each
+/// variable's symbol, in order.
+fn write_variables(
+    obj: &mut Object<'_>,
+    btf: &mut btf::BtfWriter,
+    name: &str,
+    kind: SectionKind,
+    vars: &[(&str, &[u8], u32)],
+) -> Vec<SymbolId> {
+    let section = obj.add_section(
+        obj.segment_name(StandardSegment::Data).to_vec(),
+        name.as_bytes().to_vec(),
+        kind,
+    );
+    let mut bytes = Vec::new();
+    let mut sec_vars = Vec::with_capacity(vars.len());
+    let mut symbols = Vec::with_capacity(vars.len());
+    for &(var_name, initial, ty) in vars {
+        bytes.resize(bytes.len().next_multiple_of(8), 0);
+        let offset = bytes.len() as u32;
+        let size = initial.len() as u32;
+        bytes.extend_from_slice(initial);
+        sec_vars.push(btf::SecVar {
+            var: btf.var_global(var_name, ty),
+            offset,
+            size,
+        });
+        symbols.push(obj.add_symbol(global_symbol(
+            var_name,
+            SymbolKind::Data,
+            section,
+            u64::from(offset),
+            u64::from(size),
+        )));
+    }
+    let size = bytes.len() as u32;
+    obj.set_section_data(section, bytes, 8);
+    btf.datasec(name, size, &sec_vars);
+    symbols
 }
 
 /// A global symbol with default visibility, as clang emits for programs,
