@@ -150,8 +150,13 @@ fn a_flow_edit_is_a_patch_of_the_percent_encoded_key() {
     assert_eq!(body, serde_json::json!({ "registers": { "n": 5 } }));
 }
 
+const NO_SUCH_DEV: &str = "fs-nodev0";
+
 #[test]
 fn run_sends_the_placement_with_an_absolute_program_path() {
+    // No interface of this machine: should the command ever act directly
+    // instead of asking the daemon, it fails rather than attaching to the
+    // host's real interface (it once left portknock on eth0 that way).
     let daemon = StandIn::start(
         201,
         r#"{"name":"knock","dev":"eth0","hook":"xdp","prog_id":9,"owner":"api"}"#,
@@ -164,7 +169,7 @@ fn run_sends_the_placement_with_an_absolute_program_path() {
             "run",
             "portknock.fsm",
             "--dev",
-            "eth0",
+            NO_SUCH_DEV,
             "--xdp-mode",
             "generic",
         ])
@@ -183,7 +188,7 @@ fn run_sends_the_placement_with_an_absolute_program_path() {
     let body: Value = serde_json::from_str(&seen[0].body).unwrap();
     assert_eq!(body["name"], "portknock", "the program's name: {body}");
     assert_eq!(body["xdp_mode"], "generic");
-    assert_eq!(body["dev"], "eth0");
+    assert_eq!(body["dev"], NO_SUCH_DEV);
     let program = PathBuf::from(body["program"].as_str().unwrap());
     assert!(
         program.is_absolute() && program.ends_with("portknock.fsm"),
