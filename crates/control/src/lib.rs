@@ -52,7 +52,7 @@ pub mod summary;
 pub mod tc;
 pub mod trust;
 
-pub use shared::{run_shared, xdp_occupant, XdpShare};
+pub use shared::{run_placed, run_shared, xdp_occupant, XdpShare};
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

@@ -49,6 +49,41 @@ pub enum XdpShare {
     Auto,
 }
 
+/// Runs `spec` in namespace `netns` as `share` asks: in the interface's
+/// XDP dispatcher (at `priority`), or attached alone. Only an XDP attach
+/// (named in `spec`, or the program's own hook) can share; for `Auto`, a
+/// dispatcher must already be there, and a query that fails (no such
+/// device, ...) leaves the error to the exclusive path, which says it
+/// plainly. What `flowstate run` and the daemon both do.
+pub fn run_placed(
+    spec: &RunSpec,
+    netns: Option<&str>,
+    share: XdpShare,
+    priority: u32,
+) -> Result<Instance, ControlError> {
+    let at_xdp = match spec.attach {
+        Some(point) => matches!(point, crate::AttachPoint::Xdp { .. }),
+        None => std::fs::read_to_string(&spec.program_path)
+            .ok()
+            .and_then(|text| flowstate_lang::compile(&text).ok())
+            .is_some_and(|c| c.program.hook == flowstate_lang::ir::Hook::Xdp),
+    };
+    let shared = at_xdp
+        && match share {
+            XdpShare::Shared => true,
+            XdpShare::Exclusive => false,
+            XdpShare::Auto => matches!(
+                xdp_occupant(&spec.dev, netns),
+                Ok(XdpOccupant::Dispatcher { .. })
+            ),
+        };
+    if shared {
+        run_shared(spec, netns, priority)
+    } else {
+        crate::run_in_netns(spec, netns)
+    }
+}
+
 /// What runs at `dev`'s XDP hook (in namespace `netns`).
 pub fn xdp_occupant(dev: &str, netns: Option<&str>) -> Result<XdpOccupant, ControlError> {
     let target = netns.map(netns::Target::open).transpose()?;

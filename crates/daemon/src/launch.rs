@@ -34,10 +34,6 @@ pub fn run(
         None if own_hook == Some(Hook::Xdp) => Some(AttachPoint::Xdp { mode: xdp_mode }),
         None => None,
     };
-    let at_xdp = match attach {
-        Some(point) => matches!(point, AttachPoint::Xdp { .. }),
-        None => own_hook == Some(Hook::Xdp),
-    };
     let spec = RunSpec {
         program_path: program.to_path_buf(),
         dev: dev.to_string(),
@@ -56,19 +52,10 @@ pub fn run(
             },
         },
     };
-    let netns = placement.netns.as_deref();
-    let shared = at_xdp
-        && match placement.xdp_share {
-            XdpShare::Shared => true,
-            XdpShare::Exclusive => false,
-            XdpShare::Auto => matches!(
-                flowstate_control::xdp_occupant(dev, netns),
-                Ok(flowstate_runtime::dispatcher::XdpOccupant::Dispatcher { .. })
-            ),
-        };
-    if shared {
-        flowstate_control::run_shared(&spec, netns, placement.priority)
-    } else {
-        flowstate_control::run_in_netns(&spec, netns)
-    }
+    let share = match placement.xdp_share {
+        XdpShare::Shared => flowstate_control::XdpShare::Shared,
+        XdpShare::Exclusive => flowstate_control::XdpShare::Exclusive,
+        XdpShare::Auto => flowstate_control::XdpShare::Auto,
+    };
+    flowstate_control::run_placed(&spec, placement.netns.as_deref(), share, placement.priority)
 }

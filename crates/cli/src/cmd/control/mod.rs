@@ -431,29 +431,13 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
             },
         },
     };
-    let at_xdp = match attach {
-        Some(point) => matches!(point, AttachPoint::Xdp { .. }),
-        None => matches!(
-            flowstate_lang::compile(&source).map(|c| c.program.hook),
-            Ok(flowstate_lang::ir::Hook::Xdp)
-        ),
+    let share = match args.xdp_share {
+        XdpShareArg::Shared => flowstate_control::XdpShare::Shared,
+        XdpShareArg::Exclusive => flowstate_control::XdpShare::Exclusive,
+        XdpShareArg::Auto => flowstate_control::XdpShare::Auto,
     };
-    let shared = at_xdp
-        && match args.xdp_share {
-            XdpShareArg::Shared => true,
-            XdpShareArg::Exclusive => false,
-            // A query that fails (no such device, ...) leaves the error to
-            // the exclusive path, which says it plainly.
-            XdpShareArg::Auto => matches!(
-                flowstate_control::xdp_occupant(&args.dev, args.netns.as_deref()),
-                Ok(flowstate_runtime::dispatcher::XdpOccupant::Dispatcher { .. })
-            ),
-        };
-    let instance = if shared {
-        flowstate_control::run_shared(&spec, args.netns.as_deref(), args.priority)?
-    } else {
-        flowstate_control::run_in_netns(&spec, args.netns.as_deref())?
-    };
+    let instance =
+        flowstate_control::run_placed(&spec, args.netns.as_deref(), share, args.priority)?;
     if args.json {
         println!("{}", show::instance_json(&instance));
     } else {
