@@ -95,6 +95,12 @@ pub(crate) enum Missing {
 
 const BPF_NOEXIST: i32 = 1;
 const EEXIST: i32 = 17;
+/// What an insert into a full table returns: a preallocated hash map has
+/// no free element left (`E2BIG`), another cannot allocate one (`ENOMEM`).
+/// Any other failure is passing (the kernel's `EBUSY` for a bucket lock
+/// already taken on this CPU, seen on Debian's 6.1 in one insert of
+/// 800,000 with the editor running): the insert is tried again.
+const TABLE_FULL_ERRORS: [i32; 2] = [7, 12];
 
 const XDP_DROP: i32 = 1;
 const XDP_PASS: i32 = 2;
@@ -634,9 +640,9 @@ impl<'a> Emitter<'a> {
                 self.stack_ptr(R3, frame.view);
                 self.emit(Insn::mov64(R4, BPF_NOEXIST));
                 self.call(Helper::MAP_UPDATE_ELEM);
-                self.jmp(JmpOp::Eq, R0, -EEXIST, busy);
                 let table_full = self.table_full;
-                self.jmp(JmpOp::Ne, R0, 0, table_full);
+                self.jump_if_table_full(R0, table_full);
+                self.jmp(JmpOp::Ne, R0, 0, busy);
                 self.asm.bind(placed);
                 self.lookup(map, key);
                 self.jmp(JmpOp::Eq, R0, 0, busy);
@@ -690,20 +696,52 @@ impl<'a> Emitter<'a> {
     }
 
     /// Inserts the entry built in the view under the key at `key` with
-    /// `BPF_NOEXIST`, its lock word a random even number (so that a packet
-    /// holding a pointer to the element's earlier life, and the sequence
-    /// number it read there, fails its cmpxchg instead of taking the new
-    /// entry). Leaves the helper's result in R0.
+    /// `BPF_NOEXIST`, held: its lock word a random odd number while the
+    /// kernel copies the value into the element and links it, then the
+    /// next even number, stored by this packet once the key leads to the
+    /// element. Elements are recycled at once, so another packet may hold
+    /// a pointer to this one from its earlier life: while it is being
+    /// filled, that packet can neither take it (the word is odd) nor copy
+    /// half of it as a consistent entry, and a random number makes its
+    /// stale cmpxchg fail afterwards. (A word left even during the copy
+    /// let a `bpf_loop` round take an element not yet linked, which its
+    /// caller then could not find to give back: the entry stayed held for
+    /// good, in the two-CPU toggle test on 6.1.) Leaves the insert's
+    /// result in R0.
     fn insert_new(&mut self, key: i16) {
         let frame = self.frame;
+        let done = self.label();
+        let gone = self.label();
         self.call(Helper::GET_PRANDOM_U32);
-        self.emit(Insn::and64(R0, -2));
+        self.emit(Insn::or64(R0, 1));
         self.emit(Insn::stx(Size::W, R10, R0, frame.view_at(LOCK_OFFSET)));
         self.asm.ld_map_fd(R1, MAPS.flows);
         self.stack_ptr(R2, key);
         self.stack_ptr(R3, frame.view);
         self.emit(Insn::mov64(R4, BPF_NOEXIST));
         self.call(Helper::MAP_UPDATE_ELEM);
+        self.jmp(JmpOp::Ne, R0, 0, done);
+        self.asm
+            .annotate("inserted held: release it, linked and whole now");
+        self.lookup(MAPS.flows, key);
+        self.jmp(JmpOp::Eq, R0, 0, gone);
+        self.emit(Insn::ldx(Size::W, R1, R0, LOCK_OFFSET as i16));
+        self.emit(Insn::ldx(Size::W, R2, R10, frame.view_at(LOCK_OFFSET)));
+        // Not our word: an LRU eviction took the element already.
+        self.jmp(JmpOp::Ne, R1, R2, gone);
+        self.emit(Insn::add64(R2, 1));
+        self.release_word(R0, R2);
+        self.asm.bind(gone);
+        self.emit(Insn::mov64(R0, 0));
+        self.asm.bind(done);
+    }
+
+    /// `goto target` when `result`, an insert's, says the table is full
+    /// ([`TABLE_FULL_ERRORS`]).
+    fn jump_if_table_full(&mut self, result: Reg, target: Label) {
+        for errno in TABLE_FULL_ERRORS {
+            self.jmp(JmpOp::Eq, result, -errno, target);
+        }
     }
 
     /// `if the run's loop budget is spent goto target`, at any distance:
@@ -841,16 +879,22 @@ impl<'a> Emitter<'a> {
         if self.target.atomic {
             self.load_stack(R1, self.frame.seq);
             self.emit(Insn::add64(R1, 2));
-            if self.target.features.weakly_ordered {
-                self.emit(Insn::atomic32(
-                    AtomicOp::Xchg,
-                    ENTRY,
-                    R1,
-                    LOCK_OFFSET as i16,
-                ));
-            } else {
-                self.emit(Insn::stx(Size::W, ENTRY, R1, LOCK_OFFSET as i16));
-            }
+            self.release_word(ENTRY, R1);
+        }
+    }
+
+    /// Stores `word` (even) as the lock word of the element at `base`,
+    /// ordered after this packet's writes to it (see [`Emitter::unlock_entry`]).
+    fn release_word(&mut self, base: Reg, word: Reg) {
+        if self.target.features.weakly_ordered {
+            self.emit(Insn::atomic32(
+                AtomicOp::Xchg,
+                base,
+                word,
+                LOCK_OFFSET as i16,
+            ));
+        } else {
+            self.emit(Insn::stx(Size::W, base, word, LOCK_OFFSET as i16));
         }
     }
 
@@ -2010,7 +2054,7 @@ impl<'a> Emitter<'a> {
             }
             e.jmp(JmpOp::Eq, R0, 0, after_write);
             let table_full = e.table_full;
-            e.jmp(JmpOp::Ne, R0, -EEXIST, table_full);
+            e.jump_if_table_full(R0, table_full);
             match retry {
                 Some(label) => {
                     let contention = e.contention;

@@ -55,9 +55,14 @@
 //! elements are recycled at once (preallocated free lists), so a pointer
 //! from a lookup may, a moment later, be a free element or another
 //! flow's; the protocol makes such a pointer harmless:
-//! - Insert: a new entry's word is a random even number (so a packet that
-//!   read the element's earlier life fails its cmpxchg), inserted with
-//!   `BPF_NOEXIST`.
+//! - Insert: with `BPF_NOEXIST`, held (a random odd word) while the kernel
+//!   copies the value into the element and links it; then the inserter
+//!   finds it by key and stores the next even number. A packet holding a
+//!   pointer to the element's earlier life can neither take it nor copy a
+//!   half-written entry meanwhile, and fails its cmpxchg afterwards (the
+//!   number is random). Only a full table (`E2BIG`, `ENOMEM`) refuses a
+//!   flow; any other failure (a bucket lock busy on this CPU: `EBUSY`,
+//!   seen on 6.1) is a concurrent insert's case: go round.
 //! - Read (first pass): a seqlock copy without locking (same even number
 //!   before and after, 8 tries, then start over); a row that changes
 //!   nothing but `last_seen` stores it directly (an aligned 8-byte store:
@@ -73,7 +78,9 @@
 //!   insert and take, inside a `bpf_loop` callback, see
 //!   `emit/wait.rs`): take the word even -> odd by
 //!   cmpxchg, then verify that the key still leads to the element and the
-//!   word is still ours (else give it back and go round). A missing flow
+//!   word is still ours (else give it back and go round; a `bpf_loop`
+//!   round verifies inside the callback, which holds the element pointer
+//!   the caller does not get). A missing flow
 //!   gets a held placeholder (state word `PLACEHOLDER_STATE`, random odd
 //!   lock word, `BPF_NOEXIST`; a concurrent insert makes it fail and the
 //!   loop goes round); the holder writes it, or deletes it when its row

@@ -202,8 +202,22 @@ fn global(handle: &Handle, name: &str) -> i64 {
 /// The packets' own updates were all applied, none gave up on the lock.
 fn assert_every_packet_counted(handle: &Handle) {
     let stats = handle.stats().unwrap();
-    assert_eq!(stats.contention, 0, "packets gave up on the flow's lock");
-    assert_eq!(stats.rows[0].packets as i64, TOTAL, "packets took the row");
+    // Where every packet went, for a failure's message.
+    let counts = format!(
+        "rows {:?}, default {:?}, contention {}, table full {}",
+        stats.rows.iter().map(|r| r.packets).collect::<Vec<_>>(),
+        stats.default,
+        stats.contention,
+        stats.table_full
+    );
+    assert_eq!(
+        stats.contention, 0,
+        "packets gave up on the flow's lock: {counts}"
+    );
+    assert_eq!(
+        stats.rows[0].packets as i64, TOTAL,
+        "packets took the row: {counts}"
+    );
     assert_eq!(global(handle, "total"), TOTAL, "additions to `total` lost");
 }
 

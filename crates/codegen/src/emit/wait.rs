@@ -380,11 +380,28 @@ impl Emitter<'_> {
             LOCK_OFFSET as i16,
         ));
         self.asm.jmp(JmpOp::Ne, R0, number, go_on);
-        // Ours. The caller looks the flow up and checks the word is this
-        // number plus one, as the inline round does after its cmpxchg (the
-        // same check here, by a second lookup and a comparison of the two
-        // element pointers, lost one update in 400,000 on Debian's 6.1 in
-        // the two-CPU counting test, in 3 of 5 runs; without it, none).
+        // Taken; but the element may be one the lookup found in an earlier
+        // life, since recycled for another flow: the key must still lead to
+        // it, else the word goes back (the caller, which only gets numbers,
+        // could not give it back: that left an entry held for good).
+        let ours = self.label();
+        self.asm.ld_map_fd(R1, callback.map);
+        self.emit(Insn::mov64(R2, R6));
+        self.call(Helper::MAP_LOOKUP_ELEM);
+        self.asm.jmp(JmpOp::Eq, R0, element, ours);
+        self.emit(Insn::mov64(R0, number));
+        self.emit(Insn::add64(R0, 1));
+        self.emit(Insn::atomic32(
+            AtomicOp::CmpXchg,
+            element,
+            number,
+            LOCK_OFFSET as i16,
+        ));
+        self.asm.ja(go_on);
+        self.asm.bind(ours);
+        // Ours. The caller looks the flow up once more and checks the word
+        // is this number plus one, as the inline round does after its
+        // cmpxchg (an LRU eviction may take a held element meanwhile).
         self.emit(Insn::stx(Size::DW, R6, number, seq));
         self.asm.ja(stop);
 
@@ -399,8 +416,14 @@ impl Emitter<'_> {
             self.emit(Insn::add64(R3, i32::from(view)));
             self.emit(Insn::mov64(R4, BPF_NOEXIST));
             self.call(Helper::MAP_UPDATE_ELEM);
-            self.asm.jmp(JmpOp::Eq, R0, -EEXIST, go_on);
             self.asm.jmp(JmpOp::Eq, R0, 0, inserted);
+            // A concurrent insert (or a passing failure): go round.
+            let full = self.label();
+            for errno in TABLE_FULL_ERRORS {
+                self.asm.jmp(JmpOp::Eq, R0, -errno, full);
+            }
+            self.asm.ja(go_on);
+            self.asm.bind(full);
             self.emit(Insn::mov64(R1, TABLE_FULL));
             self.emit(Insn::stx(Size::DW, R6, R1, seq));
             self.asm.ja(stop);
