@@ -37,8 +37,10 @@
 //! In a shared XDP dispatcher (`run --xdp-share`) the swaps go through the
 //! instance's slot ([`DispatcherSlot`]): each program is loaded as an
 //! extension against the running dispatcher, and a swap is a new
-//! dispatcher with that program in the slot (docs/sharing.md). A
-//! migrating reload is refused there (see where `migrate` is decided).
+//! dispatcher with that program in the slot (docs/sharing.md). Migrating,
+//! the slot runs the handoff build, then an extension build of the bridge,
+//! then the new program; the handoff's program array holds a plain XDP
+//! build of the bridge (the kernel takes no extension there).
 
 use std::path::{Path, PathBuf};
 
@@ -194,22 +196,6 @@ pub fn reload(
         Plan::New
     };
     let migrate = flows_plan == Plan::New && !reset_state;
-    if migrate && meta.xdp_priority.is_some() {
-        // The handoff build must tail-call the bridge, and the kernels
-        // tried (6.12) refuse the bridge in the handoff's program array
-        // when the handoff is a dispatcher's extension (EINVAL): refused
-        // before anything is loaded. The steps below are written for it
-        // (`SlotBridge`) should a way be found.
-        return Err(ControlError::Attach {
-            dev: meta.dev.clone(),
-            message: format!(
-                "instance {name} runs in a shared XDP dispatcher, where a reload that changes \
-                 the state table's layout (states, registers, capacity or full policy) is not \
-                 supported yet: the migration's handoff cannot tail-call from a dispatcher \
-                 slot. Keep the layout, or reload with --reset-state (an empty flow table)"
-            ),
-        });
-    }
     // The programs of a migration, compiled before anything changes.
     let migration_programs = if migrate {
         let codegen_error =
@@ -333,10 +319,14 @@ pub fn reload(
         let mut bridge_pins = pins.clone();
         bridge_pins.push((migrate::OLD_FLOWS_MAP, maps_dir.join(old_layout.flows_map)));
         bridge_pins.push((migrate::MIGRATION_MAP, stage.migration_pin.clone()));
-        // The tail call's target: the same kind of program as the
-        // handoff build calling it (the kernel checks that a program array
-        // holds one kind), so an extension in a dispatcher.
-        let mut bridge = load_hooked(
+        // The tail call's target is always a plain program of the hook's
+        // type, in a dispatcher too: the kernel checks a program array's
+        // members against the type its first user resolves to (an
+        // extension resolves to its target's, XDP), and since Linux 6.12
+        // ("Prevent tailcall infinite loop caused by freplace") refuses
+        // an extension in any program array (EINVAL). The slot runs a
+        // second build of the bridge, an extension (`SlotBridge`).
+        let mut bridge = kernel::load(
             &bridge_out.object,
             &bridge_out.program_name,
             &bridge_pins,
