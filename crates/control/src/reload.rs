@@ -319,31 +319,48 @@ pub fn reload(
         let mut bridge_pins = pins.clone();
         bridge_pins.push((migrate::OLD_FLOWS_MAP, maps_dir.join(old_layout.flows_map)));
         bridge_pins.push((migrate::MIGRATION_MAP, stage.migration_pin.clone()));
+        // In a dispatcher the slot runs a second build of the bridge, an
+        // extension (`SlotBridge`), loaded first: the bridge the handoff
+        // tail-calls is loaded on its maps.
+        let slot_build = match stage.slot_bridge.as_mut() {
+            Some(slot_bridge) => {
+                let mut hooked = load_hooked(
+                    &bridge_out.object,
+                    &bridge_out.program_name,
+                    &bridge_pins,
+                    &new_ports,
+                )?;
+                hooked.pin_program(&slot_bridge.pin)?;
+                slot_bridge.id = hooked.prog_id()?;
+                Some(hooked)
+            }
+            None => None,
+        };
         // The tail call's target is always a plain program of the hook's
-        // type, in a dispatcher too: the kernel checks a program array's
-        // members against the type its first user resolves to (an
-        // extension resolves to its target's, XDP), and since Linux 6.12
-        // ("Prevent tailcall infinite loop caused by freplace") refuses
-        // an extension in any program array (EINVAL). The slot runs a
-        // second build of the bridge, an extension (`SlotBridge`).
-        let mut bridge = kernel::load(
-            &bridge_out.object,
-            &bridge_out.program_name,
-            &bridge_pins,
-            &new_ports,
-        )?;
-        bridge.pin_program(&stage.bridge_pin)?;
-        stage.bridge_id = bridge.prog_id()?;
-        if let Some(slot_bridge) = stage.slot_bridge.as_mut() {
-            let mut hooked = load_hooked(
+        // type. The kernel takes in a program array only programs of its
+        // first user's type, and an extension resolves to its target's
+        // (XDP); since Linux 6.12 ("Prevent tailcall infinite loop caused
+        // by freplace") it refuses extensions there outright; and since
+        // 2025's stable updates (6.1 and 6.12 too: "Enforce
+        // expected_attach_type for tailcall compatibility") it wants the
+        // caller's expected attach type, 0 for an extension, where aya
+        // loads XDP programs with `BPF_XDP` (see
+        // `RawProgram::load_xdp_object`).
+        let mut bridge = if let Some(sibling) = &slot_build {
+            TailCallTarget::Raw(kernel::load_tail_call_target(
+                &bridge_out.object,
+                &bridge_out.program_name,
+                sibling,
+            )?)
+        } else {
+            TailCallTarget::Aya(kernel::load(
                 &bridge_out.object,
                 &bridge_out.program_name,
                 &bridge_pins,
                 &new_ports,
-            )?;
-            hooked.pin_program(&slot_bridge.pin)?;
-            slot_bridge.id = hooked.prog_id()?;
-        }
+            )?)
+        };
+        stage.bridge_id = bridge.pin_program(&stage.bridge_pin)?;
         let mut handoff_pins: Vec<(&'static str, PathBuf)> = crate::map_names(&old_layout)
             .into_iter()
             .map(|m| (m, maps_dir.join(m)))
@@ -429,6 +446,40 @@ pub fn reload(
         counters_reset: counters_plan == Plan::New,
         source_hash: plan.new.source_hash,
     })
+}
+
+/// The bridge a migration's handoff tail-calls, as loaded (see where it
+/// is loaded).
+enum TailCallTarget {
+    Aya(kernel::LoadedObject),
+    Raw(flowstate_runtime::RawProgram),
+}
+
+impl TailCallTarget {
+    /// Pins the program at `path`; its id.
+    fn pin_program(&mut self, path: &Path) -> Result<u32, ControlError> {
+        match self {
+            TailCallTarget::Aya(object) => {
+                object.pin_program(path)?;
+                object.prog_id()
+            }
+            TailCallTarget::Raw(program) => {
+                crate::links::obj_pin(program.fd(), path).map_err(|e| {
+                    ControlError::kernel(format!("pinning the bridge at {}", path.display()), e)
+                })?;
+                aya::programs::ProgramInfo::from_pin(path)
+                    .map(|info| info.id())
+                    .map_err(|e| ControlError::kernel("reading the bridge's id", e))
+            }
+        }
+    }
+
+    fn prog_fd(&self) -> Result<std::os::fd::RawFd, ControlError> {
+        match self {
+            TailCallTarget::Aya(object) => object.prog_fd(),
+            TailCallTarget::Raw(program) => Ok(std::os::fd::AsRawFd::as_raw_fd(&program.fd())),
+        }
+    }
 }
 
 /// Options of the migration's programs (handoff, bridge, mover), which
