@@ -340,12 +340,12 @@ pub fn reload(
         // type. The kernel takes in a program array only programs of its
         // first user's type, and an extension resolves to its target's
         // (XDP); since Linux 6.12 ("Prevent tailcall infinite loop caused
-        // by freplace") it refuses extensions there outright; and since
-        // 2025's stable updates (6.1 and 6.12 too: "Enforce
-        // expected_attach_type for tailcall compatibility") it wants the
+        // by freplace") it refuses extensions there outright; and since a
+        // 2025 change, backported (Debian's 6.12.118 has it: "Enforce
+        // expected_attach_type for tailcall compatibility"), it wants the
         // caller's expected attach type, 0 for an extension, where aya
         // loads XDP programs with `BPF_XDP` (see
-        // `RawProgram::load_xdp_object`).
+        // `RawProgram::load_xdp_object`). docs/sharing.md has the story.
         let mut bridge = if let Some(sibling) = &slot_build {
             TailCallTarget::Raw(kernel::load_tail_call_target(
                 &bridge_out.object,

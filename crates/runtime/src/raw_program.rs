@@ -158,11 +158,13 @@ impl RawProgram {
     /// `maps` by its name there (a map not given is an error).
     ///
     /// What a program array an extension tail-calls through needs: the
-    /// kernel (since the stable updates of 2025 on 6.1 and 6.12, "bpf:
+    /// kernel (since a 2025 change, backported to stable series, "bpf:
     /// Enforce expected_attach_type for tailcall compatibility") takes
     /// only programs of the caller's expected attach type in its array,
     /// an extension's is always 0, and aya loads every XDP program with
     /// `BPF_XDP`. Such a program is never attached, only tail-called.
+    /// No CO-RE relocation or helper sanitizing is done (flowstate's
+    /// objects need none).
     pub fn load_xdp_object(
         object: &[u8],
         program: &str,
