@@ -569,8 +569,8 @@ table
 end
 ";
 
-/// A new state: the state table changes layout (a migrating reload, not
-/// supported in a dispatcher yet).
+/// A new state: the state table changes layout (a migrating reload: the
+/// flows move to a new table, `n` kept by name).
 const COUNT_V3: &str = "program share_pass
 hook xdp
 flow ip.src
@@ -704,8 +704,9 @@ fn pins_of(name: &str) -> Vec<String> {
 /// xdp-loader's counter before it and after it: the instance keeps its
 /// slot and priority, the foreign program its id and every packet, and the
 /// flow's count (register `n`) goes on through the reload with every
-/// packet counted (none met no program). A migrating reload is refused
-/// and changes nothing; one with `--reset-state` goes through.
+/// packet counted (none met no program). A migrating reload (a new
+/// layout) does the same, moving the flow with its count into the new
+/// table; one with `--reset-state` goes through.
 #[test]
 fn reload_in_the_dispatcher_under_traffic_in_both_orders() {
     if skip("reload_in_the_dispatcher_under_traffic_in_both_orders") {
@@ -741,12 +742,22 @@ fn reload_in_the_dispatcher_under_traffic_in_both_orders() {
         let plain_id = lab.our_prog_id(theirs);
         assert_ne!(plain_id, old_id, "round {round}: a new program runs");
         assert_eq!(lab.layout(theirs), layout, "round {round}: same slots");
-        // A migrating reload is refused before it changes anything.
-        let before = lab.occupant();
+        // A migrating reload: the flow moves, counting on.
         let out = lab.reload(&ours, COUNT_V3, &[]);
-        assert!(!out.status.success(), "round {round}: {out:?}");
-        assert!(text(&out).contains("not supported yet"), "{}", text(&out));
-        assert_eq!(lab.occupant(), before, "round {round}: nothing moved");
+        assert!(
+            out.status.success(),
+            "round {round}: migrating reload: {out:?}"
+        );
+        assert!(text(&out).contains("migrated"), "{}", text(&out));
+        let migrated_id = lab.our_prog_id(theirs);
+        assert_ne!(migrated_id, plain_id, "round {round}: a new program runs");
+        assert_eq!(lab.layout(theirs), layout, "round {round}: same slots");
+        // And back to the first layout, under traffic still.
+        let out = lab.reload(&ours, COUNT_V1, &[]);
+        assert!(
+            out.status.success(),
+            "round {round}: migrating back: {out:?}"
+        );
         let sent = traffic.stop();
 
         assert!(sent > 0);
@@ -777,7 +788,7 @@ fn reload_in_the_dispatcher_under_traffic_in_both_orders() {
             .output()
             .unwrap();
         assert!(out.status.success(), "round {round}: reset: {out:?}");
-        assert_ne!(lab.our_prog_id(theirs), plain_id);
+        assert_eq!(counted(&ours), 0, "round {round}: an empty table");
         assert_eq!(lab.layout(theirs), layout, "round {round}: same slots");
         let status = lab.status();
         assert!(
@@ -793,7 +804,7 @@ fn reload_in_the_dispatcher_under_traffic_in_both_orders() {
 }
 
 /// A reload that fails (at its swap, as a refusal of the kernel there
-/// would: `FLOWSTATE_TEST_FAIL_AT`; or a migrating one, refused) leaves
+/// would: `FLOWSTATE_TEST_FAIL_AT`), plain or migrating, leaves
 /// everything as it was: the same dispatcher with the same programs, the
 /// instance's pins, no journal, and both programs counting.
 #[test]
@@ -809,7 +820,7 @@ fn a_refused_reload_in_the_dispatcher_leaves_everything_as_it_was() {
     lab.send(5);
     for (kind, text_v, says) in [
         ("plain", COUNT_V2, "FLOWSTATE_TEST_FAIL_AT"),
-        ("migrating", COUNT_V3, "not supported yet"),
+        ("migrating", COUNT_V3, "FLOWSTATE_TEST_FAIL_AT"),
     ] {
         let before = lab.occupant();
         let pins = pins_of(&ours);
@@ -840,10 +851,11 @@ fn a_refused_reload_in_the_dispatcher_leaves_everything_as_it_was() {
 }
 
 /// Each step of a reload in the dispatcher, killed (SIGKILL), then
-/// `flowstate repair`: the instance runs (the old
-/// program or the new one, as its metadata says) in its slot, the foreign
-/// program keeps its id, no staged pin is left, the flow keeps counting,
-/// and a next reload works.
+/// `flowstate repair`, for a plain reload and a migrating one (which
+/// puts its handoff build and bridge in the slot in turn): the instance
+/// runs (the old program or the new one, as its metadata says) in its
+/// slot, the foreign program keeps its id, no staged pin is left, the
+/// flow keeps counting (moved, for a migration), and a next reload works.
 #[test]
 fn a_reload_in_the_dispatcher_killed_at_each_step_is_repaired() {
     if skip("a_reload_in_the_dispatcher_killed_at_each_step_is_repaired") {
@@ -856,9 +868,9 @@ fn a_reload_in_the_dispatcher_killed_at_each_step_is_repaired() {
     lab.run_program(&ours, 30, "shared", COUNT_V1, &[]).unwrap();
     let layout = lab.layout(theirs);
     let pins = pins_of(&ours);
-    // v1 and v2 share the state table's layout.
+    // v1 and v2 share the state table's layout; v3 has another.
     let mut current = COUNT_V1;
-    for kind in ["plain"] {
+    for (kind, other) in [("plain", COUNT_V2), ("migrating", COUNT_V3)] {
         for step in [
             "stage",
             "migrate",
@@ -869,11 +881,7 @@ fn a_reload_in_the_dispatcher_killed_at_each_step_is_repaired() {
             "rename",
             "write-meta",
         ] {
-            let next = if current == COUNT_V1 {
-                COUNT_V2
-            } else {
-                COUNT_V1
-            };
+            let next = if current == other { COUNT_V1 } else { other };
             let context = format!("{kind} reload killed at {step}");
             lab.send(2);
             let counted_before = counted(&ours);

@@ -70,6 +70,32 @@ pub(crate) fn load(
     })
 }
 
+/// Loads `program` of `object` as an XDP program that only a dispatcher
+/// slot's extension tail-calls (see `RawProgram::load_xdp_object`), on
+/// the maps of `sibling`, a build of the same object already loaded (its
+/// pinned maps opened, its `ports` filled).
+pub(crate) fn load_tail_call_target(
+    object: &[u8],
+    program: &str,
+    sibling: &LoadedObject,
+) -> Result<flowstate_runtime::RawProgram, ControlError> {
+    let maps = sibling
+        .ebpf
+        .maps()
+        .map(|(name, map)| {
+            flowstate_runtime::RawMap::from_map(name, map)
+                .map(|raw| (name.to_string(), raw))
+                .map_err(|e| ControlError::kernel(format!("opening map {name}"), e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let by_name: Vec<(&str, &flowstate_runtime::RawMap)> = maps
+        .iter()
+        .map(|(name, map)| (name.as_str(), map))
+        .collect();
+    flowstate_runtime::RawProgram::load_xdp_object(object, program, &by_name)
+        .map_err(|e| ControlError::kernel(format!("loading {program}"), e))
+}
+
 /// Loads `object` as [`load`] does, its program as an extension replacing
 /// function `slot` of program `target` (a dispatcher's slot).
 pub(crate) fn load_extension(

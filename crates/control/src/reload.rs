@@ -37,8 +37,10 @@
 //! In a shared XDP dispatcher (`run --xdp-share`) the swaps go through the
 //! instance's slot ([`DispatcherSlot`]): each program is loaded as an
 //! extension against the running dispatcher, and a swap is a new
-//! dispatcher with that program in the slot (docs/sharing.md). A
-//! migrating reload is refused there (see where `migrate` is decided).
+//! dispatcher with that program in the slot (docs/sharing.md). Migrating,
+//! the slot runs the handoff build, then an extension build of the bridge,
+//! then the new program; the handoff's program array holds a plain XDP
+//! build of the bridge (the kernel takes no extension there).
 
 use std::path::{Path, PathBuf};
 
@@ -194,22 +196,6 @@ pub fn reload(
         Plan::New
     };
     let migrate = flows_plan == Plan::New && !reset_state;
-    if migrate && meta.xdp_priority.is_some() {
-        // The handoff build must tail-call the bridge, and the kernels
-        // tried (6.12) refuse the bridge in the handoff's program array
-        // when the handoff is a dispatcher's extension (EINVAL): refused
-        // before anything is loaded. The steps below are written for it
-        // (`SlotBridge`) should a way be found.
-        return Err(ControlError::Attach {
-            dev: meta.dev.clone(),
-            message: format!(
-                "instance {name} runs in a shared XDP dispatcher, where a reload that changes \
-                 the state table's layout (states, registers, capacity or full policy) is not \
-                 supported yet: the migration's handoff cannot tail-call from a dispatcher \
-                 slot. Keep the layout, or reload with --reset-state (an empty flow table)"
-            ),
-        });
-    }
     // The programs of a migration, compiled before anything changes.
     let migration_programs = if migrate {
         let codegen_error =
@@ -333,27 +319,48 @@ pub fn reload(
         let mut bridge_pins = pins.clone();
         bridge_pins.push((migrate::OLD_FLOWS_MAP, maps_dir.join(old_layout.flows_map)));
         bridge_pins.push((migrate::MIGRATION_MAP, stage.migration_pin.clone()));
-        // The tail call's target: the same kind of program as the
-        // handoff build calling it (the kernel checks that a program array
-        // holds one kind), so an extension in a dispatcher.
-        let mut bridge = load_hooked(
-            &bridge_out.object,
-            &bridge_out.program_name,
-            &bridge_pins,
-            &new_ports,
-        )?;
-        bridge.pin_program(&stage.bridge_pin)?;
-        stage.bridge_id = bridge.prog_id()?;
-        if let Some(slot_bridge) = stage.slot_bridge.as_mut() {
-            let mut hooked = load_hooked(
+        // In a dispatcher the slot runs a second build of the bridge, an
+        // extension (`SlotBridge`), loaded first: the bridge the handoff
+        // tail-calls is loaded on its maps.
+        let slot_build = match stage.slot_bridge.as_mut() {
+            Some(slot_bridge) => {
+                let mut hooked = load_hooked(
+                    &bridge_out.object,
+                    &bridge_out.program_name,
+                    &bridge_pins,
+                    &new_ports,
+                )?;
+                hooked.pin_program(&slot_bridge.pin)?;
+                slot_bridge.id = hooked.prog_id()?;
+                Some(hooked)
+            }
+            None => None,
+        };
+        // The tail call's target is always a plain program of the hook's
+        // type. The kernel takes in a program array only programs of its
+        // first user's type, and an extension resolves to its target's
+        // (XDP); since Linux 6.12 ("Prevent tailcall infinite loop caused
+        // by freplace") it refuses extensions there outright; and since a
+        // 2025 change, backported (Debian's 6.12.118 has it: "Enforce
+        // expected_attach_type for tailcall compatibility"), it wants the
+        // caller's expected attach type, 0 for an extension, where aya
+        // loads XDP programs with `BPF_XDP` (see
+        // `RawProgram::load_xdp_object`). docs/sharing.md has the story.
+        let mut bridge = if let Some(sibling) = &slot_build {
+            TailCallTarget::Raw(kernel::load_tail_call_target(
+                &bridge_out.object,
+                &bridge_out.program_name,
+                sibling,
+            )?)
+        } else {
+            TailCallTarget::Aya(kernel::load(
                 &bridge_out.object,
                 &bridge_out.program_name,
                 &bridge_pins,
                 &new_ports,
-            )?;
-            hooked.pin_program(&slot_bridge.pin)?;
-            slot_bridge.id = hooked.prog_id()?;
-        }
+            )?)
+        };
+        stage.bridge_id = bridge.pin_program(&stage.bridge_pin)?;
         let mut handoff_pins: Vec<(&'static str, PathBuf)> = crate::map_names(&old_layout)
             .into_iter()
             .map(|m| (m, maps_dir.join(m)))
@@ -439,6 +446,40 @@ pub fn reload(
         counters_reset: counters_plan == Plan::New,
         source_hash: plan.new.source_hash,
     })
+}
+
+/// The bridge a migration's handoff tail-calls, as loaded (see where it
+/// is loaded).
+enum TailCallTarget {
+    Aya(kernel::LoadedObject),
+    Raw(flowstate_runtime::RawProgram),
+}
+
+impl TailCallTarget {
+    /// Pins the program at `path`; its id.
+    fn pin_program(&mut self, path: &Path) -> Result<u32, ControlError> {
+        match self {
+            TailCallTarget::Aya(object) => {
+                object.pin_program(path)?;
+                object.prog_id()
+            }
+            TailCallTarget::Raw(program) => {
+                crate::links::obj_pin(program.fd(), path).map_err(|e| {
+                    ControlError::kernel(format!("pinning the bridge at {}", path.display()), e)
+                })?;
+                aya::programs::ProgramInfo::from_pin(path)
+                    .map(|info| info.id())
+                    .map_err(|e| ControlError::kernel("reading the bridge's id", e))
+            }
+        }
+    }
+
+    fn prog_fd(&self) -> Result<std::os::fd::RawFd, ControlError> {
+        match self {
+            TailCallTarget::Aya(object) => object.prog_fd(),
+            TailCallTarget::Raw(program) => Ok(std::os::fd::AsRawFd::as_raw_fd(&program.fd())),
+        }
+    }
 }
 
 /// Options of the migration's programs (handoff, bridge, mover), which

@@ -14,11 +14,11 @@
 //! - `reload` ([`DispatcherSlot`]) loads the new program as an extension
 //!   against the running dispatcher, then swaps it into the instance's
 //!   slot in one dispatcher swap (the slot's priority and chain-call
-//!   actions kept, the other programs re-linked as they were), when the
-//!   flow table keeps its layout or with `--reset-state`. A migrating
-//!   reload is refused before it loads anything: its handoff build must
-//!   tail-call the bridge, and the kernel refuses the bridge in the
-//!   program array of a handoff that is an extension.
+//!   actions kept, the other programs re-linked as they were). A
+//!   migrating reload swaps its handoff build, its bridge and the new
+//!   program into the slot in turn; the handoff tail-calls a plain XDP
+//!   build of the bridge (no kernel takes an extension in a program
+//!   array from 6.12 on).
 //! - Crash safety: the dispatcher swap is the only step that changes what
 //!   the interface runs, and the old dispatcher keeps running until it
 //!   succeeds. The journal records the instance before the swap, so an

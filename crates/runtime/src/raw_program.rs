@@ -152,6 +152,63 @@ impl RawProgram {
         Ok(RawProgram::from_fd(name, fd, &log))
     }
 
+    /// Loads program `program` of ELF object `object` (as aya would,
+    /// relocating its map loads and calls) as an XDP program with no
+    /// expected attach type, each map of the object opened from
+    /// `maps` by its name there (a map not given is an error).
+    ///
+    /// What a program array an extension tail-calls through needs: the
+    /// kernel (since a 2025 change, backported to stable series, "bpf:
+    /// Enforce expected_attach_type for tailcall compatibility") takes
+    /// only programs of the caller's expected attach type in its array,
+    /// an extension's is always 0, and aya loads every XDP program with
+    /// `BPF_XDP`. Such a program is never attached, only tail-called.
+    /// No CO-RE relocation or helper sanitizing is done (flowstate's
+    /// objects need none).
+    pub fn load_xdp_object(
+        object: &[u8],
+        program: &str,
+        maps: &[(&str, &RawMap)],
+    ) -> Result<RawProgram, RuntimeError> {
+        let bad = |what: String| RuntimeError::BadInstructions(format!("{program}: {what}"));
+        let mut obj = aya_obj::Object::parse(object).map_err(|e| bad(e.to_string()))?;
+        // The object's maps with their fds (copies: relocating borrows
+        // the object mutably).
+        let mut object_maps = Vec::new();
+        for (name, map) in &obj.maps {
+            let Some((_, raw)) = maps.iter().find(|(m, _)| m == name) else {
+                return Err(bad(format!(
+                    "no open map given for the object's map {name}"
+                )));
+            };
+            object_maps.push((name.clone(), raw.fd().as_raw_fd(), map.clone()));
+        }
+        let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
+        obj.relocate_maps(
+            object_maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
+            &text_sections,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        obj.relocate_calls(&text_sections)
+            .map_err(|e| bad(e.to_string()))?;
+        let function = obj
+            .programs
+            .get(program)
+            .map(|p| p.function_key())
+            .and_then(|key| obj.functions.get(&key))
+            .ok_or_else(|| bad("no such program in the object".to_string()))?;
+        let insns: Vec<u8> = function
+            .instructions
+            .iter()
+            .flat_map(|insn| {
+                // SAFETY: `bpf_insn` is the kernel's plain 8-byte record.
+                unsafe { std::mem::transmute::<aya_obj::generated::bpf_insn, [u8; 8]>(*insn) }
+            })
+            .collect();
+        let functions = flowstate_obj::xdp_function_btf(program, &insns);
+        Self::load_xdp_with_btf(program, &insns, &[], functions.as_ref())
+    }
+
     fn from_fd(name: &str, fd: i64, log: &[u8]) -> RawProgram {
         // SAFETY: BPF_PROG_LOAD returned a new fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -186,6 +243,11 @@ impl RawProgram {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The program's fd (to pin it, or put it in a program array).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Instructions the verifier processed (its "processed N insns").

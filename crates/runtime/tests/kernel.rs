@@ -485,3 +485,46 @@ fn measure_bare_xdp_pass() {
     // Loose bound: catches a program that did not run in the kernel's loop.
     assert!(result.duration_ns < 10_000);
 }
+
+/// `RawProgram::load_xdp_object` (the bridge a dispatcher slot's handoff
+/// tail-calls is loaded so) relocates the object's map loads as aya does:
+/// run on the maps of an aya load of the same object, it counts in the
+/// same flows map and returns the verdict the shared array holds. A map
+/// the caller does not give is refused with its name.
+#[test]
+fn an_object_loaded_without_aya_runs_on_the_given_maps() {
+    if skip("an_object_loaded_without_aya_runs_on_the_given_maps") {
+        return;
+    }
+    let object = counting_object();
+    let loaded = load(&object, &LoadOptions::default()).unwrap();
+    let flows = loaded.map("flows").unwrap();
+    let verdict = loaded.map("verdict").unwrap();
+    let raw = flowstate_runtime::RawProgram::load_xdp_object(
+        &object,
+        "count_xdp",
+        &[("flows", &flows), ("verdict", &verdict)],
+    )
+    .unwrap();
+    flows
+        .update(
+            &FLOW_KEY.to_le_bytes(),
+            &flow_entry(3, 0),
+            UpdateMode::NoExist,
+        )
+        .unwrap();
+    let packet = udp_packet();
+    for action in [XDP_DROP, XDP_PASS] {
+        verdict.array_set(0, &action.to_le_bytes()).unwrap();
+        assert_eq!(raw.test_run(&packet).unwrap().retval, action);
+    }
+    loaded.test_run("count_xdp", &packet, 1).unwrap();
+    let value = flows.lookup(&FLOW_KEY.to_le_bytes()).unwrap().unwrap();
+    assert_eq!(packets_of(&value), 3, "both programs count in one map");
+
+    let missing =
+        flowstate_runtime::RawProgram::load_xdp_object(&object, "count_xdp", &[("flows", &flows)])
+            .unwrap_err()
+            .to_string();
+    assert!(missing.contains("verdict"), "{missing}");
+}
