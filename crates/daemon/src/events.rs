@@ -378,8 +378,9 @@ impl Hub {
             channel.close_all("the instance is not running any more");
         }
         for instance in running {
-            let channel = match locked(&self.channels).get(&instance.name) {
-                Some(channel) => channel.clone(),
+            let known = locked(&self.channels).get(&instance.name).cloned();
+            let channel = match known {
+                Some(channel) => channel,
                 None if instance.owned => self.channel(&instance.name),
                 None => continue,
             };
