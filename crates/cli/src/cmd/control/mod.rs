@@ -8,6 +8,7 @@
 //! FLOWSTATE_LOCK_TIMEOUT seconds (60). Readers take no lock.
 
 pub mod daemon;
+mod daemon_slow;
 mod show;
 
 use std::io::Write;
@@ -751,6 +752,14 @@ fn events(
     timeout: Option<f64>,
 ) -> anyhow::Result<ExitCode> {
     let handle = target.open()?;
+    if target.name.as_deref().is_some_and(daemon_slow::daemon_owns) {
+        eprintln!(
+            "flowstate: flowstated owns {} and reads its events for its subscribers: this \
+             command bypasses the daemon and takes events from them (use `flowstate --daemon \
+             events {0}` to share them)",
+            handle.name()
+        );
+    }
     let mut events = handle.events()?;
     let wait = match timeout {
         Some(t) if t.is_finite() && t > 0.0 => Duration::from_secs_f64(t.min(1e6)),
