@@ -454,3 +454,145 @@ fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// The example controller, killed on drop.
+struct Controller(std::process::Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Packets counted for the row whose text starts with `state` (the
+/// instance's stats through the API).
+fn row_packets(daemon: &Daemon, name: &str, state: &str) -> u64 {
+    let stats = daemon.json("GET", &format!("/v1/instances/{name}/stats"), None, 200);
+    stats["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["text"].as_str().unwrap().trim_start().starts_with(state))
+        .unwrap_or_else(|| panic!("no {state} row in {stats}"))["packets"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn the_example_controller_admits_a_flow_releases_its_packet_and_the_rest_take_the_fast_path() {
+    const TEST: &str = "the_example_controller_admits_a_flow";
+    if common::skip(TEST) {
+        return;
+    }
+    let mut lab = lab("dctl");
+    let scratch = Scratch::new("ctl");
+    let name = unique("dadm");
+    lab.stop_at_cleanup(&name);
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/controller");
+    let program = examples.join("admit.fsm").canonicalize().unwrap();
+    let root = scratch.0.join("d");
+    std::fs::create_dir_all(root.join("config")).unwrap();
+    // On the sender's own interface, at TC egress (the program's hook).
+    std::fs::write(
+        root.join("config").join("admit.toml"),
+        instance_config(&name, &program, "sa", &lab.sender),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&root);
+    assert_eq!(daemon.instance(&name).unwrap()["hook"], "tc-egress");
+    let sink =
+        flowstate_netlab::UdpSink::start(&lab.receiver, SocketAddrV4::new(RECEIVER_IP, PORT))
+            .unwrap();
+
+    let controller = std::process::Command::new("python3")
+        .arg(examples.join("admit.py"))
+        .args(["--socket", daemon.socket.to_str().unwrap()])
+        .args(["--instance", &name, "--allow-port", &PORT.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the example controller");
+    let mut controller = Controller(controller);
+    let mut said = BufReader::new(controller.0.stdout.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert!(line.starts_with("controlling"), "{line}");
+    let labels = [("instance", name.as_str())];
+    eventually("the controller's subscription", || {
+        (sample(&daemon.metrics(), "flowstate_event_subscribers", &labels) == Some(1.0))
+            .then_some(())
+    });
+
+    let socket = lab
+        .sender
+        .udp_socket(SocketAddrV4::new(SENDER_IP, 0))
+        .unwrap();
+    // A port the policy denies: decided, never released.
+    socket
+        .send_to(b"denied", SocketAddrV4::new(RECEIVER_IP, PORT + 1))
+        .unwrap();
+    // The first datagram of an allowed flow: held, asked, released.
+    let to = SocketAddrV4::new(RECEIVER_IP, PORT);
+    socket.send_to(b"first", to).unwrap();
+    let allowed_key = format!("{RECEIVER_IP} {PORT}");
+    let flow_path = format!(
+        "/v1/instances/{name}/flows/{}",
+        common::encode(&allowed_key)
+    );
+    eventually("the released first datagram", || {
+        (sink.received() == 1).then_some(())
+    });
+    let flow = daemon.json("GET", &flow_path, None, 200);
+    assert_eq!(flow["state"], "ALLOWED", "{flow}");
+    let denied_key = format!("{RECEIVER_IP} {}", PORT + 1);
+    let denied = eventually("the denied flow", || {
+        let (code, body) = daemon.request(
+            "GET",
+            &format!("/v1/instances/{name}/flows/{}", common::encode(&denied_key)),
+            None,
+        );
+        (code == 200).then(|| serde_json::from_str::<Value>(&body).unwrap())
+    });
+    assert_eq!(denied["state"], "DENIED", "{denied}");
+    let mut decisions = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        said.read_line(&mut line).unwrap();
+        decisions.push(line.trim().to_string());
+    }
+    decisions.sort();
+    assert_eq!(
+        decisions,
+        [
+            // Ethernet, IPv4 and UDP headers and "first".
+            format!("{allowed_key}: ALLOWED, released {} bytes", 14 + 20 + 8 + 5),
+            format!("{denied_key}: DENIED"),
+        ],
+        "the controller's log"
+    );
+
+    // Later datagrams never reach the controller: the fast path.
+    const LATER: u64 = 20;
+    for _ in 0..LATER {
+        socket.send_to(b"later", to).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    socket
+        .send_to(b"denied again", SocketAddrV4::new(RECEIVER_IP, PORT + 1))
+        .unwrap();
+    eventually("the later datagrams", || {
+        (sink.received() == 1 + LATER).then_some(())
+    });
+    assert_eq!(row_packets(&daemon, &name, "NEW"), 2, "asked once per flow");
+    eventually("the fast path's count", || {
+        // The released datagram met the program again: ALLOWED as well.
+        (row_packets(&daemon, &name, "ALLOWED") == 1 + LATER).then_some(())
+    });
+    assert_eq!(row_packets(&daemon, &name, "DENIED"), 1);
+    let text = daemon.metrics();
+    assert_eq!(
+        sample(&text, "flowstate_events_total", &labels),
+        Some(2.0),
+        "{text}"
+    );
+}
