@@ -333,3 +333,29 @@ fn repair_goes_to_the_daemon() {
     );
     assert_eq!(seen[0].body, r#"{"name":"fw"}"#);
 }
+
+#[test]
+fn stats_watch_reads_the_daemon_every_interval() {
+    let daemon = StandIn::start(
+        200,
+        r#"{"rows":[{"line":9,"text":"S * => pass","packets":40,"bytes":2320}],"default":{"packets":1,"bytes":60},"contention":0,"table_full":0,"flows_by_state":[{"state":"S","flows":1}]}"#,
+    );
+    // Runs until interrupted: the timeout ends it.
+    let out = flowstate()
+        .arg(format!("--daemon={}", daemon.socket.display()))
+        .args(["stats", "fw", "--watch", "--interval", "0.2"])
+        .timeout(std::time::Duration::from_secs(2))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fw: rates over"), "{text}");
+    assert!(
+        text.contains("S * => pass") && text.contains("flows: 1 (S 1)"),
+        "{text}"
+    );
+    let reads = daemon.seen();
+    assert!(reads.len() >= 3, "{} reads in 2 s", reads.len());
+    assert!(reads
+        .iter()
+        .all(|r| r.method == "GET" && r.path == "/v1/instances/fw/stats"));
+}

@@ -82,7 +82,7 @@ async fn serve_async(daemon: Arc<Daemon>, options: Options) -> Result<(), String
     // (by the daemon or anyone else).
     let on_tick = daemon.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
             let d = on_tick.clone();
