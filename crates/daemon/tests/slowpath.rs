@@ -596,3 +596,78 @@ fn the_example_controller_admits_a_flow_releases_its_packet_and_the_rest_take_th
         "{text}"
     );
 }
+
+#[test]
+fn an_instance_the_daemon_does_not_own_is_read_only_while_a_client_subscribes() {
+    const TEST: &str = "an_instance_the_daemon_does_not_own_is_read_only";
+    if common::skip(TEST) {
+        return;
+    }
+    let mut lab = lab("dnown");
+    let scratch = Scratch::new("nown");
+    let name = unique("dno");
+    lab.stop_at_cleanup(&name);
+    let program = scratch.0.join("ask.fsm");
+    std::fs::write(&program, asking_program("ask")).unwrap();
+    // The operator's own instance: the daemon does not own it.
+    flowstate_control::run_in_netns(
+        &flowstate_control::RunSpec {
+            program_path: program.clone(),
+            dev: "rb".into(),
+            name: Some(name.clone()),
+            ..flowstate_control::RunSpec::default()
+        },
+        Some(lab.receiver.name()),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&scratch.0.join("d"));
+    let handle = flowstate_control::open(&name).unwrap();
+    let mut direct = handle.events().unwrap();
+    let drain = |direct: &mut flowstate_control::Events| {
+        let mut n = 0;
+        while direct
+            .next_timeout(Duration::from_millis(500))
+            .unwrap()
+            .is_some()
+        {
+            n += 1;
+        }
+        n
+    };
+
+    // No subscriber: the daemon leaves the events to the operator.
+    lab.send(5, 16);
+    std::thread::sleep(Duration::from_secs(2)); // two of the daemon's syncs
+    assert_eq!(
+        drain(&mut direct),
+        5,
+        "the daemon took events it does not own"
+    );
+    let labels = [("instance", name.as_str())];
+    let read_by_daemon = || sample(&daemon.metrics(), "flowstate_events_total", &labels);
+    assert_eq!(read_by_daemon(), None, "a reader without a subscriber");
+
+    // A client asks: the daemon reads them for it.
+    let path = format!("/v1/instances/{name}/events");
+    let mut stream = EventStream::open(&daemon.socket, &path);
+    lab.send(3, 16);
+    for seq in 1..=3 {
+        let event = stream.next().unwrap();
+        assert_eq!(event["seq"], seq, "{event}");
+    }
+    assert_eq!(read_by_daemon(), Some(3.0));
+    // (aya's reader keeps its own position in the ring: the direct reader
+    // may see these three as well; not what this test is about.)
+    drain(&mut direct);
+
+    // The client goes: the daemon stops reading.
+    drop(stream);
+    eventually("the subscriber gone", || {
+        (sample(&daemon.metrics(), "flowstate_event_subscribers", &labels) == Some(0.0))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500)); // its reader's last poll
+    lab.send(2, 16);
+    assert_eq!(drain(&mut direct), 2);
+    assert_eq!(read_by_daemon(), Some(3.0), "the daemon went on reading");
+}
