@@ -6,9 +6,12 @@
 //!                                                   └────▶ Subscriber queue ─▶ another client
 //! ```
 //!
-//! Reading a ring buffer consumes its events, so two readers would steal
-//! from each other: the daemon reads each instance's ring buffer once and
-//! gives every subscriber its own copy.
+//! A ring buffer has one consumer position, which each reader publishes
+//! as it goes (aya 0.14's `RingBuf` keeps its own copy and stores it after
+//! each record): with two readers the kernel may reuse space one of them
+//! has not read yet, so one may see repeated or overwritten events. The
+//! daemon reads each instance's ring buffer once and gives every
+//! subscriber its own copy.
 //!
 //! - **Owned instances** (started by the daemon) with a `controller`
 //!   action are read all the time, whether or not anyone subscribes (the

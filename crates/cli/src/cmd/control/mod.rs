@@ -755,8 +755,8 @@ fn events(
     if target.name.as_deref().is_some_and(daemon_slow::daemon_owns) {
         eprintln!(
             "flowstate: flowstated owns {} and reads its events for its subscribers: this \
-             command bypasses the daemon and takes events from them (use `flowstate --daemon \
-             events {0}` to share them)",
+             command bypasses the daemon, and two readers of one ring buffer may each miss or \
+             repeat events (use `flowstate --daemon events {0}` to share the daemon's)",
             handle.name()
         );
     }
