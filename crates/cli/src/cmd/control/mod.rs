@@ -181,7 +181,8 @@ pub enum ControlCommand {
     /// state after the packet, source line of the row (or `default`), packet
     /// length, and the packet head (`10.0.0.1:40000 -> 10.0.0.100:22 TCP
     /// syn`). Runs until Ctrl-C (or --count events, or --timeout seconds
-    /// without one). Reading consumes events: run one reader per program.
+    /// without one). Run one reader per program: where flowstated runs,
+    /// `flowstate --daemon events NAME` shares the daemon's reader.
     Events {
         #[command(flatten)]
         target: Target,
