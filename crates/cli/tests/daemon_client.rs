@@ -28,6 +28,15 @@ struct StandIn {
 
 impl StandIn {
     fn start(status: u16, answer: &'static str) -> StandIn {
+        StandIn::start_raw(format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        ))
+    }
+
+    /// A stand-in answering every request with `reply`, head and body.
+    fn start_raw(reply: String) -> StandIn {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("api.sock");
         let listener = UnixListener::bind(&socket).unwrap();
@@ -60,11 +69,6 @@ impl StandIn {
                     path,
                     body: String::from_utf8(body).unwrap(),
                 });
-                let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
                 let _ = stream.write_all(reply.as_bytes());
             }
         });
@@ -231,4 +235,127 @@ fn no_daemon_at_the_socket_says_how_to_go_without() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot reach flowstated"), "{stderr}");
     assert!(stderr.contains("without --daemon"), "{stderr}");
+}
+
+/// A chunked answer of `lines`, one chunk each, as axum streams it.
+fn chunked(lines: &[&str]) -> String {
+    let mut reply = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+    );
+    for line in lines {
+        let line = format!("{line}\n");
+        reply.push_str(&format!("{:x}\r\n{line}\r\n", line.len()));
+    }
+    reply.push_str("0\r\n\r\n");
+    reply
+}
+
+#[test]
+fn events_stream_from_the_daemon_with_lost_events_reported() {
+    let event = |seq: u32| {
+        format!(
+            r#"{{"instance":"knock","seq":{seq},"time_ns":1,"received_unix":86400.5,"key":"10.0.0.1","state":"ASKED","row_line":9,"pkt_len":60,"head_hex":"00","summary":"10.0.0.1:4000 -> 10.0.0.2:3333 UDP"}}"#
+        )
+    };
+    let (one, two, three) = (event(1), event(2), event(6));
+    let daemon = StandIn::start_raw(chunked(&[
+        &one,
+        "",
+        &two,
+        r#"{"dropped":3,"dropped_total":3}"#,
+        &three,
+        r#"{"closed":"the instance is not running any more"}"#,
+    ]));
+    let out = flowstate()
+        .arg(format!("--daemon={}", daemon.socket.display()))
+        .args(["events", "knock", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let printed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<u64> = printed.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 6], "events only, keep-alives skipped");
+    assert!(stderr.contains("3 event(s) lost"), "{stderr}");
+    assert!(stderr.contains("not running any more"), "{stderr}");
+    let seen = daemon.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("GET", "/v1/instances/knock/events")
+    );
+
+    // Text lines, and --count stops early.
+    let daemon = StandIn::start_raw(chunked(&[&one, &two, &three]));
+    let out = flowstate()
+        .arg(format!("--daemon={}", daemon.socket.display()))
+        .args(["events", "knock", "--count", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.starts_with("00:00:00.500  10.0.0.1"), "{text}");
+    assert!(text.contains("ASKED") && text.contains("line 9"), "{text}");
+    assert!(
+        text.contains("10.0.0.1:4000 -> 10.0.0.2:3333 UDP"),
+        "{text}"
+    );
+}
+
+#[test]
+fn repair_goes_to_the_daemon() {
+    let daemon = StandIn::start(
+        200,
+        r#"{"repaired":[{"instance":"fw","message":"fw: the reload interrupted at step swap (pid 9) was finished"}]}"#,
+    );
+    let out = flowstate()
+        .arg(format!("--daemon={}", daemon.socket.display()))
+        .args(["repair", "fw"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("fw: the reload interrupted at step swap"),
+        "{text}"
+    );
+    let seen = daemon.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("POST", "/v1/repair")
+    );
+    assert_eq!(seen[0].body, r#"{"name":"fw"}"#);
+}
+
+#[test]
+fn stats_watch_reads_the_daemon_every_interval() {
+    let daemon = StandIn::start(
+        200,
+        r#"{"rows":[{"line":9,"text":"S * => pass","packets":40,"bytes":2320}],"default":{"packets":1,"bytes":60},"contention":0,"table_full":0,"flows_by_state":[{"state":"S","flows":1}]}"#,
+    );
+    // Runs until interrupted: the timeout ends it.
+    let out = flowstate()
+        .arg(format!("--daemon={}", daemon.socket.display()))
+        .args(["stats", "fw", "--watch", "--interval", "0.2"])
+        .timeout(std::time::Duration::from_secs(2))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fw: rates over"), "{text}");
+    assert!(
+        text.contains("S * => pass") && text.contains("flows: 1 (S 1)"),
+        "{text}"
+    );
+    let reads = daemon.seen();
+    assert!(reads.len() >= 3, "{} reads in 2 s", reads.len());
+    assert!(reads
+        .iter()
+        .all(|r| r.method == "GET" && r.path == "/v1/instances/fw/stats"));
 }

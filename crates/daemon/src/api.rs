@@ -37,6 +37,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             get(globals).patch(set_globals),
         )
         .route("/v1/instances/{name}/stats", get(stats))
+        .route("/v1/instances/{name}/events", get(crate::slow_api::events))
+        .route("/v1/packet-out", post(crate::slow_api::packet_out))
+        .route("/v1/repair", post(crate::slow_api::repair))
         .route("/v1/config", get(config_status))
         .route("/v1/config/reload", post(config_reload))
         .route("/metrics", get(metrics))
@@ -60,7 +63,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             body: json!({ "error": message.into(), "status": status.as_u16() }),
@@ -117,10 +120,10 @@ impl From<ControlError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs `f` on a blocking thread.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
@@ -132,7 +135,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// A JSON body, or a 400 saying what is wrong with it.
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+pub(crate) fn body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
     body.map(|Json(t)| t).map_err(|rejection| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

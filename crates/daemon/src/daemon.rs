@@ -25,6 +25,8 @@ pub struct Daemon {
     owned: Mutex<Ownership>,
     /// The last apply's outcome (`GET /v1/config`).
     last_apply: Mutex<Option<Result<ApplyReport, String>>>,
+    /// `controller` events: their readers and subscribers.
+    pub events: crate::events::Hub,
 }
 
 /// The body of `POST /v1/instances`: a configuration entry (`program`
@@ -137,6 +139,7 @@ impl Daemon {
             config_dir: config_dir.to_path_buf(),
             owned: Mutex::new(Ownership::open(state_dir)?),
             last_apply: Mutex::new(None),
+            events: crate::events::Hub::default(),
         })
     }
 
@@ -249,6 +252,29 @@ impl Daemon {
         owned.remove(name).map_err(DaemonError::Ownership)
     }
 
+    /// Whether the daemon started `name` (its events are read all the time).
+    pub fn owns(&self, name: &str) -> bool {
+        self.ownership().get(name).is_some()
+    }
+
+    /// Makes the events readers follow the running instances (see
+    /// [`crate::events::Hub::sync`]).
+    pub fn sync_events(&self) {
+        let owned = self.ownership().all().clone();
+        let Ok(instances) = flowstate_control::list() else {
+            return;
+        };
+        let running: Vec<crate::events::Running> = instances
+            .iter()
+            .map(|i| crate::events::Running {
+                name: i.name.clone(),
+                prog_id: i.prog_id,
+                owned: owned.contains_key(&i.name),
+            })
+            .collect();
+        self.events.sync(&running);
+    }
+
     /// The exposition text of `GET /metrics`.
     pub fn metrics(&self) -> String {
         let owned = self.ownership().all().clone();
@@ -291,7 +317,9 @@ impl Daemon {
                 },
             )
             .collect();
-        metrics::render(&samples)
+        let mut text = metrics::render(&samples);
+        text.push_str(&metrics::render_events(&self.events, &instances));
+        text
     }
 }
 

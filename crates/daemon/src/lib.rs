@@ -17,9 +17,12 @@ pub mod api;
 pub mod apply;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod launch;
 pub mod metrics;
 pub mod owned;
+pub mod packet_out;
 pub mod server;
+pub mod slow_api;
 
 pub use daemon::Daemon;

@@ -211,13 +211,67 @@ pub fn render(samples: &[Sample]) -> String {
         info,
         errors,
     ] {
-        let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
-        let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind);
-        for (labels, value) in &family.samples {
-            let _ = writeln!(out, "{}{labels} {value}", family.name);
-        }
+        write_family(&mut out, &family);
     }
     out
+}
+
+/// The events families, from the daemon's readers (labels `instance`,
+/// `dev`, `netns` as above; an instance gone since is left out):
+/// - `flowstate_events_total`: events read from the ring buffer since
+///   the daemon started (Prometheus' `rate()` gives the events rate)
+/// - `flowstate_event_subscribers`: clients streaming the events
+/// - `flowstate_events_dropped_total` (`subscriber`: its id): events a
+///   slow subscriber lost because its queue was full
+pub fn render_events(hub: &crate::events::Hub, instances: &[Instance]) -> String {
+    let mut total = Family::new(
+        "flowstate_events_total",
+        "counter",
+        "Controller events flowstated read from the instance's ring buffer.",
+    );
+    let mut subscribers = Family::new(
+        "flowstate_event_subscribers",
+        "gauge",
+        "Clients streaming the instance's events.",
+    );
+    let mut dropped = Family::new(
+        "flowstate_events_dropped_total",
+        "counter",
+        "Events a subscriber lost because its queue was full (it is told how many).",
+    );
+    for channel in hub.channels() {
+        let Some(i) = instances.iter().find(|i| i.name == channel.instance()) else {
+            continue;
+        };
+        let netns = i.netns.as_deref().unwrap_or("");
+        let base = [
+            ("instance", i.name.as_str()),
+            ("dev", i.dev.as_str()),
+            ("netns", netns),
+        ];
+        total.add(&base, channel.events_total());
+        let all = channel.subscribers();
+        subscribers.add(&base, all.len());
+        for subscriber in all {
+            let id = subscriber.id.to_string();
+            let mut labels = base.to_vec();
+            labels.push(("subscriber", id.as_str()));
+            dropped.add(&labels, subscriber.dropped_total());
+        }
+    }
+    let mut out = String::new();
+    for family in [total, subscribers, dropped] {
+        write_family(&mut out, &family);
+    }
+    out
+}
+
+fn write_family(out: &mut String, family: &Family) {
+    let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+    let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind);
+    for (labels, value) in &family.samples {
+        let _ = writeln!(out, "{}{labels} {value}", family.name);
+    }
 }
 
 #[cfg(test)]

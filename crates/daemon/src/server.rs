@@ -78,6 +78,17 @@ async fn serve_async(daemon: Arc<Daemon>, options: Options) -> Result<(), String
             }
         }
     });
+    // The events readers follow the instances: started, stopped, reloaded
+    // (by the daemon or anyone else).
+    let on_tick = daemon.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let d = on_tick.clone();
+            let _ = tokio::task::spawn_blocking(move || d.sync_events()).await;
+        }
+    });
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| format!("cannot catch SIGTERM: {e}"))?;
     let shutdown = async move {

@@ -165,12 +165,20 @@ pub fn run(command: ControlCommand, socket: &Path) -> anyhow::Result<ExitCode> {
             target,
             watch,
             json,
-            ..
+            interval,
         } => {
-            if watch {
-                bail!("`stats --watch` is not available through the daemon: drop --daemon (and FLOWSTATE_DAEMON), or scrape its GET /metrics");
-            }
             let name = instance_name(&target)?;
+            if watch {
+                if !(interval.is_finite() && interval > 0.0 && interval <= 3600.0) {
+                    bail!("--interval must be between 0 and 3600 seconds");
+                }
+                let path = format!("/v1/instances/{}/stats", segment(name));
+                return super::daemon_slow::stats_watch(
+                    name,
+                    Duration::from_secs_f64(interval),
+                    || api.call("GET", &path, None),
+                );
+            }
             let stats = api.call(
                 "GET",
                 &format!("/v1/instances/{}/stats", segment(name)),
@@ -203,10 +211,23 @@ pub fn run(command: ControlCommand, socket: &Path) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        ControlCommand::Repair { .. } | ControlCommand::Events { .. } => bail!(
-            "`repair` and `events` are not available through the daemon (it repairs at each \
-             configuration apply): drop --daemon (and FLOWSTATE_DAEMON) to run them directly"
-        ),
+        ControlCommand::Repair { name } => {
+            let body = match &name {
+                Some(name) => json!({ "name": name }),
+                None => json!({}),
+            };
+            let answer = api.call("POST", "/v1/repair", Some(body))?;
+            super::daemon_slow::print_repaired(&answer);
+        }
+        ControlCommand::Events {
+            target,
+            json,
+            count,
+            timeout,
+        } => {
+            let name = instance_name(&target)?;
+            return super::daemon_slow::events(socket, name, json, count, timeout, segment);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@
 //! FLOWSTATE_LOCK_TIMEOUT seconds (60). Readers take no lock.
 
 pub mod daemon;
+mod daemon_slow;
 mod show;
 
 use std::io::Write;
@@ -180,7 +181,8 @@ pub enum ControlCommand {
     /// state after the packet, source line of the row (or `default`), packet
     /// length, and the packet head (`10.0.0.1:40000 -> 10.0.0.100:22 TCP
     /// syn`). Runs until Ctrl-C (or --count events, or --timeout seconds
-    /// without one). Reading consumes events: run one reader per program.
+    /// without one). Run one reader per program: where flowstated runs,
+    /// `flowstate --daemon events NAME` shares the daemon's reader.
     Events {
         #[command(flatten)]
         target: Target,
@@ -751,6 +753,14 @@ fn events(
     timeout: Option<f64>,
 ) -> anyhow::Result<ExitCode> {
     let handle = target.open()?;
+    if target.name.as_deref().is_some_and(daemon_slow::daemon_owns) {
+        eprintln!(
+            "flowstate: flowstated owns {} and reads its events for its subscribers: this \
+             command bypasses the daemon, and two readers of one ring buffer may each miss or \
+             repeat events (use `flowstate --daemon events {0}` to share the daemon's)",
+            handle.name()
+        );
+    }
     let mut events = handle.events()?;
     let wait = match timeout {
         Some(t) if t.is_finite() && t > 0.0 => Duration::from_secs_f64(t.min(1e6)),
