@@ -95,12 +95,10 @@ pub(crate) enum Missing {
 
 const BPF_NOEXIST: i32 = 1;
 const EEXIST: i32 = 17;
-/// What an insert into a full table returns: a preallocated hash map has
-/// no free element left (`E2BIG`), another cannot allocate one (`ENOMEM`).
-/// Any other failure is passing (the kernel's `EBUSY` for a bucket lock
-/// already taken on this CPU, seen on Debian's 6.1 in one insert of
-/// 800,000 with the editor running): the insert is tried again.
-const TABLE_FULL_ERRORS: [i32; 2] = [7, 12];
+/// The kernel's `EBUSY`: a map's bucket lock already taken on this CPU
+/// (a program run inside another's map update there). Like `EEXIST`, it
+/// means go round; any other failure of an insert means the table is full.
+const EBUSY: i32 = 16;
 
 const XDP_DROP: i32 = 1;
 const XDP_PASS: i32 = 2;
@@ -493,6 +491,16 @@ impl<'a> Emitter<'a> {
 
     fn call(&mut self, helper: Helper) {
         self.emit(Insn::call(helper));
+        if helper == Helper::MAP_UPDATE_ELEM || helper == Helper::MAP_DELETE_ELEM {
+            // Before 6.4 the verifier turns these calls into direct calls
+            // of the map's own function, which returned an `int`: only the
+            // low 32 bits of R0 were set, so -EEXIST read as 4294967279
+            // and compared unequal to -17 (an insert that lost a race
+            // counted as a full table on Debian's 6.1). Sign-extend the low
+            // half: a no-op where R0 was whole.
+            self.emit(Insn::alu64(flowstate_asm::AluOp::Lsh, R0, 32));
+            self.emit(Insn::alu64(flowstate_asm::AluOp::Arsh, R0, 32));
+        }
     }
 
     /// `R0 = map_lookup_elem(map, r10 + key)`.
@@ -736,12 +744,14 @@ impl<'a> Emitter<'a> {
         self.asm.bind(done);
     }
 
-    /// `goto target` when `result`, an insert's, says the table is full
-    /// ([`TABLE_FULL_ERRORS`]).
+    /// `goto target` when `result`, an insert's, says the table is full:
+    /// any failure but `EEXIST` and `EBUSY`.
     fn jump_if_table_full(&mut self, result: Reg, target: Label) {
-        for errno in TABLE_FULL_ERRORS {
-            self.jmp(JmpOp::Eq, result, -errno, target);
-        }
+        let round = self.label();
+        self.jmp(JmpOp::Eq, result, 0, round);
+        self.jmp(JmpOp::Eq, result, -EEXIST, round);
+        self.jmp(JmpOp::Ne, result, -EBUSY, target);
+        self.asm.bind(round);
     }
 
     /// `if the run's loop budget is spent goto target`, at any distance:

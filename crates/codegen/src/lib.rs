@@ -60,9 +60,10 @@
 //!   finds it by key and stores the next even number. A packet holding a
 //!   pointer to the element's earlier life can neither take it nor copy a
 //!   half-written entry meanwhile, and fails its cmpxchg afterwards (the
-//!   number is random). Only a full table (`E2BIG`, `ENOMEM`) refuses a
-//!   flow; any other failure (a bucket lock busy on this CPU: `EBUSY`,
-//!   seen on 6.1) is a concurrent insert's case: go round.
+//!   number is random). `EEXIST` (a concurrent insert) and `EBUSY` (a
+//!   bucket lock busy on this CPU) go round; any other failure means the
+//!   table is full. (Before 6.4 an update's or delete's result has only
+//!   its low 32 bits set: the code sign-extends them.)
 //! - Read (first pass): a seqlock copy without locking (same even number
 //!   before and after, 8 tries, then start over); a row that changes
 //!   nothing but `last_seen` stores it directly (an aligned 8-byte store:

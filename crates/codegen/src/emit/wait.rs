@@ -417,13 +417,9 @@ impl Emitter<'_> {
             self.emit(Insn::mov64(R4, BPF_NOEXIST));
             self.call(Helper::MAP_UPDATE_ELEM);
             self.asm.jmp(JmpOp::Eq, R0, 0, inserted);
-            // A concurrent insert (or a passing failure): go round.
-            let full = self.label();
-            for errno in TABLE_FULL_ERRORS {
-                self.asm.jmp(JmpOp::Eq, R0, -errno, full);
-            }
-            self.asm.ja(go_on);
-            self.asm.bind(full);
+            // A concurrent insert (or a bucket lock busy): go round.
+            self.asm.jmp(JmpOp::Eq, R0, -EEXIST, go_on);
+            self.asm.jmp(JmpOp::Eq, R0, -EBUSY, go_on);
             self.emit(Insn::mov64(R1, TABLE_FULL));
             self.emit(Insn::stx(Size::DW, R6, R1, seq));
             self.asm.ja(stop);
