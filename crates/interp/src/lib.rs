@@ -41,7 +41,9 @@
 //!   interpreter's choice is one of those the promise allows; to follow
 //!   another execution's choice, see [`Machine::process_evicting`].
 
+pub mod chain;
 pub mod key;
+pub mod share;
 pub mod table;
 
 use flowstate_lang::ir::{
@@ -49,7 +51,9 @@ use flowstate_lang::ir::{
 };
 use flowstate_wire::{Field, Headers};
 
+pub use chain::{Chain, ChainStep};
 pub use key::Key;
+pub use share::{check_shareable, LayoutMismatch};
 pub use table::{Entry, StateTable};
 
 /// Packets and bytes that took a row (or the default).
@@ -197,6 +201,16 @@ impl<'p> Machine<'p> {
     /// Run already parsed headers through the machine at time `now`.
     pub fn process_headers(&mut self, headers: &Headers, now: i64) -> Step<'p> {
         self.step(headers, now, &[])
+    }
+
+    /// [`Machine::process_evicting`] on already parsed headers.
+    pub fn process_headers_evicting(
+        &mut self,
+        headers: &Headers,
+        now: i64,
+        victims: &[Key],
+    ) -> Step<'p> {
+        self.step(headers, now, victims)
     }
 
     fn step(&mut self, headers: &Headers, now: i64, victims: &[Key]) -> Step<'p> {
