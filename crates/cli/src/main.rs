@@ -64,6 +64,10 @@ enum Command {
     /// time, flow key, state before -> after, the row that matched (its
     /// source line) or `default`, and the action; then a summary of packets
     /// and bytes by action, hits by row and flows by final state.
+    ///
+    /// Several programs before the capture replay a chain: `pass` hands the
+    /// packet to the next function, any other verdict ends it; one line per
+    /// function reached, and a summary per function (docs/chains.md).
     Replay(cmd::replay::Args),
     /// Draw the state machine: states as nodes, table rows as edges.
     ///
