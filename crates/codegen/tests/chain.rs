@@ -4,7 +4,7 @@
 //! each function keeps its own flows. Needs root and bpffs; SKIP otherwise.
 
 use flowstate_codegen::chain::ChainLink;
-use flowstate_codegen::{compile, Options, Output};
+use flowstate_codegen::{compile, Options, Output, Target};
 use flowstate_lang::ir::Hook;
 use flowstate_runtime::chain::{load_chain, ChainFunction, LoadedChain};
 use flowstate_runtime::LoadOptions;
@@ -14,6 +14,22 @@ const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
+
+/// The running kernel's target (as `flowstate run` builds), so that the
+/// tests run in the 6.1 VM too (`.ci/vm/run-kernel`).
+fn kernel_target() -> Target {
+    let features = flowstate_runtime::kernel_features();
+    if !features.may_goto.is_present() && !features.bpf_loop.is_present() {
+        // No permission to probe: nothing loads either.
+        return Target::newest();
+    }
+    Target::from_host(
+        features.may_goto.is_present(),
+        features.bpf_loop.is_present(),
+        features.gotol.is_present(),
+        features.signed_division.is_present(),
+    )
+}
 
 fn skip(test: &str) -> bool {
     flowstate_testkit::skip_if(test, flowstate_runtime::kernel_unavailable())
@@ -42,6 +58,7 @@ fn build(texts: &[String], chained: bool) -> Vec<Output> {
             let program = flowstate_lang::compile(text).unwrap().program;
             let options = Options {
                 chain: chained.then(|| ChainLink::after(position as u32)),
+                target: kernel_target(),
                 ..Options::default()
             };
             compile(&program, &options).unwrap()
@@ -199,6 +216,7 @@ fn every_example_loads_as_a_chained_function() {
         let compiled = flowstate_lang::compile(&text).unwrap();
         let options = Options {
             chain: Some(ChainLink::after(0)),
+            target: kernel_target(),
             ..Options::default()
         };
         let output = compile(&compiled.program, &options).unwrap();
