@@ -32,6 +32,7 @@
 //! Panic rule: nothing here panics on user input (program text, key text,
 //! names, metadata files).
 
+pub mod chain;
 mod edit;
 mod foreign;
 mod globals;
@@ -268,6 +269,10 @@ pub enum ControlError {
          IFACE` (or mount bpffs on the host first: `mount -t bpf bpf /sys/fs/bpf`)"
     )]
     PrivateMounts,
+    /// A chain command refused (see [`chain`]); the text says why and
+    /// what to do.
+    #[error("{0}")]
+    Chain(String),
     #[error("metadata {path}: {message}")]
     Metadata { path: PathBuf, message: String },
     #[error("{what}: {message}")]
@@ -585,6 +590,10 @@ pub fn repair_all() -> Result<Vec<Repaired>, ControlError> {
 /// Takes the lock of instance `name` for a change made outside this crate's
 /// commands (live edits), after repairing an interrupted change.
 pub fn lock(name: &str) -> Result<InstanceLock, ControlError> {
+    if let Some((chain, _function)) = name.split_once('/') {
+        // A chain's function (`CHAIN/FUNC`): the chain's lock.
+        return chain::lock_for_edit(chain);
+    }
     paths::check_name(name)?;
     check_privileges()?;
     let lock = InstanceLock::acquire(name)?;
@@ -897,7 +906,7 @@ pub(crate) fn stop_steps(
 }
 
 /// The id of the program pinned at `path`, if it is one.
-fn pinned_program_id(path: &Path) -> Option<u32> {
+pub(crate) fn pinned_program_id(path: &Path) -> Option<u32> {
     aya::programs::ProgramInfo::from_pin(path)
         .ok()
         .map(|info| info.id())
