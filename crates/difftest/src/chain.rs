@@ -389,9 +389,9 @@ pub fn compare_chain(
             }));
         }
     }
-    for i in 0..n {
+    for (i, refused) in table_full.iter().enumerate() {
         if let Some(mut divergence) =
-            compare_counters(chain.machine(i), &kernel.functions()[i], table_full[i])?
+            compare_counters(chain.machine(i), &kernel.functions()[i], *refused)?
         {
             divergence.what = format!("function {i}'s counters");
             return Ok(Err(divergence));
