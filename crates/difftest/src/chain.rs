@@ -162,12 +162,13 @@ impl KernelChain {
     }
 }
 
-/// A directory of this process's own on bpffs while a chain loads,
-/// removed on drop (the programs hold their maps from then on).
-struct PinDir(PathBuf);
+/// A directory of this process's own on bpffs (unique per process and
+/// call), removed on drop: where maps are pinned while the programs that
+/// share them load (the programs hold their maps from then on).
+pub struct PinDir(PathBuf);
 
 impl PinDir {
-    fn new() -> Result<PinDir, HarnessError> {
+    pub fn new() -> Result<PinDir, HarnessError> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = PathBuf::from(flowstate_runtime::BPFFS_ROOT).join(format!(
@@ -183,6 +184,12 @@ impl PinDir {
             }))
         })?;
         Ok(PinDir(dir))
+    }
+}
+
+impl PinDir {
+    pub fn path(&self) -> &Path {
+        &self.0
     }
 }
 
