@@ -48,12 +48,13 @@ pub mod netns;
 mod paths;
 mod ports;
 mod reload;
+mod share_table;
 mod shared;
 pub mod summary;
 pub mod tc;
 pub mod trust;
 
-pub use shared::{run_placed, run_shared, xdp_occupant, XdpShare};
+pub use shared::{run_placed, run_placed_with, run_shared, xdp_occupant, XdpShare};
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -275,6 +276,13 @@ pub enum ControlError {
     Chain(String),
     #[error("metadata {path}: {message}")]
     Metadata { path: PathBuf, message: String },
+    /// `run --share-table` refused: the tables cannot be one.
+    #[error("{name} cannot share the flow table of {with}: {why}")]
+    ShareTable {
+        name: String,
+        with: String,
+        why: String,
+    },
     #[error("{what}: {message}")]
     Kernel { what: String, message: String },
     /// Another command holds the instance lock (see [`lock`]).
@@ -351,6 +359,16 @@ pub(crate) fn prepare_run(
 /// program attached from inside it, while pins and metadata stay on the
 /// host. `None`: the caller's namespace (recorded by name if it has one).
 pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, ControlError> {
+    run_in_netns_with(spec, netns, None)
+}
+
+/// [`run_in_netns`]; with `share_table`, the new instance reads and writes
+/// that running instance's flow table (see [`share_table`]).
+pub(crate) fn run_in_netns_with(
+    spec: &RunSpec,
+    netns: Option<&str>,
+    share_table: Option<&str>,
+) -> Result<Instance, ControlError> {
     let PreparedRun {
         target,
         place,
@@ -399,6 +417,9 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
     let mut journal_guard = JournalOnDrop(Some(name.clone()));
     trust::create_private_dir(&pin_dir)?;
     trust::create_private_dir(&maps_dir)?;
+    if let Some(with) = share_table {
+        share_table::pin_shared_flows(with, &name, &program, &output.layout, &maps_dir)?;
+    }
 
     let pins: Vec<(&'static str, PathBuf)> = map_names(&output.layout)
         .into_iter()
@@ -446,6 +467,7 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
         planned.netns = place.name.clone();
         planned.netns_inode = place.inode;
         planned.tc_filter = Some(filter);
+        planned.shared_table = share_table.map(str::to_string);
         if filter.qdisc_created {
             tc::mark_qdisc_added(&place, ifindex);
         }
@@ -484,6 +506,7 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
     meta.netns = place.name.clone();
     meta.netns_inode = place.inode;
     meta.tc_filter = tc_filter;
+    meta.shared_table = share_table.map(str::to_string);
     journal.op = Op::Run {
         meta: Some(Box::new(meta.clone())),
     };

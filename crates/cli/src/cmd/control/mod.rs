@@ -285,6 +285,13 @@ pub struct RunArgs {
     /// filter (any kernel); auto: TCX where the kernel has it.
     #[arg(long, value_enum, default_value = "auto")]
     tc_attach: TcAttachArg,
+    /// Read and write the flow table of this running instance instead of
+    /// a table of its own (one state seen from two interfaces, or from
+    /// ingress and egress). The programs must declare the same flow and
+    /// update keys, states (and timeouts), registers (and initial values)
+    /// and table size; refused otherwise.
+    #[arg(long, value_name = "INSTANCE")]
+    share_table: Option<String>,
     /// Print the instance as JSON.
     #[arg(long)]
     json: bool,
@@ -436,8 +443,13 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
         XdpShareArg::Exclusive => flowstate_control::XdpShare::Exclusive,
         XdpShareArg::Auto => flowstate_control::XdpShare::Auto,
     };
-    let instance =
-        flowstate_control::run_placed(&spec, args.netns.as_deref(), share, args.priority)?;
+    let instance = flowstate_control::run_placed_with(
+        &spec,
+        args.netns.as_deref(),
+        share,
+        args.priority,
+        args.share_table.as_deref(),
+    )?;
     if args.json {
         println!("{}", show::instance_json(&instance));
     } else {
