@@ -40,6 +40,11 @@
 //!   lately over exact recency; any flow but the one inserted may go. The
 //!   interpreter's choice is one of those the promise allows; to follow
 //!   another execution's choice, see [`Machine::process_evicting`].
+//!
+//! Service chains ([`Chain`]): machines run in order on each packet, `pass`
+//! hands it on, any other verdict ends the chain; two functions may share
+//! one table when their layouts agree ([`check_shareable`]). The rules are
+//! in the [`chain`] module doc and docs/chains.md.
 
 pub mod chain;
 pub mod key;
