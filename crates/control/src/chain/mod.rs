@@ -507,15 +507,22 @@ pub fn stop(name: &str) -> Result<(), ControlError> {
     let meta = ChainMeta::load(name)?;
     let mut journal = ChainJournal::new("stop", Some(meta), None);
     journal.step("detach")?;
+    detach(name)?;
+    journal.step("remove")?;
     stop_steps(name)?;
     journal.finish()
 }
 
-fn stop_steps(name: &str) -> Result<(), ControlError> {
+fn detach(name: &str) -> Result<(), ControlError> {
     let link = store::link_pin(name);
     if link.exists() {
         kernel::unpin_link(&link)?;
     }
+    Ok(())
+}
+
+fn stop_steps(name: &str) -> Result<(), ControlError> {
+    detach(name)?;
     store::remove_tree(&store::chain_dir(name))?;
     store::remove_file(&store::meta_path(name))
 }
