@@ -25,8 +25,7 @@ const DEV: &str = SwitchLab::SWITCH_CLIENT_DEV;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 fn skip(test: &str) -> bool {
-    let reason =
-        flowstate_netlab::skip_reason().or_else(|| flowstate_runtime::kernel_unavailable());
+    let reason = flowstate_netlab::skip_reason().or_else(flowstate_runtime::kernel_unavailable);
     flowstate_testkit::skip_if(test, reason)
 }
 
@@ -366,10 +365,7 @@ fn add_remove_move_replace_under_tcp_traffic_lose_nothing_and_keep_flows() {
         }
     };
     check_kept(&lab, "start");
-    let steps: Vec<(
-        &str,
-        Box<dyn Fn() -> Result<ChainMeta, flowstate_control::ControlError>>,
-    )> = vec![
+    let steps: Vec<(&str, Box<Step>)> = vec![
         (
             "add",
             Box::new(|| {
@@ -444,6 +440,9 @@ fn add_remove_move_replace_under_tcp_traffic_lose_nothing_and_keep_flows() {
     assert_eq!(chain::check(&chain::show(&lab.chain).unwrap()), None);
     drop(stream);
 }
+
+/// One live change of the chain.
+type Step<'a> = dyn Fn() -> Result<ChainMeta, flowstate_control::ControlError> + 'a;
 
 /// Generations and function tables on bpffs for chain `name`.
 fn pinned(name: &str, what: &str) -> Vec<String> {
