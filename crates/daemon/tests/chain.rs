@@ -121,6 +121,15 @@ fn a_declared_chain_is_applied_reordered_by_sighup_moved_by_the_api_and_stopped(
         (["f1", "f2", "f3"].iter().all(|f| count(&name, f) == 4)).then_some(())
     });
 
+    // Each function's flows through the API, as instance CHAIN/FUNC.
+    let flows = daemon.json(
+        "GET",
+        &format!("/v1/instances/{name}%2Ff2/flows"),
+        None,
+        200,
+    );
+    assert_eq!(flows.as_array().map(Vec::len), Some(1), "{flows}");
+
     // SIGHUP: reordered, and f2 replaced (its pass now adds 10).
     std::fs::write(config_dir.join("f2.fsm"), counter("f2", 10)).unwrap();
     daemon.write_config(
