@@ -110,6 +110,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Service chains: functions on one hook where `pass` of one continues
+    /// in the next (create, add, remove, move, replace, list, show, stop).
+    #[command(subcommand)]
+    Chain(cmd::chain::ChainCommand),
     #[command(flatten)]
     Kernel(cmd::kernel::KernelCommand),
     #[command(flatten)]
@@ -150,7 +154,9 @@ impl Command {
     /// programs, reads pinned maps), so that EPERM means "run as root".
     fn touches_kernel(&self) -> bool {
         match self {
-            Command::Demo(_) | Command::Control(_) | Command::Probe { .. } => true,
+            Command::Demo(_) | Command::Control(_) | Command::Chain(_) | Command::Probe { .. } => {
+                true
+            }
             Command::Kernel(c) => c.touches_kernel(),
             Command::Check { .. }
             | Command::Replay(_)
@@ -180,5 +186,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Probe { json } => cmd::probe::run(json),
         Command::Kernel(c) => cmd::kernel::run(c),
         Command::Control(c) => cmd::control::run(c),
+        Command::Chain(c) => cmd::chain::run(c),
     }
 }

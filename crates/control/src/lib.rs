@@ -588,6 +588,11 @@ pub(crate) fn repair_run(journal: &Journal) -> Result<Outcome, ControlError> {
 /// killed mid-way), waiting for the instance lock; `None` when there was
 /// none. Every command that changes an instance does this first.
 pub fn repair(name: &str) -> Result<Option<Repaired>, ControlError> {
+    if let Some((chain, _function)) = name.split_once('/') {
+        // A chain's function (`CHAIN/FUNC`): the chain's repair.
+        chain::repair(chain)?;
+        return Ok(None);
+    }
     paths::check_name(name)?;
     if !paths::journal_path(name).exists() {
         return Ok(None);

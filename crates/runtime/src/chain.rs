@@ -50,6 +50,11 @@ pub fn load_chain(
         let object = load_sharing(function.object, &shared, options)?;
         loaded.push((object, function.program.to_string()));
     }
+    if loaded.len() == 1 {
+        // Nothing to fill (and an object built without the chain option
+        // has no array: a lone program loads here too, for comparisons).
+        return Ok(LoadedChain { functions: loaded });
+    }
     let array = RawMap::from_pin(&array_pin)?;
     // The head is run directly; every later function waits in its slot.
     for (slot, (object, program)) in loaded.iter().enumerate().skip(1) {

@@ -205,7 +205,7 @@ pub fn create(spec: &ChainSpec) -> Result<ChainMeta, ControlError> {
     };
     let mut journal = ChainJournal::new("create", None, Some(meta.clone()));
     journal.step("load")?;
-    let mut undo = Undo::Create(spec.name.clone());
+    let mut undo = Undo(Some(UndoPlan::Create(spec.name.clone())));
     let mut generation = generation::load(&spec.name, 1, &functions, spec.attach.hook(), &place)?;
     meta.functions = functions
         .iter()
@@ -230,8 +230,10 @@ pub fn create(spec: &ChainSpec) -> Result<ChainMeta, ControlError> {
     Ok(meta)
 }
 
-/// What a failed step takes back.
-enum Undo {
+/// What a failed step takes back, unless disarmed.
+struct Undo(Option<UndoPlan>);
+
+enum UndoPlan {
     /// A `create`: everything under the chain's directory.
     Create(String),
     /// A change: the new generation, and the maps of functions it added.
@@ -240,35 +242,35 @@ enum Undo {
         generation: u64,
         added: Vec<String>,
     },
-    Nothing,
 }
 
 impl Undo {
     fn disarm(&mut self) {
-        *self = Undo::Nothing;
+        // UndoPlan has no Drop of its own: dropping it here undoes nothing.
+        self.0 = None;
     }
 }
 
 impl Drop for Undo {
     fn drop(&mut self) {
-        match self {
-            Undo::Create(name) => {
-                let _ = kernel::unpin_link(&store::link_pin(name));
-                let _ = store::remove_tree(&store::chain_dir(name));
-                let _ = ChainJournal::new("create", None, None).finish_named(name);
+        match self.0.take() {
+            Some(UndoPlan::Create(name)) => {
+                let _ = kernel::unpin_link(&store::link_pin(&name));
+                let _ = store::remove_tree(&store::chain_dir(&name));
+                let _ = ChainJournal::new("create", None, None).finish_named(&name);
             }
-            Undo::Change {
+            Some(UndoPlan::Change {
                 chain,
                 generation,
                 added,
-            } => {
-                let _ = store::remove_tree(&store::generation_dir(chain, *generation));
-                for function in added.iter() {
-                    let _ = store::remove_tree(&function_dir(chain, function));
+            }) => {
+                let _ = store::remove_tree(&store::generation_dir(&chain, generation));
+                for function in &added {
+                    let _ = store::remove_tree(&function_dir(&chain, function));
                 }
-                let _ = ChainJournal::new("change", None, None).finish_named(chain);
+                let _ = ChainJournal::new("change", None, None).finish_named(&chain);
             }
-            Undo::Nothing => {}
+            None => {}
         }
     }
 }
@@ -445,11 +447,11 @@ fn change(
         .collect();
     let mut journal = ChainJournal::new("change", Some(old.clone()), Some(new.clone()));
     journal.step("load")?;
-    let mut undo = Undo::Change {
+    let mut undo = Undo(Some(UndoPlan::Change {
         chain: name.to_string(),
         generation,
         added,
-    };
+    }));
     let loaded = generation::load(
         name,
         generation,
@@ -505,15 +507,22 @@ pub fn stop(name: &str) -> Result<(), ControlError> {
     let meta = ChainMeta::load(name)?;
     let mut journal = ChainJournal::new("stop", Some(meta), None);
     journal.step("detach")?;
+    detach(name)?;
+    journal.step("remove")?;
     stop_steps(name)?;
     journal.finish()
 }
 
-fn stop_steps(name: &str) -> Result<(), ControlError> {
+fn detach(name: &str) -> Result<(), ControlError> {
     let link = store::link_pin(name);
     if link.exists() {
         kernel::unpin_link(&link)?;
     }
+    Ok(())
+}
+
+fn stop_steps(name: &str) -> Result<(), ControlError> {
+    detach(name)?;
     store::remove_tree(&store::chain_dir(name))?;
     store::remove_file(&store::meta_path(name))
 }

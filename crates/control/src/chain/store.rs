@@ -107,7 +107,8 @@ impl ChainMeta {
         }
     }
 
-    pub(crate) fn function(&self, name: &str) -> Option<(usize, &FunctionMeta)> {
+    /// Function `name` and its position.
+    pub fn function(&self, name: &str) -> Option<(usize, &FunctionMeta)> {
         self.functions
             .iter()
             .enumerate()

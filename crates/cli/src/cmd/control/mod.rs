@@ -8,7 +8,7 @@
 //! FLOWSTATE_LOCK_TIMEOUT seconds (60). Readers take no lock.
 
 pub mod daemon;
-mod show;
+pub(crate) mod show;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -483,6 +483,16 @@ fn repair(name: Option<&str>) -> anyhow::Result<ExitCode> {
         Some(name) => flowstate_control::repair(name)?.into_iter().collect(),
         None => flowstate_control::repair_all()?,
     };
+    let chains = match name {
+        Some(_) => Vec::new(),
+        None => flowstate_control::chain::repair_all()?,
+    };
+    for r in &chains {
+        println!("{r}");
+    }
+    if repaired.is_empty() && !chains.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
     if repaired.is_empty() {
         println!("nothing to repair");
     }
@@ -518,8 +528,18 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::Value::Array(all));
         return Ok(ExitCode::SUCCESS);
     }
-    if instances.is_empty() {
+    if let Ok(repaired) = flowstate_control::chain::repair_all() {
+        for r in repaired {
+            eprintln!("{r}");
+        }
+    }
+    let chains = flowstate_control::chain::list().unwrap_or_default();
+    if instances.is_empty() && chains.is_empty() {
         println!("no program running (start one with `flowstate run PROGRAM.fsm --dev IFACE`)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if instances.is_empty() {
+        crate::cmd::chain::list(false)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = vec![vec![
@@ -581,6 +601,9 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
     }
     for n in notes {
         println!("NOTE {n}");
+    }
+    if !chains.is_empty() {
+        crate::cmd::chain::list(false)?;
     }
     Ok(ExitCode::SUCCESS)
 }
