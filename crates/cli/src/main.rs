@@ -64,6 +64,10 @@ enum Command {
     /// time, flow key, state before -> after, the row that matched (its
     /// source line) or `default`, and the action; then a summary of packets
     /// and bytes by action, hits by row and flows by final state.
+    ///
+    /// Several programs before the capture replay a chain: `pass` hands the
+    /// packet to the next function, any other verdict ends it; one line per
+    /// function reached, and a summary per function (docs/chains.md).
     Replay(cmd::replay::Args),
     /// Draw the state machine: states as nodes, table rows as edges.
     ///
@@ -106,6 +110,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Service chains: functions on one hook where `pass` of one continues
+    /// in the next (create, add, remove, move, replace, list, show, stop).
+    #[command(subcommand)]
+    Chain(cmd::chain::ChainCommand),
     #[command(flatten)]
     Kernel(cmd::kernel::KernelCommand),
     #[command(flatten)]
@@ -146,7 +154,9 @@ impl Command {
     /// programs, reads pinned maps), so that EPERM means "run as root".
     fn touches_kernel(&self) -> bool {
         match self {
-            Command::Demo(_) | Command::Control(_) | Command::Probe { .. } => true,
+            Command::Demo(_) | Command::Control(_) | Command::Chain(_) | Command::Probe { .. } => {
+                true
+            }
             Command::Kernel(c) => c.touches_kernel(),
             Command::Check { .. }
             | Command::Replay(_)
@@ -176,5 +186,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Probe { json } => cmd::probe::run(json),
         Command::Kernel(c) => cmd::kernel::run(c),
         Command::Control(c) => cmd::control::run(c),
+        Command::Chain(c) => cmd::chain::run(c),
     }
 }

@@ -173,6 +173,7 @@ pub fn compile_for(
         // The editor is loaded from its instructions (no object), so the
         // `.data` address load works on any existing map.
         globals_reused: false,
+        chain: None,
     };
     let code = match emit::emit_editor(program, &target, &layout, &frame, &lowered) {
         Ok(code) => code,

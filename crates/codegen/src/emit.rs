@@ -46,6 +46,7 @@ use crate::lower::{condition_key, row_presence, Case, Commit, Decision, Lowered,
 use crate::parse::{emit_parse, ParseRequest};
 use crate::testing::StagedConflict;
 
+pub(crate) mod chain;
 pub(crate) mod migrate;
 
 use migrate::Role;
@@ -165,6 +166,9 @@ pub(crate) struct Target {
     /// The globals are a map found by lookup, not `.data` (see
     /// [`crate::Options::globals_reused`]).
     pub globals_reused: bool,
+    /// A chained function: `pass` continues in the next (see
+    /// [`crate::chain`]).
+    pub chain: Option<crate::chain::ChainLink>,
 }
 
 /// Where an expression's operands come from.
@@ -2323,6 +2327,9 @@ impl<'a> Emitter<'a> {
 
     fn verdict(&mut self, action: &Action) {
         let xdp = self.target.hook == Hook::Xdp;
+        if matches!(action, Action::Pass | Action::Controller { .. }) {
+            self.continue_chain();
+        }
         let code = match action {
             Action::Pass => Some(if xdp { XDP_PASS } else { TC_ACT_UNSPEC }),
             Action::Drop => Some(if xdp { XDP_DROP } else { TC_ACT_SHOT }),

@@ -176,6 +176,7 @@
 //! Panic rule: [`compile`] and [`check_limits`] never panic on a program
 //! produced by `flowstate_lang::compile`.
 
+pub mod chain;
 pub mod editor;
 pub mod emit;
 pub mod layout;
@@ -228,6 +229,10 @@ pub struct Options {
     /// from the object's bytes even when it reuses one (aya 0.14 does),
     /// which would put the running values back to the initial ones.
     pub globals_reused: bool,
+    /// A function of a service chain: wherever it gives the pass verdict
+    /// it first tail-calls the next function through the chain's program
+    /// array (see [`chain`]). `None`: a program of its own.
+    pub chain: Option<chain::ChainLink>,
 }
 
 /// A program's file name and text.
@@ -246,6 +251,7 @@ impl Default for Options {
             source: None,
             target: Target::newest(),
             globals_reused: false,
+            chain: None,
         }
     }
 }
@@ -365,6 +371,7 @@ fn compile_parts(
         conflict,
         features: options.target,
         globals_reused: options.globals_reused,
+        chain: options.chain.filter(|_| !variant.role.is_mover()),
     };
     let code = match emit::emit(program, &target, &layout, &frame, &lowered, variant.role) {
         Ok(code) => code,
@@ -383,15 +390,11 @@ fn compile_parts(
     }
     let name = layout::c_name(&program.name);
     let name = variant.symbol.unwrap_or(name);
-    let object = object::build(
-        program,
-        &layout,
-        hook,
-        &name,
-        &code,
-        variant.extra_maps,
-        options,
-    )?;
+    let mut extra_maps = variant.extra_maps;
+    if target.chain.is_some() {
+        extra_maps.push(chain::map_def());
+    }
+    let object = object::build(program, &layout, hook, &name, &code, extra_maps, options)?;
     let listing = flowstate_asm::listing(&code, &|map| object::map_name(&layout, map).to_string());
     Ok(Output {
         object,

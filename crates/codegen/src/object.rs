@@ -21,6 +21,7 @@ pub(crate) fn map_name(layout: &Layout, map: MapRef) -> &'static str {
         (migrate::OLD_FLOWS, Some(crate::migrate::OLD_FLOWS_MAP)),
         (migrate::MIGRATION, Some(crate::migrate::MIGRATION_MAP)),
         (migrate::SUCCESSOR, Some(crate::migrate::SUCCESSOR_MAP)),
+        (crate::emit::chain::CHAIN, Some(crate::chain::CHAIN_MAP)),
     ];
     names
         .into_iter()

@@ -124,16 +124,29 @@ pub struct Handle {
 }
 
 /// Reopens the pinned maps of instance `name` and the program it saved.
+/// `CHAIN/FUNC` names function FUNC of chain CHAIN (see [`crate::chain`]).
 pub fn open(name: &str) -> Result<Handle, ControlError> {
+    if let Some((chain, function)) = name.split_once('/') {
+        return crate::chain::open_function(chain, function);
+    }
     paths::check_name(name)?;
     let meta_path = paths::meta_path(name);
     if !meta_path.exists() {
         return Err(ControlError::NotRunning(name.to_string()));
     }
     let meta = Meta::load(&meta_path)?;
+    open_at(meta, meta_path, paths::pin_dir(name))
+}
+
+/// The handle of a program described by `meta` (read from `meta_path`)
+/// whose maps are pinned under `pin_dir/maps`.
+pub(crate) fn open_at(
+    meta: Meta,
+    meta_path: PathBuf,
+    pin_dir: PathBuf,
+) -> Result<Handle, ControlError> {
     let program = crate::compile_source(&meta.source_path, &meta.source)?;
     let layout = Layout::new(&program, false);
-    let pin_dir = paths::pin_dir(name);
     let open_map = |map: &str| {
         let path = pin_dir.join("maps").join(map);
         RawMap::from_pin(&path).map_err(|e| {

@@ -336,7 +336,7 @@ pub(crate) fn crash_point(point: &str) {
 
 /// Test fault injection: the step fails as a refusal of the kernel would
 /// (see the module doc).
-fn fail_point(point: &str) -> Result<(), ControlError> {
+pub(crate) fn fail_point(point: &str) -> Result<(), ControlError> {
     if std::env::var("FLOWSTATE_TEST_FAIL_AT").is_ok_and(|v| v == point) {
         return Err(ControlError::kernel(
             format!("step {point}"),

@@ -32,6 +32,7 @@
 //! Panic rule: nothing here panics on user input (program text, key text,
 //! names, metadata files).
 
+pub mod chain;
 mod edit;
 mod foreign;
 mod globals;
@@ -47,12 +48,13 @@ pub mod netns;
 mod paths;
 mod ports;
 mod reload;
+mod share_table;
 mod shared;
 pub mod summary;
 pub mod tc;
 pub mod trust;
 
-pub use shared::{run_placed, run_shared, xdp_occupant, XdpShare};
+pub use shared::{run_placed, run_placed_with, run_shared, xdp_occupant, XdpShare};
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -268,8 +270,19 @@ pub enum ControlError {
          IFACE` (or mount bpffs on the host first: `mount -t bpf bpf /sys/fs/bpf`)"
     )]
     PrivateMounts,
+    /// A chain command refused (see [`chain`]); the text says why and
+    /// what to do.
+    #[error("{0}")]
+    Chain(String),
     #[error("metadata {path}: {message}")]
     Metadata { path: PathBuf, message: String },
+    /// `run --share-table` refused: the tables cannot be one.
+    #[error("{name} cannot share the flow table of {with}: {why}")]
+    ShareTable {
+        name: String,
+        with: String,
+        why: String,
+    },
     #[error("{what}: {message}")]
     Kernel { what: String, message: String },
     /// Another command holds the instance lock (see [`lock`]).
@@ -346,6 +359,16 @@ pub(crate) fn prepare_run(
 /// program attached from inside it, while pins and metadata stay on the
 /// host. `None`: the caller's namespace (recorded by name if it has one).
 pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, ControlError> {
+    run_in_netns_with(spec, netns, None)
+}
+
+/// [`run_in_netns`]; with `share_table`, the new instance reads and writes
+/// that running instance's flow table (see [`share_table`]).
+pub(crate) fn run_in_netns_with(
+    spec: &RunSpec,
+    netns: Option<&str>,
+    share_table: Option<&str>,
+) -> Result<Instance, ControlError> {
     let PreparedRun {
         target,
         place,
@@ -394,6 +417,9 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
     let mut journal_guard = JournalOnDrop(Some(name.clone()));
     trust::create_private_dir(&pin_dir)?;
     trust::create_private_dir(&maps_dir)?;
+    if let Some(with) = share_table {
+        share_table::pin_shared_flows(with, &name, &program, &output.layout, &maps_dir)?;
+    }
 
     let pins: Vec<(&'static str, PathBuf)> = map_names(&output.layout)
         .into_iter()
@@ -441,6 +467,7 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
         planned.netns = place.name.clone();
         planned.netns_inode = place.inode;
         planned.tc_filter = Some(filter);
+        planned.shared_table = share_table.map(str::to_string);
         if filter.qdisc_created {
             tc::mark_qdisc_added(&place, ifindex);
         }
@@ -479,6 +506,7 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
     meta.netns = place.name.clone();
     meta.netns_inode = place.inode;
     meta.tc_filter = tc_filter;
+    meta.shared_table = share_table.map(str::to_string);
     journal.op = Op::Run {
         meta: Some(Box::new(meta.clone())),
     };
@@ -560,6 +588,11 @@ pub(crate) fn repair_run(journal: &Journal) -> Result<Outcome, ControlError> {
 /// killed mid-way), waiting for the instance lock; `None` when there was
 /// none. Every command that changes an instance does this first.
 pub fn repair(name: &str) -> Result<Option<Repaired>, ControlError> {
+    if let Some((chain, _function)) = name.split_once('/') {
+        // A chain's function (`CHAIN/FUNC`): the chain's repair.
+        chain::repair(chain)?;
+        return Ok(None);
+    }
     paths::check_name(name)?;
     if !paths::journal_path(name).exists() {
         return Ok(None);
@@ -585,6 +618,10 @@ pub fn repair_all() -> Result<Vec<Repaired>, ControlError> {
 /// Takes the lock of instance `name` for a change made outside this crate's
 /// commands (live edits), after repairing an interrupted change.
 pub fn lock(name: &str) -> Result<InstanceLock, ControlError> {
+    if let Some((chain, _function)) = name.split_once('/') {
+        // A chain's function (`CHAIN/FUNC`): the chain's lock.
+        return chain::lock_for_edit(chain);
+    }
     paths::check_name(name)?;
     check_privileges()?;
     let lock = InstanceLock::acquire(name)?;
@@ -897,7 +934,7 @@ pub(crate) fn stop_steps(
 }
 
 /// The id of the program pinned at `path`, if it is one.
-fn pinned_program_id(path: &Path) -> Option<u32> {
+pub(crate) fn pinned_program_id(path: &Path) -> Option<u32> {
     aya::programs::ProgramInfo::from_pin(path)
         .ok()
         .map(|info| info.id())

@@ -54,6 +54,10 @@ pub struct Meta {
     /// interface (see [`crate::tc`]). `None`: a pinned link (XDP, TCX).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tc_filter: Option<crate::tc::TcFilter>,
+    /// `run --share-table INSTANCE`: the instance whose flows map this one
+    /// reads and writes (see [`crate::share_table`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_table: Option<String>,
 }
 
 impl Meta {
@@ -92,6 +96,7 @@ impl Meta {
             netns_inode: 0,
             xdp_priority: None,
             tc_filter: None,
+            shared_table: None,
         }
     }
 

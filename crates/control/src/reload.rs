@@ -195,6 +195,21 @@ pub fn reload(
     } else {
         Plan::New
     };
+    if flows_plan == Plan::New {
+        // A new flows map would end a shared table silently (see
+        // `share_table.rs`): refused before anything is loaded.
+        let sharing = crate::share_table::sharing_with(name, &meta);
+        if !sharing.is_empty() {
+            return Err(ControlError::ShareTable {
+                name: name.to_string(),
+                with: sharing.join(", "),
+                why: "this reload gives it a new flow table (the layout changes, or \
+                      --reset-state), which would end the sharing; keep the table's layout, \
+                      or stop the instances that share it first"
+                    .to_string(),
+            });
+        }
+    }
     let migrate = flows_plan == Plan::New && !reset_state;
     // The programs of a migration, compiled before anything changes.
     let migration_programs = if migrate {

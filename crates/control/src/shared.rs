@@ -61,6 +61,19 @@ pub fn run_placed(
     share: XdpShare,
     priority: u32,
 ) -> Result<Instance, ControlError> {
+    run_placed_with(spec, netns, share, priority, None)
+}
+
+/// [`run_placed`]; with `share_table`, the new instance reads and writes
+/// that running instance's flow table (`run --share-table`, see
+/// `share_table.rs`).
+pub fn run_placed_with(
+    spec: &RunSpec,
+    netns: Option<&str>,
+    share: XdpShare,
+    priority: u32,
+    share_table: Option<&str>,
+) -> Result<Instance, ControlError> {
     let at_xdp = match spec.attach {
         Some(point) => matches!(point, crate::AttachPoint::Xdp { .. }),
         None => std::fs::read_to_string(&spec.program_path)
@@ -78,9 +91,9 @@ pub fn run_placed(
             ),
         };
     if shared {
-        run_shared(spec, netns, priority)
+        run_shared_with(spec, netns, priority, share_table)
     } else {
-        crate::run_in_netns(spec, netns)
+        crate::run_in_netns_with(spec, netns, share_table)
     }
 }
 
@@ -103,6 +116,15 @@ pub fn run_shared(
     spec: &RunSpec,
     netns_name: Option<&str>,
     priority: u32,
+) -> Result<Instance, ControlError> {
+    run_shared_with(spec, netns_name, priority, None)
+}
+
+fn run_shared_with(
+    spec: &RunSpec,
+    netns_name: Option<&str>,
+    priority: u32,
+    share_table: Option<&str>,
 ) -> Result<Instance, ControlError> {
     let crate::PreparedRun {
         target,
@@ -165,6 +187,7 @@ pub fn run_shared(
     meta.netns = place.name.clone();
     meta.netns_inode = place.inode;
     meta.xdp_priority = Some(priority);
+    meta.shared_table = share_table.map(str::to_string);
     // Recorded before anything is loaded: a repair knows where to look.
     let mut journal = Journal::new(
         &name,
@@ -177,6 +200,9 @@ pub fn run_shared(
     let mut journal_guard = JournalOnDrop(Some(name.clone()));
     trust::create_private_dir(&pin_dir)?;
     trust::create_private_dir(&maps_dir)?;
+    if let Some(with) = share_table {
+        crate::share_table::pin_shared_flows(with, &name, &program, &output.layout, &maps_dir)?;
+    }
     let pins: Vec<(&'static str, PathBuf)> = map_names(&output.layout)
         .into_iter()
         .map(|m| (m, maps_dir.join(m)))

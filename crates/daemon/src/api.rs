@@ -40,6 +40,22 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/instances/{name}/events", get(crate::slow_api::events))
         .route("/v1/packet-out", post(crate::slow_api::packet_out))
         .route("/v1/repair", post(crate::slow_api::repair))
+        .route("/v1/chains", get(chains).post(create_chain))
+        .route("/v1/chains/{name}", get(chain).delete(stop_chain))
+        .route("/v1/chains/{name}/functions", post(add_function))
+        .route(
+            "/v1/chains/{name}/functions/{function}",
+            axum::routing::delete(remove_function),
+        )
+        .route(
+            "/v1/chains/{name}/functions/{function}/move",
+            post(move_function),
+        )
+        .route(
+            "/v1/chains/{name}/functions/{function}/replace",
+            post(replace_function),
+        )
+        .route("/v1/chains/{name}/order", post(reorder))
         .route("/v1/config", get(config_status))
         .route("/v1/config/reload", post(config_reload))
         .route("/metrics", get(metrics))
@@ -112,7 +128,8 @@ impl From<ControlError> for ApiError {
             | E::NoSuchInterfaceIn { .. }
             | E::NoSuchNetns { .. }
             | E::NoSuchPort { .. }
-            | E::NotFlowstate { .. } => StatusCode::BAD_REQUEST,
+            | E::NotFlowstate { .. }
+            | E::Chain(_) => StatusCode::BAD_REQUEST,
             E::KeyLayoutChanged { .. } | E::Attach { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -391,4 +408,117 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> ApiResult<Response> {
         text,
     )
         .into_response())
+}
+
+// ---- chains (docs/chains.md) ----
+
+async fn chains(State(d): State<Arc<Daemon>>) -> ApiResult<Response> {
+    let all = blocking(move || Ok(d.chains()?)).await?;
+    Ok(Json(all).into_response())
+}
+
+async fn chain(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiResult<Response> {
+    let one = blocking(move || Ok(d.chain(&name)?)).await?;
+    Ok(Json(one).into_response())
+}
+
+async fn create_chain(
+    State(d): State<Arc<Daemon>>,
+    request: Result<Json<crate::chains::CreateRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let request = body(request)?;
+    let view = blocking(move || Ok(d.create_chain(&request)?)).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn stop_chain(State(d): State<Arc<Daemon>>, Path(name): Path<String>) -> ApiResult<Response> {
+    let shown = name.clone();
+    blocking(move || Ok(d.stop_chain(&name)?)).await?;
+    Ok(Json(json!({ "stopped": shown })).into_response())
+}
+
+async fn add_function(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    request: Result<Json<crate::chains::FunctionRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let request = body(request)?;
+    let view = blocking(move || {
+        Ok(d.change_chain(|| flowstate_control::chain::add(&name, &request.spec(), request.at))?)
+    })
+    .await?;
+    Ok(Json(view).into_response())
+}
+
+async fn remove_function(
+    State(d): State<Arc<Daemon>>,
+    Path((name, function)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let view =
+        blocking(
+            move || Ok(d.change_chain(|| flowstate_control::chain::remove(&name, &function))?),
+        )
+        .await?;
+    Ok(Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveRequest {
+    to: usize,
+}
+
+async fn move_function(
+    State(d): State<Arc<Daemon>>,
+    Path((name, function)): Path<(String, String)>,
+    request: Result<Json<MoveRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let request = body(request)?;
+    let view = blocking(move || {
+        Ok(d.change_chain(|| {
+            flowstate_control::chain::move_function(&name, &function, request.to)
+        })?)
+    })
+    .await?;
+    Ok(Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplaceRequest {
+    program: PathBuf,
+}
+
+async fn replace_function(
+    State(d): State<Arc<Daemon>>,
+    Path((name, function)): Path<(String, String)>,
+    request: Result<Json<ReplaceRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let request = body(request)?;
+    let view = blocking(move || {
+        Ok(d.change_chain(|| {
+            flowstate_control::chain::replace(&name, &function, &request.program)
+        })?)
+    })
+    .await?;
+    Ok(Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderRequest {
+    functions: Vec<String>,
+}
+
+async fn reorder(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    request: Result<Json<OrderRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let request = body(request)?;
+    let view = blocking(move || {
+        Ok(d.change_chain(|| flowstate_control::chain::reorder(&name, &request.functions))?)
+    })
+    .await?;
+    Ok(Json(view).into_response())
 }

@@ -43,6 +43,12 @@ pub enum Outcome {
         why: String,
         prog_id: u32,
     },
+    /// A chain's functions brought to the declared list (each step one
+    /// atomic swap keeping every function's flows).
+    Changed {
+        what: String,
+        prog_id: u32,
+    },
     /// No longer in the configuration.
     Stopped,
     /// Declared, but running without the daemon having started it.
@@ -76,7 +82,7 @@ impl ApplyReport {
             .count()
     }
 
-    fn push(&mut self, instance: &str, outcome: Outcome) {
+    pub(crate) fn push(&mut self, instance: &str, outcome: Outcome) {
         self.changes.push(Change {
             instance: instance.to_string(),
             outcome,

@@ -23,6 +23,8 @@ use crate::owned::{Origin, Owned, Ownership};
 pub struct Daemon {
     config_dir: PathBuf,
     owned: Mutex<Ownership>,
+    /// The chains it started (see [`crate::chains`]).
+    owned_chains: Mutex<Ownership>,
     /// The last apply's outcome (`GET /v1/config`).
     last_apply: Mutex<Option<Result<ApplyReport, String>>>,
     /// `controller` events: their readers and subscribers.
@@ -138,6 +140,7 @@ impl Daemon {
         Ok(Daemon {
             config_dir: config_dir.to_path_buf(),
             owned: Mutex::new(Ownership::open(state_dir)?),
+            owned_chains: Mutex::new(Ownership::open_file(state_dir, crate::chains::OWNED_FILE)?),
             last_apply: Mutex::new(None),
             events: crate::events::Hub::default(),
         })
@@ -170,7 +173,61 @@ impl Daemon {
         // are finished or undone first, so `list` below is the truth.
         flowstate_control::repair_all()?;
         let running = running()?;
-        Ok(apply::apply(&config, &mut owned, &running))
+        let mut report = apply::apply(&config, &mut owned, &running);
+        drop(owned);
+        flowstate_control::chain::repair_all()?;
+        let mut owned_chains = self.chain_ownership();
+        crate::chains::apply(&config, &mut owned_chains, &mut report);
+        Ok(report)
+    }
+
+    fn chain_ownership(&self) -> std::sync::MutexGuard<'_, Ownership> {
+        self.owned_chains.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every chain, with who owns it.
+    pub fn chains(&self) -> Result<Vec<serde_json::Value>, DaemonError> {
+        let owned = self.chain_ownership();
+        Ok(flowstate_control::chain::list()?
+            .iter()
+            .map(|meta| chain_view(meta, owned.get(&meta.name).map(|o| o.origin)))
+            .collect())
+    }
+
+    pub fn chain(&self, name: &str) -> Result<serde_json::Value, DaemonError> {
+        let meta = flowstate_control::chain::show(name)?;
+        let owner = self.chain_ownership().get(name).map(|o| o.origin);
+        Ok(chain_view(&meta, owner))
+    }
+
+    /// Creates a chain the API owns (config applies leave it alone).
+    pub fn create_chain(
+        &self,
+        request: &crate::chains::CreateRequest,
+    ) -> Result<serde_json::Value, DaemonError> {
+        let mut owned = self.chain_ownership();
+        let meta = flowstate_control::chain::create(&request.spec())?;
+        owned
+            .insert(&meta.name, crate::chains::api_record(&meta))
+            .map_err(DaemonError::Ownership)?;
+        Ok(chain_view(&meta, Some(Origin::Api)))
+    }
+
+    /// A change of a chain's functions, under the ownership lock (so that
+    /// a config apply does not run at the same time).
+    pub fn change_chain(
+        &self,
+        change: impl FnOnce() -> Result<flowstate_control::chain::ChainMeta, ControlError>,
+    ) -> Result<serde_json::Value, DaemonError> {
+        let owned = self.chain_ownership();
+        let meta = change()?;
+        Ok(chain_view(&meta, owned.get(&meta.name).map(|o| o.origin)))
+    }
+
+    pub fn stop_chain(&self, name: &str) -> Result<(), DaemonError> {
+        let mut owned = self.chain_ownership();
+        flowstate_control::chain::stop(name)?;
+        owned.remove(name).map_err(DaemonError::Ownership)
     }
 
     pub fn last_apply(&self) -> Option<Result<ApplyReport, String>> {
@@ -324,6 +381,33 @@ impl Daemon {
 }
 
 /// Running instances by name.
+/// A chain as the API shows it.
+fn chain_view(
+    meta: &flowstate_control::chain::ChainMeta,
+    owner: Option<Origin>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "name": meta.name,
+        "dev": meta.dev,
+        "netns": meta.netns,
+        "hook": meta.attach.hook_name(),
+        "mode": meta.mode,
+        "generation": meta.generation,
+        "started_unix_ms": meta.started_unix_ms,
+        "problem": flowstate_control::chain::check(meta),
+        "owner": owner,
+        "functions": meta.functions.iter().enumerate().map(|(i, f)| serde_json::json!({
+            "position": i,
+            "name": f.name,
+            "handle": format!("{}/{}", meta.name, f.name),
+            "prog_id": f.prog_id,
+            "replaced": f.replaced,
+            "source_path": f.source_path,
+            "source_hash": f.source_hash,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 fn running() -> Result<BTreeMap<String, Instance>, ControlError> {
     Ok(flowstate_control::list()?
         .into_iter()

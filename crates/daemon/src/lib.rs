@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod chains;
 pub mod config;
 pub mod daemon;
 pub mod events;

@@ -70,12 +70,18 @@ pub struct Ownership {
 impl Ownership {
     /// Reads `dir/owned.json`, creating `dir` (0700); none yet: owns nothing.
     pub fn open(dir: &Path) -> std::io::Result<Ownership> {
+        Ownership::open_file(dir, "owned.json")
+    }
+
+    /// [`Ownership::open`] of another records file in `dir` (the chains'
+    /// are `owned-chains.json`).
+    pub fn open_file(dir: &Path, file: &str) -> std::io::Result<Ownership> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
-        let path = dir.join("owned.json");
+        let path = dir.join(file);
         let instances = match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let file: FileFormat = serde_json::from_str(&text).map_err(|e| {

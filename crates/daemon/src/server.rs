@@ -148,6 +148,9 @@ pub fn log_apply(when: &str, result: &Result<ApplyReport, crate::daemon::DaemonE
                     Outcome::Restarted { why, prog_id } => {
                         format!("restarted (program {prog_id}): {why}")
                     }
+                    Outcome::Changed { what, prog_id } => {
+                        format!("changed (head program {prog_id}): {what}")
+                    }
                     Outcome::Stopped => "stopped".to_string(),
                     Outcome::LeftAlone { why } => format!("left alone: {why}"),
                     Outcome::Failed { error } => format!("FAILED: {error}"),

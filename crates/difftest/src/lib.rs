@@ -28,6 +28,7 @@
 //! of the interpreter (it must not panic) and left out of the comparison
 //! ([`Stats::skipped`]).
 
+pub mod chain;
 pub mod gen;
 pub mod minimise;
 pub mod packets;
@@ -36,7 +37,7 @@ pub mod rng;
 use std::fmt::{self, Write as _};
 
 use flowstate_codegen::{CodegenError, Options, Output, Target};
-use flowstate_interp::{DefaultReason, Key, Machine};
+use flowstate_interp::{DefaultReason, Key, Machine, StateTable};
 use flowstate_lang::ir::{Action, ControllerThen, FullPolicy, Hook, Program};
 use flowstate_runtime::{LoadOptions, Loaded, RawMap, RuntimeError};
 
@@ -168,8 +169,12 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The interpreter's table in comparison form.
 pub fn interp_table(machine: &Machine<'_>) -> Vec<FlowRecord> {
-    machine
-        .table()
+    table_records(machine.table())
+}
+
+/// A state table in comparison form.
+pub fn table_records(table: &StateTable) -> Vec<FlowRecord> {
+    table
         .sorted()
         .into_iter()
         .map(|(key, entry)| FlowRecord {
@@ -197,6 +202,9 @@ pub enum HarnessError {
     Runtime(Box<RuntimeError>),
     /// The compiled object lacks a map the layout promises.
     MissingMap(&'static str),
+    /// Two functions of a chain case cannot share a table (a test's
+    /// mistake: see [`chain::share_layout`]).
+    Share(String),
 }
 
 /// Lines kept at each end of a verifier log in reports: the start shows
@@ -244,6 +252,7 @@ impl fmt::Display for HarnessError {
             ),
             HarnessError::Runtime(e) => write!(f, "runtime: {}", error_chain(&**e)),
             HarnessError::MissingMap(name) => write!(f, "the object has no `{name}` map"),
+            HarnessError::Share(why) => write!(f, "cannot share a table: {why}"),
         }
     }
 }
@@ -323,9 +332,25 @@ impl Kernel {
     /// Compile `program` with `options` (which must ask for the test clock)
     /// and load it.
     pub fn load(program: &Program, options: &Options) -> Result<Kernel, HarnessError> {
+        Kernel::load_sharing(program, options, &[])
+    }
+
+    /// [`Kernel::load`], opening each map named in `shared` from its pin at
+    /// the path (pinning it there first when nothing is pinned yet): how
+    /// the functions of a chain share its program array, and two programs
+    /// one flows map (see [`flowstate_runtime::load_sharing`]).
+    pub fn load_sharing(
+        program: &Program,
+        options: &Options,
+        shared: &[(&str, &std::path::Path)],
+    ) -> Result<Kernel, HarnessError> {
         let output = flowstate_codegen::compile(program, options)
             .map_err(|e| HarnessError::Codegen(Box::new(e)))?;
-        let loaded = match flowstate_runtime::load(&output.object, &LoadOptions::default()) {
+        let loaded = match flowstate_runtime::load_sharing(
+            &output.object,
+            shared,
+            &LoadOptions::default(),
+        ) {
             Ok(loaded) => loaded,
             Err(error) => {
                 return Err(HarnessError::Load {
@@ -428,7 +453,7 @@ impl Kernel {
         })
     }
 
-    fn snapshot(&self, retval: u32) -> Result<Snapshot, HarnessError> {
+    pub(crate) fn snapshot(&self, retval: u32) -> Result<Snapshot, HarnessError> {
         Ok(Snapshot {
             retval,
             table: self.table()?,
@@ -533,7 +558,7 @@ pub fn compare_loaded_with(
         before_packet(index)?;
         let retval = kernel.run(&packet.frame, packet.now)?;
         let got = kernel.snapshot(retval)?;
-        let victims = kernel_victims(program, &machine, &got.table, &packet.frame);
+        let victims = kernel_victims(program, machine.table(), &got.table, &packet.frame);
         let step = machine.process_evicting(&packet.frame, TEST_RUN_IFINDEX, packet.now, &victims);
         if let Some(problem) = eviction_problem(program, &victims, &step.evicted, &got) {
             return Ok(Err(Divergence {
@@ -617,9 +642,9 @@ pub fn compare_loaded_with(
 /// the kernel's table lacks after it, except the packet's update key, whose
 /// absence a deletion (elision) explains, and which no eviction may remove.
 /// None unless the table evicts.
-fn kernel_victims(
+pub(crate) fn kernel_victims(
     program: &Program,
-    machine: &Machine<'_>,
+    table: &StateTable,
     after: &[FlowRecord],
     frame: &[u8],
 ) -> Vec<Key> {
@@ -628,8 +653,7 @@ fn kernel_victims(
     }
     let headers = flowstate_wire::parse(frame, TEST_RUN_IFINDEX);
     let written = Key::pack(&program.update_key, &headers);
-    machine
-        .table()
+    table
         .sorted()
         .into_iter()
         .map(|(key, _)| key)
@@ -646,7 +670,7 @@ fn kernel_victims(
 /// packet, if anything: the interpreter replays them only where the
 /// promise allows one (when the packet inserts a new flow), so any
 /// difference between the two lists is one the promise forbids.
-fn eviction_problem(
+pub(crate) fn eviction_problem(
     program: &Program,
     victims: &[Key],
     replayed: &[Key],
@@ -682,7 +706,7 @@ fn eviction_problem(
     })
 }
 
-fn compare_counters(
+pub(crate) fn compare_counters(
     machine: &Machine<'_>,
     kernel: &Kernel,
     table_full: u64,

@@ -40,8 +40,15 @@
 //!   lately over exact recency; any flow but the one inserted may go. The
 //!   interpreter's choice is one of those the promise allows; to follow
 //!   another execution's choice, see [`Machine::process_evicting`].
+//!
+//! Service chains ([`Chain`]): machines run in order on each packet, `pass`
+//! hands it on, any other verdict ends the chain; two functions may share
+//! one table when their layouts agree ([`check_shareable`]). The rules are
+//! in the [`chain`] module doc and docs/chains.md.
 
+pub mod chain;
 pub mod key;
+pub mod share;
 pub mod table;
 
 use flowstate_lang::ir::{
@@ -49,7 +56,9 @@ use flowstate_lang::ir::{
 };
 use flowstate_wire::{Field, Headers};
 
+pub use chain::{Chain, ChainStep};
 pub use key::Key;
+pub use share::{check_shareable, LayoutMismatch};
 pub use table::{Entry, StateTable};
 
 /// Packets and bytes that took a row (or the default).
@@ -197,6 +206,16 @@ impl<'p> Machine<'p> {
     /// Run already parsed headers through the machine at time `now`.
     pub fn process_headers(&mut self, headers: &Headers, now: i64) -> Step<'p> {
         self.step(headers, now, &[])
+    }
+
+    /// [`Machine::process_evicting`] on already parsed headers.
+    pub fn process_headers_evicting(
+        &mut self,
+        headers: &Headers,
+        now: i64,
+        victims: &[Key],
+    ) -> Step<'p> {
+        self.step(headers, now, victims)
     }
 
     fn step(&mut self, headers: &Headers, now: i64, victims: &[Key]) -> Step<'p> {

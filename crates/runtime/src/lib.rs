@@ -11,6 +11,7 @@
 //! [`Loaded::test_run`] concurrently (see the two-CPU test).
 
 mod attach;
+pub mod chain;
 pub mod clsact;
 pub mod dispatcher;
 mod map;
@@ -183,8 +184,23 @@ pub struct Loaded {
 /// Loads `object` (an ELF object as flowstate-obj writes it): creates the
 /// maps, then loads every program. XDP and `classifier` (TC) programs only.
 pub fn load(object: &[u8], options: &LoadOptions) -> Result<Loaded, RuntimeError> {
-    let mut ebpf = EbpfLoader::new()
-        .verifier_log_level(options.verifier_log_level)
+    load_sharing(object, &[], options)
+}
+
+/// [`load`], except that each map named in `shared` is opened from its
+/// pin at the path (or created and pinned there when nothing is pinned
+/// yet): how several objects share one map, e.g. a chain's program array.
+pub fn load_sharing(
+    object: &[u8],
+    shared: &[(&str, &Path)],
+    options: &LoadOptions,
+) -> Result<Loaded, RuntimeError> {
+    let mut loader = EbpfLoader::new();
+    loader.verifier_log_level(options.verifier_log_level);
+    for (map, path) in shared {
+        loader.map_pin_path(map, *path);
+    }
+    let mut ebpf = loader
         .load(object)
         .map_err(|e| RuntimeError::Object(Box::new(e)))?;
     for (name, program) in ebpf.programs_mut() {

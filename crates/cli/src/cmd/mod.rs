@@ -1,3 +1,4 @@
+pub mod chain;
 pub mod check;
 pub mod control;
 pub mod demo;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use flowstate_capture::{CaptureReader, CaptureWriter, Frame};
-use flowstate_interp::{Counter, Machine, Step};
+use flowstate_interp::{Chain, ChainStep, Counter, Machine, StateTable, Step};
 use flowstate_lang::ir::{Action, ControllerThen, Program};
 use serde_json::json;
 
@@ -17,10 +17,18 @@ use crate::load::load_or_report;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The program (`.fsm`).
-    program: PathBuf,
-    /// A pcap or pcapng capture; `now` is each packet's timestamp.
-    capture: PathBuf,
+    /// The program (`.fsm`), then the capture (pcap or pcapng; `now` is
+    /// each packet's timestamp). Several programs make a chain, in the
+    /// order given: `pass` hands the packet to the next one, any other
+    /// verdict ends the chain (docs/chains.md).
+    #[arg(required = true, num_args = 2.., value_name = "PROGRAM.fsm... CAPTURE")]
+    files: Vec<PathBuf>,
+    /// In a chain, function F reads and writes function WITH's state table
+    /// (`F=WITH`, each a position from 1 or a program name). The programs
+    /// must declare the same flow and update keys, states, registers and
+    /// table size.
+    #[arg(long, value_name = "F=WITH")]
+    share_table: Vec<String>,
     /// One JSON object per packet, then one summary object (`"summary": true`).
     #[arg(long)]
     json: bool,
@@ -65,10 +73,31 @@ fn passes(action: &Action) -> Option<bool> {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let Some(loaded) = load_or_report(&args.program)? else {
-        return Ok(ExitCode::from(1));
-    };
-    let program = &loaded.compiled.program;
+    let (capture, program_paths) = args
+        .files
+        .split_last()
+        .expect("clap asks for a program and a capture");
+    let mut loaded = Vec::with_capacity(program_paths.len());
+    for path in program_paths {
+        let Some(one) = load_or_report(path)? else {
+            return Ok(ExitCode::from(1));
+        };
+        loaded.push(one);
+    }
+    let programs: Vec<&Program> = loaded.iter().map(|l| &l.compiled.program).collect();
+    let mut chain = Chain::new(&programs);
+    for spec in &args.share_table {
+        let (function, with) = parse_share(spec, &programs)?;
+        chain.share_table(function, with).map_err(|why| {
+            anyhow::anyhow!(
+                "--share-table {spec}: {} ({}) cannot use the table of {} ({}): {why}",
+                programs[function].name,
+                program_paths[function].display(),
+                programs[with].name,
+                program_paths[with].display()
+            )
+        })?;
+    }
     let outputs: Vec<Named<'_>> = [
         ("--write-pass", &args.write_pass),
         ("--write-drop", &args.write_drop),
@@ -81,21 +110,17 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         })
     })
     .collect();
-    refuse_same_files(
-        &[
-            Named {
-                what: "capture",
-                path: &args.capture,
-            },
-            Named {
-                what: "program",
-                path: &args.program,
-            },
-        ],
-        &outputs,
-    )?;
-    let reader = CaptureReader::open(&args.capture)
-        .with_context(|| format!("cannot replay {}", args.capture.display()))?;
+    let mut inputs = vec![Named {
+        what: "capture",
+        path: capture,
+    }];
+    inputs.extend(program_paths.iter().map(|path| Named {
+        what: "program",
+        path,
+    }));
+    refuse_same_files(&inputs, &outputs)?;
+    let reader = CaptureReader::open(capture)
+        .with_context(|| format!("cannot replay {}", capture.display()))?;
     let mut pass_out = args
         .write_pass
         .as_deref()
@@ -109,8 +134,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut machine = Machine::new(program);
+    let single = programs.len() == 1;
     let mut by_verdict = [Counter::default(); VERDICTS.len()];
+    let mut ended_by = vec![0u64; programs.len()];
     let mut packets = 0u64;
     let started = Instant::now();
 
@@ -123,20 +149,37 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut index = 0usize;
     while let Some(read) = reader.read_into(&mut frame) {
         read?;
-        let step = machine.process(&frame.data, frame.ifindex, frame.time_ns);
+        let step = chain.process(&frame.data, frame.ifindex, frame.time_ns);
         packets += 1;
-        let counter = &mut by_verdict[verdict_index(step.action)];
+        ended_by[step.ended_by()] += 1;
+        let counter = &mut by_verdict[verdict_index(step.action())];
         counter.packets += 1;
         counter.bytes += frame.data.len() as u64;
         if !args.quiet {
-            if args.json {
-                let line = packet_json(program, index, &frame, &step);
-                writeln!(out, "{line}")?;
-            } else {
-                writeln!(out, "{}", packet_line(program, index, &frame, &step))?;
+            match (single, args.json) {
+                (true, true) => writeln!(
+                    out,
+                    "{}",
+                    packet_json(programs[0], index, &frame, &step.steps[0])
+                )?,
+                (true, false) => writeln!(
+                    out,
+                    "{}",
+                    packet_line(programs[0], index, &frame, &step.steps[0])
+                )?,
+                (false, true) => writeln!(
+                    out,
+                    "{}",
+                    chain_packet_json(&programs, index, &frame, &step)
+                )?,
+                (false, false) => write!(
+                    out,
+                    "{}",
+                    chain_packet_lines(&programs, index, &frame, &step)
+                )?,
             }
         }
-        let sink = match passes(step.action) {
+        let sink = match passes(step.action()) {
             Some(true) => pass_out.as_mut(),
             Some(false) => drop_out.as_mut(),
             None => None,
@@ -160,10 +203,25 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         w.flush()?;
     }
 
-    if args.json {
-        writeln!(out, "{}", summary_json(&machine, &by_action, packets))?;
+    if single {
+        let function = Function::of(&chain, 0);
+        if args.json {
+            writeln!(out, "{}", summary_json(&function, &by_action, packets))?;
+        } else {
+            write!(out, "{}", summary_text(&function, &by_action, packets))?;
+        }
+    } else if args.json {
+        writeln!(
+            out,
+            "{}",
+            chain_summary_json(&chain, program_paths, &ended_by, &by_action, packets)
+        )?;
     } else {
-        write!(out, "{}", summary_text(&machine, &by_action, packets))?;
+        write!(
+            out,
+            "{}",
+            chain_summary_text(&chain, program_paths, &ended_by, &by_action, packets)
+        )?;
     }
     out.flush()?;
     let rate = packets as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -173,6 +231,119 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         rate / 1e6
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `F=WITH` of `--share-table`: two functions of the chain, each by its
+/// position (from 1) or its program's name.
+fn parse_share(spec: &str, programs: &[&Program]) -> anyhow::Result<(usize, usize)> {
+    let Some((function, with)) = spec.split_once('=') else {
+        anyhow::bail!(
+            "--share-table {spec}: expected F=WITH (function F uses function WITH's table; \
+             each a position from 1 or a program name)"
+        );
+    };
+    let resolve = |token: &str| -> anyhow::Result<usize> {
+        let token = token.trim();
+        if let Ok(position) = token.parse::<usize>() {
+            if (1..=programs.len()).contains(&position) {
+                return Ok(position - 1);
+            }
+            anyhow::bail!(
+                "--share-table {spec}: there is no function {position}; the chain has {} \
+                 (positions count from 1)",
+                programs.len()
+            );
+        }
+        let named: Vec<usize> = (0..programs.len())
+            .filter(|&i| programs[i].name == token)
+            .collect();
+        match named.as_slice() {
+            [one] => Ok(*one),
+            [] => anyhow::bail!(
+                "--share-table {spec}: no program of the chain is named {token:?}; name one of \
+                 [{}] or give its position",
+                programs
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => anyhow::bail!(
+                "--share-table {spec}: several functions are named {token:?}; give a position \
+                 (from 1) instead"
+            ),
+        }
+    };
+    let (function, with) = (resolve(function)?, resolve(with)?);
+    if function == with {
+        anyhow::bail!("--share-table {spec}: a function already uses its own table");
+    }
+    Ok((function, with))
+}
+
+/// One function of the chain, as the summary shows it: its program,
+/// counters and globals, and the table it reads (a shared one, maybe).
+struct Function<'a> {
+    machine: &'a Machine<'a>,
+    table: &'a StateTable,
+}
+
+impl<'a> Function<'a> {
+    fn of(chain: &'a Chain<'a>, index: usize) -> Function<'a> {
+        Function {
+            machine: chain.machine(index),
+            table: chain.table(index),
+        }
+    }
+}
+
+fn chain_packet_lines(
+    programs: &[&Program],
+    index: usize,
+    frame: &Frame,
+    step: &ChainStep,
+) -> String {
+    let mut lines = String::new();
+    for (function, one) in step.steps.iter().enumerate() {
+        let name = &programs[function].name;
+        lines.push_str(&format!(
+            "{}  {name}\n",
+            packet_line(programs[function], index, frame, one)
+        ));
+    }
+    lines
+}
+
+fn chain_packet_json(
+    programs: &[&Program],
+    index: usize,
+    frame: &Frame,
+    step: &ChainStep,
+) -> serde_json::Value {
+    let functions: Vec<serde_json::Value> = step
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(function, one)| {
+            let mut value = packet_json(programs[function], index, frame, one);
+            value["function"] = json!(programs[function].name);
+            value
+        })
+        .collect();
+    let last = step
+        .steps
+        .last()
+        .expect("a chain step has a function's step");
+    json!({
+        "index": index,
+        "time_ns": frame.time_ns,
+        "len": frame.data.len(),
+        "verdict": last.action.verdict_name(),
+        "action": flowstate_lang::print::action(last.action),
+        "ended_by": step.ended_by() + 1,
+        "ended_by_name": programs[step.ended_by()].name,
+        "functions": functions,
+    })
 }
 
 fn row_line(program: &Program, step: &Step) -> Option<u32> {
@@ -213,10 +384,9 @@ fn packet_json(program: &Program, index: usize, frame: &Frame, step: &Step) -> s
     })
 }
 
-fn final_states(machine: &Machine) -> BTreeMap<String, u64> {
-    let program = machine.program();
+fn final_states(program: &Program, table: &StateTable) -> BTreeMap<String, u64> {
     let mut flows: BTreeMap<String, u64> = BTreeMap::new();
-    for (_, entry) in machine.table().sorted() {
+    for (_, entry) in table.sorted() {
         *flows
             .entry(program.state_name(entry.state).to_string())
             .or_default() += 1;
@@ -224,8 +394,7 @@ fn final_states(machine: &Machine) -> BTreeMap<String, u64> {
     flows
 }
 
-fn summary_text(machine: &Machine, by_action: &BTreeMap<&str, Counter>, packets: u64) -> String {
-    let program = machine.program();
+fn actions_text(by_action: &BTreeMap<&str, Counter>, packets: u64) -> String {
     let mut s = format!("\n{packets} packets\nby action:\n");
     for (action, c) in by_action {
         s.push_str(&format!(
@@ -233,7 +402,14 @@ fn summary_text(machine: &Machine, by_action: &BTreeMap<&str, Counter>, packets:
             c.packets, c.bytes
         ));
     }
-    s.push_str("by row:\n");
+    s
+}
+
+/// Rows, default and final states of one function.
+fn function_text(function: &Function) -> String {
+    let machine = function.machine;
+    let program = machine.program();
+    let mut s = "by row:\n".to_string();
     for (row, hits) in program.rows.iter().zip(machine.row_hits()) {
         s.push_str(&format!(
             "  L{:<5} {:>10} packets {:>12} bytes   {}\n",
@@ -251,7 +427,7 @@ fn summary_text(machine: &Machine, by_action: &BTreeMap<&str, Counter>, packets:
         flowstate_lang::print::action(&program.default_action)
     ));
     s.push_str("flows by final state (entries in the table):\n");
-    let flows = final_states(machine);
+    let flows = final_states(program, function.table);
     if flows.is_empty() {
         s.push_str("  (none)\n");
     }
@@ -261,19 +437,112 @@ fn summary_text(machine: &Machine, by_action: &BTreeMap<&str, Counter>, packets:
     s
 }
 
+fn summary_text(function: &Function, by_action: &BTreeMap<&str, Counter>, packets: u64) -> String {
+    actions_text(by_action, packets) + &function_text(function)
+}
+
+fn chain_summary_text(
+    chain: &Chain,
+    paths: &[PathBuf],
+    ended_by: &[u64],
+    by_action: &BTreeMap<&str, Counter>,
+    packets: u64,
+) -> String {
+    let mut s = actions_text(by_action, packets);
+    s.push_str("ended by function:\n");
+    for (i, machine) in chain.machines().iter().enumerate() {
+        s.push_str(&format!(
+            "  {} {:<16} {:>10} packets\n",
+            i + 1,
+            machine.program().name,
+            ended_by[i]
+        ));
+    }
+    for (i, path) in paths.iter().enumerate() {
+        let name = &chain.machine(i).program().name;
+        s.push_str(&format!(
+            "\nfunction {} {name} ({}):\n",
+            i + 1,
+            path.display()
+        ));
+        let holder = chain.table_holder(i);
+        if holder != i {
+            s.push_str(&format!(
+                "table: shared with function {} {}\n",
+                holder + 1,
+                chain.machine(holder).program().name
+            ));
+        }
+        s.push_str(&function_text(&Function::of(chain, i)));
+    }
+    s
+}
+
+fn function_json(function: &Function) -> serde_json::Map<String, serde_json::Value> {
+    let machine = function.machine;
+    let program = machine.program();
+    let value = json!({
+        "by_row": program.rows.iter().zip(machine.row_hits()).map(|(r, c)| json!({"row": r.pos.line, "packets": c.packets, "bytes": c.bytes})).collect::<Vec<_>>(),
+        "default": {"packets": machine.default_hits().packets, "bytes": machine.default_hits().bytes},
+        "flows_by_state": final_states(program, function.table),
+        "globals": program.globals.iter().zip(machine.globals()).map(|(g, v)| (g.name.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+    });
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("json! of an object literal"),
+    }
+}
+
+fn actions_json(by_action: &BTreeMap<&str, Counter>) -> serde_json::Value {
+    by_action
+        .iter()
+        .map(|(a, c)| {
+            (
+                a.to_string(),
+                json!({"packets": c.packets, "bytes": c.bytes}),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 fn summary_json(
-    machine: &Machine,
+    function: &Function,
     by_action: &BTreeMap<&str, Counter>,
     packets: u64,
 ) -> serde_json::Value {
-    let program = machine.program();
+    let mut summary = serde_json::Map::new();
+    summary.insert("summary".into(), json!(true));
+    summary.insert("packets".into(), json!(packets));
+    summary.insert("by_action".into(), actions_json(by_action));
+    summary.extend(function_json(function));
+    summary.into()
+}
+
+fn chain_summary_json(
+    chain: &Chain,
+    paths: &[PathBuf],
+    ended_by: &[u64],
+    by_action: &BTreeMap<&str, Counter>,
+    packets: u64,
+) -> serde_json::Value {
+    let functions: Vec<serde_json::Value> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            let mut one = function_json(&Function::of(chain, i));
+            one.insert("function".into(), json!(i + 1));
+            one.insert("name".into(), json!(chain.machine(i).program().name));
+            one.insert("path".into(), json!(path.display().to_string()));
+            one.insert("ended".into(), json!(ended_by[i]));
+            one.insert("table_of".into(), json!(chain.table_holder(i) + 1));
+            one.into()
+        })
+        .collect();
     json!({
         "summary": true,
         "packets": packets,
-        "by_action": by_action.iter().map(|(a, c)| (a.to_string(), json!({"packets": c.packets, "bytes": c.bytes}))).collect::<serde_json::Map<_, _>>(),
-        "by_row": program.rows.iter().zip(machine.row_hits()).map(|(r, c)| json!({"row": r.pos.line, "packets": c.packets, "bytes": c.bytes})).collect::<Vec<_>>(),
-        "default": {"packets": machine.default_hits().packets, "bytes": machine.default_hits().bytes},
-        "flows_by_state": final_states(machine),
-        "globals": program.globals.iter().zip(machine.globals()).map(|(g, v)| (g.name.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "by_action": actions_json(by_action),
+        "functions": functions,
     })
 }

@@ -43,6 +43,12 @@ pub(crate) enum Role<'a> {
     Mover(&'a Conversion),
 }
 
+impl Role<'_> {
+    pub(crate) fn is_mover(&self) -> bool {
+        matches!(self, Role::Mover(_))
+    }
+}
+
 /// How a pull treats a flow missing from both tables.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Absent {

@@ -9,7 +9,7 @@
 
 pub mod daemon;
 mod daemon_slow;
-mod show;
+pub(crate) mod show;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -287,6 +287,13 @@ pub struct RunArgs {
     /// filter (any kernel); auto: TCX where the kernel has it.
     #[arg(long, value_enum, default_value = "auto")]
     tc_attach: TcAttachArg,
+    /// Read and write the flow table of this running instance instead of
+    /// a table of its own (one state seen from two interfaces, or from
+    /// ingress and egress). The programs must declare the same flow and
+    /// update keys, states (and timeouts), registers (and initial values)
+    /// and table size; refused otherwise.
+    #[arg(long, value_name = "INSTANCE")]
+    share_table: Option<String>,
     /// Print the instance as JSON.
     #[arg(long)]
     json: bool,
@@ -438,8 +445,13 @@ fn run_program(args: &RunArgs) -> anyhow::Result<ExitCode> {
         XdpShareArg::Exclusive => flowstate_control::XdpShare::Exclusive,
         XdpShareArg::Auto => flowstate_control::XdpShare::Auto,
     };
-    let instance =
-        flowstate_control::run_placed(&spec, args.netns.as_deref(), share, args.priority)?;
+    let instance = flowstate_control::run_placed_with(
+        &spec,
+        args.netns.as_deref(),
+        share,
+        args.priority,
+        args.share_table.as_deref(),
+    )?;
     if args.json {
         println!("{}", show::instance_json(&instance));
     } else {
@@ -473,6 +485,16 @@ fn repair(name: Option<&str>) -> anyhow::Result<ExitCode> {
         Some(name) => flowstate_control::repair(name)?.into_iter().collect(),
         None => flowstate_control::repair_all()?,
     };
+    let chains = match name {
+        Some(_) => Vec::new(),
+        None => flowstate_control::chain::repair_all()?,
+    };
+    for r in &chains {
+        println!("{r}");
+    }
+    if repaired.is_empty() && !chains.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
     if repaired.is_empty() {
         println!("nothing to repair");
     }
@@ -508,8 +530,18 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::Value::Array(all));
         return Ok(ExitCode::SUCCESS);
     }
-    if instances.is_empty() {
+    if let Ok(repaired) = flowstate_control::chain::repair_all() {
+        for r in repaired {
+            eprintln!("{r}");
+        }
+    }
+    let chains = flowstate_control::chain::list().unwrap_or_default();
+    if instances.is_empty() && chains.is_empty() {
         println!("no program running (start one with `flowstate run PROGRAM.fsm --dev IFACE`)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if instances.is_empty() {
+        crate::cmd::chain::list(false)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = vec![vec![
@@ -571,6 +603,9 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
     }
     for n in notes {
         println!("NOTE {n}");
+    }
+    if !chains.is_empty() {
+        crate::cmd::chain::list(false)?;
     }
     Ok(ExitCode::SUCCESS)
 }
