@@ -145,6 +145,11 @@ const fn raw16(network: u16) -> i32 {
     u16::from_ne_bytes(network.to_be_bytes()) as i32
 }
 
+/// A big-endian u32 as `ldx W` reads it from the packet (host order).
+const fn raw32(network: u32) -> i32 {
+    u32::from_ne_bytes(network.to_be_bytes()) as i32
+}
+
 /// Which parts of the parser the requested fields need.
 #[derive(Debug, Clone, Copy, Default)]
 struct Plan {
@@ -156,6 +161,7 @@ struct Plan {
     tcp: bool,
     udp: bool,
     icmp: bool,
+    arp: bool,
 }
 
 impl Plan {
@@ -171,6 +177,7 @@ impl Plan {
                 Layer::Tcp => plan.tcp = true,
                 Layer::Udp => plan.udp = true,
                 Layer::Icmp => plan.icmp = true,
+                Layer::Arp => plan.arp = true,
             }
         }
         if plan.transport() {
@@ -178,7 +185,11 @@ impl Plan {
             plan.ipv4 = true;
             plan.ipv6 = true;
         }
-        plan.tags = plan.ipv4 || plan.ipv6 || plan.has(Field::EthType) || plan.has(Field::VlanId);
+        plan.tags = plan.ipv4
+            || plan.ipv6
+            || plan.arp
+            || plan.has(Field::EthType)
+            || plan.has(Field::VlanId);
         plan
     }
 
@@ -197,7 +208,7 @@ impl Plan {
     /// The requested fields among `fields`, as presence bits.
     fn bits(&self, fields: &[Field]) -> i32 {
         let bits = fields.iter().fold(0, |acc, &f| acc | presence_bit(f));
-        // At most 21 fields: the mask always fits a positive i32.
+        // At most 31 fields: the mask always fits a positive i32.
         (self.requested & bits) as i32
     }
 }
@@ -431,6 +442,14 @@ impl Emitter<'_, '_> {
     fn network(&mut self) {
         let plan = self.plan;
         let transport = self.asm.new_label();
+        if plan.arp {
+            let not_arp = self.asm.new_label();
+            self.asm
+                .jmp(JmpOp::Ne, R2, raw16(off::ETHERTYPE_ARP), not_arp);
+            self.arp();
+            self.asm.ja(self.done);
+            self.asm.bind(not_arp);
+        }
         match (plan.ipv4, plan.ipv6) {
             (true, true) => {
                 let ipv4 = self.asm.new_label();
@@ -463,6 +482,40 @@ impl Emitter<'_, '_> {
             self.asm.bind(transport);
             self.transport();
         }
+    }
+
+    /// ARP at R7 + 14: Ethernet/IPv4 only (types and lengths checked).
+    fn arp(&mut self) {
+        self.asm.annotate("arp");
+        self.need(R7, L3 + off::ARP_LEN);
+        self.asm
+            .emit(Insn::ldx(Size::W, R3, R7, imm(L3 + off::ARP_HTYPE)));
+        self.asm
+            .jmp(JmpOp::Ne, R3, raw32(off::ARP_ETH_IPV4_TYPES), self.done);
+        self.asm
+            .emit(Insn::ldx(Size::H, R3, R7, imm(L3 + off::ARP_HLEN)));
+        self.asm
+            .jmp(JmpOp::Ne, R3, raw16(off::ARP_ETH_IPV4_LENS), self.done);
+        self.field(Field::ArpOp, Size::H, R7, L3 + off::ARP_OP);
+        self.field(Field::ArpSpa, Size::W, R7, L3 + off::ARP_SPA);
+        self.field(Field::ArpTpa, Size::W, R7, L3 + off::ARP_TPA);
+        // A hardware address is the top 48 bits of 8 bytes from its start
+        // (both loads end inside the 28-byte header).
+        for (field, at) in [(Field::ArpSha, off::ARP_SHA), (Field::ArpTha, off::ARP_THA)] {
+            if self.plan.has(field) {
+                self.load_be(Size::DW, R7, L3 + at);
+                self.asm
+                    .emit(Insn::rsh64(R3, 64 - 8 * off::ETH_ADDR_LEN as i32));
+                self.store(field, R3);
+            }
+        }
+        self.mark_present(&[
+            Field::ArpOp,
+            Field::ArpSha,
+            Field::ArpSpa,
+            Field::ArpTha,
+            Field::ArpTpa,
+        ]);
     }
 
     /// IPv4 at R7 + 14. With transport fields requested, leaves the
