@@ -55,6 +55,7 @@ mod division;
 mod editor;
 mod meta;
 mod redirect;
+pub(crate) mod rewrite;
 
 pub(crate) use meta::META;
 pub(crate) use redirect::PORTS;

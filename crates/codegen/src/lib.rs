@@ -454,6 +454,7 @@ fn static_limits(program: &Program, target: &Target) -> Vec<String> {
     if program.states.is_empty() {
         problems.push("the program declares no state".to_string());
     }
+    problems.extend(emit::rewrite::unsupported(program));
     let frame = layout::Frame::plan(program, target);
     let stack_limit = layout::stack_limit(target);
     if frame.size > stack_limit {

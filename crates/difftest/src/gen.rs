@@ -689,6 +689,7 @@ fn row(rng: &mut Rng, program: &Program) -> Row {
         conditions,
         action: action(rng, program),
         updates,
+        writes: Vec::new(),
         next: rng
             .percent(50)
             .then(|| StateId(rng.below(program.states.len() as u64) as u16)),
