@@ -976,6 +976,7 @@ impl<'a> Emitter<'a> {
                 hook: self.target.hook,
                 fields: &frame.fields,
                 slot: &slot,
+                headers: (frame.headers != 0).then_some(frame.headers),
             },
         );
         self.launder_presence();
@@ -1866,6 +1867,7 @@ impl<'a> Emitter<'a> {
             self.row_text(row)
         ));
         self.keep_port(&row.action);
+        self.eval_field_writes(row);
 
         // 0. A row that writes nothing but `last_seen` to an entry read
         // unchanged: one plain store, no lock (the view was a consistent
@@ -2106,6 +2108,7 @@ impl<'a> Emitter<'a> {
                 i32::from(commit.next.0),
             ));
         }
+        self.store_field_writes(row);
         if commit.shared() {
             self.emit(Insn::ldx(Size::W, ENTRY, R10, frame.row_index + 4));
             let tail = self.tail(&row.action);

@@ -348,6 +348,9 @@ fn compile_parts(
         return Err(CodegenError::Limits(problems));
     }
     let hook = variant.hook.or(options.hook).unwrap_or(program.hook);
+    if let Some(message) = emit::rewrite::unsupported(program, hook) {
+        return Err(CodegenError::Program(message));
+    }
     let layout = Layout::new(program, options.test_clock);
     let lowered = lower::lower(program);
     let target = emit::Target {
@@ -454,7 +457,6 @@ fn static_limits(program: &Program, target: &Target) -> Vec<String> {
     if program.states.is_empty() {
         problems.push("the program declares no state".to_string());
     }
-    problems.extend(emit::rewrite::unsupported(program));
     let frame = layout::Frame::plan(program, target);
     let stack_limit = layout::stack_limit(target);
     if frame.size > stack_limit {

@@ -61,6 +61,7 @@ fn test_program(name: &str, hook: Hook, fields: &[Field], key: u32) -> ProgramDe
             hook,
             fields,
             slot: &slot,
+            headers: None,
         },
     );
     let exit = asm.new_label();

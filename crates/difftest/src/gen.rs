@@ -26,9 +26,9 @@
 use std::fmt;
 
 use flowstate_lang::ir::{
-    Action, BinOp, CmpOp, CondMatch, Condition, ControllerThen, Expr, FieldMatch, FullPolicy,
-    Global, GlobalId, Hook, Pattern, Program, RegId, RegTarget, Register, Row, SourcePos, State,
-    StateId, StatePattern, Timeout, Update,
+    Action, BinOp, CmpOp, CondMatch, Condition, ControllerThen, Expr, FieldMatch, FieldWrite,
+    FullPolicy, Global, GlobalId, Hook, Pattern, Program, RegId, RegTarget, Register, Row,
+    SourcePos, State, StateId, StatePattern, Timeout, Update,
 };
 use flowstate_wire::Field;
 
@@ -689,11 +689,50 @@ fn row(rng: &mut Rng, program: &Program) -> Row {
         conditions,
         action: action(rng, program),
         updates,
-        writes: Vec::new(),
+        writes: field_writes(rng, program),
         next: rng
             .percent(50)
             .then(|| StateId(rng.below(program.states.len() as u64) as u16)),
     }
+}
+
+/// Packet field writes, for XDP programs (the kernel writes fields only
+/// there): mostly the Ethernet addresses every keyed packet has, sometimes
+/// any writable field (the row then matches only packets that carry it);
+/// constants from the pools or expressions, cut to the field's width by
+/// both executions.
+fn field_writes(rng: &mut Rng, program: &Program) -> Vec<FieldWrite> {
+    if program.hook != Hook::Xdp || !rng.percent(30) {
+        return Vec::new();
+    }
+    let writable: Vec<Field> = Field::ALL
+        .into_iter()
+        .filter(|&f| flowstate_wire::rewrite::writable(f))
+        .collect();
+    let mut writes: Vec<FieldWrite> = Vec::new();
+    for _ in 0..rng.range(1, 4) {
+        let field = if rng.percent(40) {
+            rng.pick(&[Field::EthSrc, Field::EthDst])
+                .copied()
+                .unwrap_or(Field::EthSrc)
+        } else {
+            rng.pick(&writable).copied().unwrap_or(Field::IpTtl)
+        };
+        if writes.iter().any(|w| w.field == field) {
+            continue;
+        }
+        let constant = |rng: &mut Rng| Expr::Const(field_value(rng, field) as i64);
+        let value = if rng.percent(40) {
+            constant(rng)
+        } else {
+            match expr(rng, program, 2) {
+                e if is_constant(&e) => constant(rng),
+                e => e,
+            }
+        };
+        writes.push(FieldWrite { field, value });
+    }
+    writes
 }
 
 /// Counters (`x = x + 1`) are common in real programs and make registers

@@ -19,11 +19,11 @@
 //!   Ethernet, VLAN and ARP fields have no checksum.
 //!
 //! The arithmetic is fixed so that every execution gets the same bytes:
-//! for each checksum, `sum = !old_checksum + Σ (!old_word + new_word)` over
-//! the 16-bit words the writes change (a byte at an even offset of its
-//! header is the high byte of its word, at an odd offset the low byte, the
-//! other byte taken as 0), folded twice (`(sum & 0xffff) + (sum >> 16)`),
-//! and the new checksum is `!sum`.
+//! writes are applied in the row's order, and after each one every
+//! checksum covering it becomes [`update_checksum`] of the 16-bit words
+//! the write changed (a byte at an even offset of its header is the high
+//! byte of its word, at an odd offset the low byte, the other byte taken
+//! as 0).
 
 use crate::offsets as off;
 use crate::{layout, Field, Layout};
@@ -147,58 +147,39 @@ fn words(bytes: &[u8], at: usize) -> Vec<u16> {
         .collect()
 }
 
-/// A checksum being updated: `!old` plus each change, folded at the end.
-struct Update {
-    sum: u64,
+/// `checksum` after words `old` became `new` (RFC 1624, eqn. 3): `!old
+/// checksum + Σ (!old word + new word)`, folded twice, complemented.
+pub fn update_checksum(checksum: u16, old: &[u16], new: &[u16]) -> u16 {
+    let mut sum = u64::from(!checksum);
+    for (&o, &n) in old.iter().zip(new) {
+        sum += u64::from(!o) + u64::from(n);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
-impl Update {
-    fn new(old: u16) -> Update {
-        Update {
-            sum: u64::from(!old),
-        }
-    }
-
-    fn change(&mut self, old: u16, new: u16) {
-        self.sum += u64::from(!old) + u64::from(new);
-    }
-
-    fn finish(&self) -> u16 {
-        let mut sum = self.sum;
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        !(sum as u16)
-    }
-}
-
-/// Write `writes` (field, value masked to its width) into `frame`, updating
-/// checksums by the rules in the module doc. Every value must have been
-/// computed before any write (a row's parallel semantics): this only
-/// stores them. Fields the frame does not carry are skipped.
+/// Write `writes` (field, value masked to its width) into `frame`, in
+/// order, updating checksums by the rules in the module doc, one field at
+/// a time. Every value must have been computed before any write (a row's
+/// parallel semantics): this only stores them. Fields the frame does not
+/// carry are skipped.
 pub fn apply(frame: &mut [u8], writes: &[(Field, u128)]) {
     let layout = layout(frame);
-    // Offsets of the checksum fields and the header start each word's
-    // parity is taken from.
-    let ipv4_sum = layout.ipv4.map(|ip| ip + off::IPV4_CHECKSUM);
-    let (transport_sum, is_udp) = match layout.transport {
-        Some((off::IP_PROTO_TCP, at)) => (Some(at + off::TCP_CHECKSUM), false),
-        Some((off::IP_PROTO_UDP, at)) => (Some(at + off::UDP_CHECKSUM), true),
-        _ => (None, false),
-    };
-    let icmp_sum = match layout.transport {
-        Some((off::IP_PROTO_ICMP | off::IP_PROTO_ICMPV6, at)) => Some(at + off::ICMP_CHECKSUM),
+    // Where each checksum is, and whether it is UDP's (0 = none).
+    let checksum_at = |sum: Checksum| match (sum, layout.transport) {
+        (Checksum::Ipv4Header, _) => layout.ipv4.map(|ip| (ip + off::IPV4_CHECKSUM, false)),
+        (Checksum::Transport, Some((off::IP_PROTO_TCP, at))) => {
+            Some((at + off::TCP_CHECKSUM, false))
+        }
+        (Checksum::Transport, Some((off::IP_PROTO_UDP, at))) => {
+            Some((at + off::UDP_CHECKSUM, true))
+        }
+        (Checksum::Icmp, Some((off::IP_PROTO_ICMP | off::IP_PROTO_ICMPV6, at))) => {
+            Some((at + off::ICMP_CHECKSUM, false))
+        }
         _ => None,
     };
-    let read16 =
-        |frame: &[u8], at: Option<usize>| at.map(|a| u16::from_be_bytes([frame[a], frame[a + 1]]));
-    let mut ipv4 = read16(frame, ipv4_sum).map(Update::new);
-    let old_transport = read16(frame, transport_sum);
-    // UDP without a checksum stays without one.
-    let mut transport = old_transport
-        .filter(|&c| !(is_udp && c == 0))
-        .map(Update::new);
-    let mut icmp = read16(frame, icmp_sum).map(Update::new);
-
     for &(field, value) in writes {
         let Some((at, len)) = location(field, &layout) else {
             continue;
@@ -209,33 +190,23 @@ pub fn apply(frame: &mut [u8], writes: &[(Field, u128)]) {
         // IP headers start at 14 + 4k, transport headers a whole number of
         // 32-bit words after them.
         let (old_words, new_words) = (words(&old, at), words(&new, at));
-        for sum in checksums(field) {
-            let update = match sum {
-                Checksum::Ipv4Header => ipv4.as_mut(),
-                Checksum::Transport => transport.as_mut(),
-                Checksum::Icmp => icmp.as_mut(),
+        for &sum in checksums(field) {
+            let Some((sum_at, udp)) = checksum_at(sum) else {
+                continue;
             };
-            if let Some(update) = update {
-                for (&o, &n) in old_words.iter().zip(&new_words) {
-                    update.change(o, n);
-                }
+            let current = u16::from_be_bytes([frame[sum_at], frame[sum_at + 1]]);
+            if udp && current == 0 {
+                // UDP without a checksum stays without one.
+                continue;
             }
+            let mut updated = update_checksum(current, &old_words, &new_words);
+            if udp && updated == 0 {
+                updated = 0xffff;
+            }
+            frame[sum_at..sum_at + 2].copy_from_slice(&updated.to_be_bytes());
         }
         frame[at..at + len].copy_from_slice(&new);
     }
-
-    let mut store = |at: Option<usize>, update: Option<Update>, udp: bool| {
-        if let (Some(at), Some(update)) = (at, update) {
-            let mut value = update.finish();
-            if udp && value == 0 {
-                value = 0xffff;
-            }
-            frame[at..at + 2].copy_from_slice(&value.to_be_bytes());
-        }
-    };
-    store(ipv4_sum, ipv4.take(), false);
-    store(transport_sum, transport.take(), is_udp);
-    store(icmp_sum, icmp.take(), false);
 }
 
 #[cfg(test)]
