@@ -399,6 +399,12 @@ fn compile_parts(
     })
 }
 
+/// Whether `program`'s stack frame fits the eBPF stack on `target` (the
+/// first limit a program with many registers, keys or field writes meets).
+pub fn stack_fits(program: &Program, target: &Target) -> bool {
+    layout::Frame::plan(program, target).size <= layout::stack_limit(target)
+}
+
 /// The limits check `flowstate check` runs without writing an object:
 /// stack budget, key sizes, instruction budget.
 pub fn check_limits(program: &Program) -> Result<(), Vec<String>> {

@@ -270,7 +270,26 @@ pub fn random_program(rng: &mut Rng) -> Program {
         program.rows = grouped_rows(rng, &program);
     }
     small_table(rng, &mut program);
+    fit_field_writes(&mut program);
     program
+}
+
+/// Field writes take stack slots: drop the largest rows' writes until the
+/// frame fits the stack, so that the stack limit does not refuse programs
+/// that fitted before rows could write fields.
+fn fit_field_writes(program: &mut Program) {
+    let target = crate::test_target();
+    while !flowstate_codegen::stack_fits(program, &target) {
+        let Some(row) = program
+            .rows
+            .iter_mut()
+            .filter(|r| !r.writes.is_empty())
+            .max_by_key(|r| r.writes.len())
+        else {
+            return;
+        };
+        row.writes.clear();
+    }
 }
 
 /// A longer table whose rows mostly test one field for a value, a range
