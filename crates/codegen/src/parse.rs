@@ -863,8 +863,9 @@ mod tests {
     fn instruction_counts_stay_small() {
         let typical = [Field::IpSrc, Field::IpDst, Field::TcpDport, Field::UdpDport];
         assert!(count(Hook::Xdp, &typical) <= 90);
-        // Every field: 139 instructions plus the test's exit.
-        assert!(count(Hook::Xdp, &Field::ALL) <= 145);
+        // Every field: 167 instructions (ARP took 28) plus the test's exit.
+        let all = count(Hook::Xdp, &Field::ALL);
+        assert!(all <= 170, "{all}");
     }
 
     #[test]
