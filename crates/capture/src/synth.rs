@@ -205,12 +205,31 @@ pub fn tokenbucket_demo() -> Vec<Frame> {
     frames
 }
 
+/// The ARP-responder trace: hosts 1 to 4 each ask twice, 100 ms apart,
+/// who has the server (10.0.0.100), and once who has 10.0.0.200 (nobody
+/// answers for it); host 1 then sends the server a UDP datagram. The
+/// responder answers the eight requests for the server and passes the
+/// rest.
+pub fn arp_responder_demo() -> Vec<Frame> {
+    let mut frames = Vec::new();
+    for n in 1..=4 {
+        let t = i64::from(n) * 10 * MS;
+        frames.push(arp(t, host(n), SERVER));
+        frames.push(arp(t + 100 * MS, host(n), SERVER));
+        frames.push(arp(t + 200 * MS, host(n), Ipv4Addr::new(10, 0, 0, 200)));
+    }
+    frames.push(udp_to_server(SEC, host(1), 40000, 53));
+    frames.sort_by_key(|f| f.time_ns);
+    frames
+}
+
 /// The committed example captures: file name (under the workspace's
 /// `examples/`) and frames.
 pub fn example_captures() -> Vec<(&'static str, Vec<Frame>)> {
     vec![
         ("portknock.pcap", portknock_demo()),
         ("tokenbucket.pcap", tokenbucket_demo()),
+        ("arp-responder.pcap", arp_responder_demo()),
     ]
 }
 

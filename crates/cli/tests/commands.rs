@@ -244,3 +244,64 @@ fn verify_reports_verifier_acceptance() {
         assert!(v["verified_insns"].as_u64().unwrap() > 0);
     }
 }
+
+/// An ARP responder for 10.0.0.1: its replies go to `--write-tx` as the
+/// kernel would send them; other packets pass unchanged.
+#[test]
+fn replay_writes_rewritten_replies_to_write_tx() {
+    use flowstate_wire::build::{mac, PacketBuilder};
+    use flowstate_wire::{parse, Field};
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("arp.fsm");
+    std::fs::write(
+        &program,
+        "program arp\nhook xdp\nflow eth.src\nstates S\ndefault pass\ntable\n\
+         * arp.op == 1, arp.tpa == 10.0.0.1 => tx, arp.op = 2, arp.tha = arp.sha, \
+         arp.tpa = arp.spa, arp.sha = 02:00:00:00:00:aa, arp.spa = 10.0.0.1, \
+         eth.dst = eth.src, eth.src = 02:00:00:00:00:aa\nend\n",
+    )
+    .unwrap();
+    let frames: Vec<flowstate_capture::Frame> = [
+        PacketBuilder::eth(mac(7), [0xff; 6]).arp_request([10, 0, 0, 7], [10, 0, 0, 1]),
+        PacketBuilder::eth(mac(7), [0xff; 6]).arp_request([10, 0, 0, 7], [10, 0, 0, 2]),
+        PacketBuilder::eth(mac(7), mac(1))
+            .ipv4([10, 0, 0, 7], [10, 0, 0, 1])
+            .udp(1, 2),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, b)| flowstate_capture::Frame {
+        time_ns: i as i64 * 1000,
+        data: b.build(),
+        ifindex: 1,
+    })
+    .collect();
+    let capture = dir.path().join("in.pcap");
+    flowstate_capture::write_capture(&capture, &frames).unwrap();
+    let (tx, pass) = (dir.path().join("tx.pcap"), dir.path().join("pass.pcap"));
+    let out = flowstate()
+        .args(["replay", "--quiet"])
+        .args([&program, &capture])
+        .arg("--write-tx")
+        .arg(&tx)
+        .arg("--write-pass")
+        .arg(&pass)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = read_capture(&tx).unwrap();
+    assert_eq!(sent.len(), 1);
+    let reply = parse(&sent[0].data, 1);
+    assert_eq!(reply.get(Field::ArpOp), Some(2));
+    assert_eq!(reply.get(Field::ArpSpa), Some(0x0a00_0001));
+    assert_eq!(reply.get(Field::ArpTpa), Some(0x0a00_0007));
+    assert_eq!(reply.get(Field::EthDst), Some(0x0200_0000_0007));
+    assert_eq!(reply.get(Field::EthSrc), Some(0x0200_0000_00aa));
+    let passed = read_capture(&pass).unwrap();
+    let passed: Vec<&[u8]> = passed.iter().map(|f| f.data.as_slice()).collect();
+    assert_eq!(passed, [&frames[1].data[..], &frames[2].data[..]]);
+}

@@ -56,6 +56,7 @@ mod division;
 mod editor;
 mod meta;
 mod redirect;
+pub(crate) mod rewrite;
 
 pub(crate) use meta::META;
 pub(crate) use redirect::PORTS;
@@ -1033,6 +1034,7 @@ impl<'a> Emitter<'a> {
                 hook: self.target.hook,
                 fields: &frame.fields,
                 slot: &slot,
+                headers: (frame.headers != 0).then_some(frame.headers),
             },
         );
         self.launder_presence();
@@ -1923,6 +1925,7 @@ impl<'a> Emitter<'a> {
             self.row_text(row)
         ));
         self.keep_port(&row.action);
+        self.eval_field_writes(row);
 
         // 0. A row that writes nothing but `last_seen` to an entry read
         // unchanged: one plain store, no lock (the view was a consistent
@@ -2163,6 +2166,7 @@ impl<'a> Emitter<'a> {
                 i32::from(commit.next.0),
             ));
         }
+        self.store_field_writes(row);
         if commit.shared() {
             self.emit(Insn::ldx(Size::W, ENTRY, R10, frame.row_index + 4));
             let tail = self.tail(&row.action);

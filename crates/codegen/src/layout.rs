@@ -472,6 +472,12 @@ pub(crate) struct Frame {
     /// Waits left before giving up, for targets that wait in `bpf_loop`
     /// (without `may_goto`; see [`crate::target`]); 0 when unused.
     pub tries: i16,
+    /// Values of a row's field writes, 8 bytes each in the row's order
+    /// (computed before the row's commit, written to the packet after it).
+    pub writes: i16,
+    /// Header offsets from the packet start the parser leaves for field
+    /// writes (see `parse::ParseRequest::headers`); 0 when no row writes.
+    pub headers: i16,
     /// Bytes used.
     pub size: usize,
 }
@@ -521,6 +527,17 @@ impl Frame {
         } else {
             0
         };
+        let max_writes = program
+            .rows
+            .iter()
+            .map(|r| r.writes.len())
+            .max()
+            .unwrap_or(0);
+        let (writes, headers) = if max_writes > 0 {
+            (take(8 * max_writes), take(crate::parse::HEADER_SLOTS_LEN))
+        } else {
+            (0, 0)
+        };
         Frame {
             field_slots,
             fields,
@@ -543,6 +560,8 @@ impl Frame {
             row_index,
             port,
             tries,
+            writes,
+            headers,
             size,
         }
     }
@@ -576,6 +595,10 @@ impl Frame {
     pub fn spill(&self, index: usize) -> i16 {
         self.spills + 8 * index as i16
     }
+
+    pub fn write_value(&self, index: usize) -> i16 {
+        self.writes + 8 * index as i16
+    }
 }
 
 /// Every field the program reads (keys, patterns, expressions), plus
@@ -596,6 +619,10 @@ pub(crate) fn used_fields(program: &Program) -> Vec<Field> {
             exprs.push(&c.cond.rhs);
         }
         exprs.extend(row.updates.iter().map(|u| &u.value));
+        for w in &row.writes {
+            used[w.field as usize] = true;
+            exprs.push(&w.value);
+        }
     }
     for e in exprs {
         visit_fields(e, &mut |f| used[f as usize] = true);
@@ -665,6 +692,7 @@ fn max_spills(program: &Program) -> usize {
             exprs.push(&c.cond.rhs);
         }
         exprs.extend(row.updates.iter().map(|u| &u.value));
+        exprs.extend(row.writes.iter().map(|w| &w.value));
     }
     // Conditions evaluate their right side one register up.
     exprs.iter().map(|e| spills_needed(e, 1)).max().unwrap_or(0)
@@ -685,5 +713,6 @@ pub(crate) fn reads_now(program: &Program) -> bool {
                 .iter()
                 .any(|c| has_now(&c.cond.lhs) || has_now(&c.cond.rhs))
                 || row.updates.iter().any(|u| has_now(&u.value))
+                || row.writes.iter().any(|w| has_now(&w.value))
         })
 }

@@ -362,6 +362,9 @@ fn compile_parts(
         return Err(CodegenError::Limits(problems));
     }
     let hook = variant.hook.or(options.hook).unwrap_or(program.hook);
+    if let Some(message) = emit::rewrite::unsupported(program, hook) {
+        return Err(CodegenError::Program(message));
+    }
     let layout = Layout::new(program, options.test_clock);
     let lowered = lower::lower(program);
     let target = emit::Target {
@@ -405,6 +408,12 @@ fn compile_parts(
         insn_count: code.insns.len(),
         layout,
     })
+}
+
+/// Whether `program`'s stack frame fits the eBPF stack on `target` (the
+/// first limit a program with many registers, keys or field writes meets).
+pub fn stack_fits(program: &Program, target: &Target) -> bool {
+    layout::Frame::plan(program, target).size <= layout::stack_limit(target)
 }
 
 /// The limits check `flowstate check` runs without writing an object:

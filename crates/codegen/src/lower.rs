@@ -97,9 +97,10 @@ impl Commit {
 /// (the IR's expressions are not `Hash`).
 fn effect_key(row: &Row, next: StateId) -> String {
     format!(
-        "{:?}|{:?}|{}|{}",
+        "{:?}|{:?}|{:?}|{}|{}",
         row.action,
         row.updates,
+        row.writes,
         next.0,
         row.next.is_some()
     )
@@ -316,7 +317,7 @@ pub(crate) fn condition_key(cond: &Condition) -> (String, bool) {
 }
 
 /// Presence bits of every field a row reads (patterns, conditions,
-/// updates), leaving out fields every packet has.
+/// updates) or writes, leaving out fields every packet has.
 pub(crate) fn row_presence(row: &Row) -> u32 {
     let mut mask = 0u32;
     let mut add = |f: Field| {
@@ -333,6 +334,11 @@ pub(crate) fn row_presence(row: &Row) -> u32 {
     }
     for u in &row.updates {
         visit_fields(&u.value, &mut add);
+    }
+    // A packet without a written field does not match the row.
+    for w in &row.writes {
+        add(w.field);
+        visit_fields(&w.value, &mut add);
     }
     mask
 }

@@ -93,7 +93,21 @@ pub struct ParseRequest<'a> {
     /// requires aligned stack access) of each requested field's slot. A
     /// 128-bit field takes 16 bytes from there.
     pub slot: &'a dyn Fn(Field) -> i16,
+    /// For programs that write packet fields: the frame-pointer offset of
+    /// [`HEADER_SLOTS_LEN`] bytes where the parser leaves, as u64s, the
+    /// offset from the packet start of the layer-3 header (IPv4 or ARP) at
+    /// [`L3_SLOT`], of the transport header at [`L4_SLOT`] and its protocol
+    /// at [`PROTO_SLOT`]; each 0 when absent (set before parsing). TCP and
+    /// UDP headers are then walked even when no field of theirs is
+    /// requested: an address write updates their checksums.
+    pub headers: Option<i16>,
 }
+
+/// Bytes of the header offsets area ([`ParseRequest::headers`]).
+pub const HEADER_SLOTS_LEN: usize = 24;
+pub const L3_SLOT: i16 = 0;
+pub const L4_SLOT: i16 = 8;
+pub const PROTO_SLOT: i16 = 16;
 
 /// The presence bit of `field` in [`PRESENCE`].
 pub fn presence_bit(field: Field) -> u32 {
@@ -115,7 +129,7 @@ pub fn emit_parse(asm: &mut Assembler, req: &ParseRequest) {
         done: asm.new_label(),
         asm,
         req,
-        plan: Plan::new(req.fields),
+        plan: Plan::new(req.fields, req.headers.is_some()),
     };
     emitter.emit();
 }
@@ -145,6 +159,11 @@ const fn raw16(network: u16) -> i32 {
     u16::from_ne_bytes(network.to_be_bytes()) as i32
 }
 
+/// A big-endian u32 as `ldx W` reads it from the packet (host order).
+const fn raw32(network: u32) -> i32 {
+    u32::from_ne_bytes(network.to_be_bytes()) as i32
+}
+
 /// Which parts of the parser the requested fields need.
 #[derive(Debug, Clone, Copy, Default)]
 struct Plan {
@@ -156,11 +175,16 @@ struct Plan {
     tcp: bool,
     udp: bool,
     icmp: bool,
+    arp: bool,
 }
 
 impl Plan {
-    fn new(fields: &[Field]) -> Plan {
+    fn new(fields: &[Field], headers: bool) -> Plan {
         let mut plan = Plan::default();
+        if headers && fields.iter().any(|f| f.layer() == Layer::Ipv4) {
+            plan.tcp = true;
+            plan.udp = true;
+        }
         for &field in fields {
             plan.requested |= presence_bit(field);
             match field.layer() {
@@ -171,6 +195,7 @@ impl Plan {
                 Layer::Tcp => plan.tcp = true,
                 Layer::Udp => plan.udp = true,
                 Layer::Icmp => plan.icmp = true,
+                Layer::Arp => plan.arp = true,
             }
         }
         if plan.transport() {
@@ -178,7 +203,11 @@ impl Plan {
             plan.ipv4 = true;
             plan.ipv6 = true;
         }
-        plan.tags = plan.ipv4 || plan.ipv6 || plan.has(Field::EthType) || plan.has(Field::VlanId);
+        plan.tags = plan.ipv4
+            || plan.ipv6
+            || plan.arp
+            || plan.has(Field::EthType)
+            || plan.has(Field::VlanId);
         plan
     }
 
@@ -197,7 +226,7 @@ impl Plan {
     /// The requested fields among `fields`, as presence bits.
     fn bits(&self, fields: &[Field]) -> i32 {
         let bits = fields.iter().fold(0, |acc, &f| acc | presence_bit(f));
-        // At most 21 fields: the mask always fits a positive i32.
+        // At most 31 fields: the mask always fits a positive i32.
         (self.requested & bits) as i32
     }
 }
@@ -221,6 +250,11 @@ impl Emitter<'_, '_> {
             PRESENCE,
             plan.bits(&[Field::PktLen, Field::PktIfindex]),
         ));
+        if let Some(at) = self.req.headers {
+            for slot in [L3_SLOT, L4_SLOT, PROTO_SLOT] {
+                self.asm.emit(Insn::st(Size::DW, R10, at + slot, 0));
+            }
+        }
         self.metadata();
         if plan.ethernet() {
             self.ethernet();
@@ -272,6 +306,22 @@ impl Emitter<'_, '_> {
             self.load_be(size, base, at);
             self.store(field, R3);
         }
+    }
+
+    /// For field writes: `base + 14` as an offset from the packet start,
+    /// stored in header slot `slot`. Clobbers R0, R3.
+    fn store_header(&mut self, slot: i16, base: Reg) {
+        let Some(at) = self.req.headers else { return };
+        let data = if self.is_tc() {
+            sk_buff::DATA
+        } else {
+            xdp_md::DATA
+        };
+        self.asm.emit(Insn::ldx(Size::W, R0, CTX, data));
+        self.asm.emit(Insn::mov64(R3, base));
+        self.asm.emit(Insn::sub64(R3, R0));
+        self.asm.emit(Insn::add64(R3, i32::from(imm(L3))));
+        self.asm.emit(Insn::stx(Size::DW, R10, R3, at + slot));
     }
 
     fn is_tc(&self) -> bool {
@@ -431,6 +481,14 @@ impl Emitter<'_, '_> {
     fn network(&mut self) {
         let plan = self.plan;
         let transport = self.asm.new_label();
+        if plan.arp {
+            let not_arp = self.asm.new_label();
+            self.asm
+                .jmp(JmpOp::Ne, R2, raw16(off::ETHERTYPE_ARP), not_arp);
+            self.arp();
+            self.asm.ja(self.done);
+            self.asm.bind(not_arp);
+        }
         match (plan.ipv4, plan.ipv6) {
             (true, true) => {
                 let ipv4 = self.asm.new_label();
@@ -465,6 +523,41 @@ impl Emitter<'_, '_> {
         }
     }
 
+    /// ARP at R7 + 14: Ethernet/IPv4 only (types and lengths checked).
+    fn arp(&mut self) {
+        self.asm.annotate("arp");
+        self.need(R7, L3 + off::ARP_LEN);
+        self.asm
+            .emit(Insn::ldx(Size::W, R3, R7, imm(L3 + off::ARP_HTYPE)));
+        self.asm
+            .jmp(JmpOp::Ne, R3, raw32(off::ARP_ETH_IPV4_TYPES), self.done);
+        self.asm
+            .emit(Insn::ldx(Size::H, R3, R7, imm(L3 + off::ARP_HLEN)));
+        self.asm
+            .jmp(JmpOp::Ne, R3, raw16(off::ARP_ETH_IPV4_LENS), self.done);
+        self.store_header(L3_SLOT, R7);
+        self.field(Field::ArpOp, Size::H, R7, L3 + off::ARP_OP);
+        self.field(Field::ArpSpa, Size::W, R7, L3 + off::ARP_SPA);
+        self.field(Field::ArpTpa, Size::W, R7, L3 + off::ARP_TPA);
+        // A hardware address is the top 48 bits of 8 bytes from its start
+        // (both loads end inside the 28-byte header).
+        for (field, at) in [(Field::ArpSha, off::ARP_SHA), (Field::ArpTha, off::ARP_THA)] {
+            if self.plan.has(field) {
+                self.load_be(Size::DW, R7, L3 + at);
+                self.asm
+                    .emit(Insn::rsh64(R3, 64 - 8 * off::ETH_ADDR_LEN as i32));
+                self.store(field, R3);
+            }
+        }
+        self.mark_present(&[
+            Field::ArpOp,
+            Field::ArpSha,
+            Field::ArpSpa,
+            Field::ArpTha,
+            Field::ArpTpa,
+        ]);
+    }
+
     /// IPv4 at R7 + 14. With transport fields requested, leaves the
     /// protocol in R5 and the transport header at R4 + 14, or jumps to
     /// done when the rules say not to parse it.
@@ -487,6 +580,7 @@ impl Emitter<'_, '_> {
         self.asm.emit(Insn::mov64(R4, R7));
         self.asm.emit(Insn::add64(R4, R3));
         self.need(R4, L3);
+        self.store_header(L3_SLOT, R7);
 
         self.field(Field::IpSrc, Size::W, R7, L3 + off::IPV4_SRC);
         self.field(Field::IpDst, Size::W, R7, L3 + off::IPV4_DST);
@@ -640,6 +734,11 @@ impl Emitter<'_, '_> {
             Transport::Icmp => "icmp",
         });
         self.need(R4, l4 + min_len);
+        if self.req.headers.is_some() {
+            self.store_header(L4_SLOT, R4);
+            let at = self.req.headers.unwrap_or(0);
+            self.asm.emit(Insn::stx(Size::DW, R10, R5, at + PROTO_SLOT));
+        }
         for &(field, size, at) in fields {
             self.field(field, size, R4, l4 + at);
         }
@@ -672,6 +771,7 @@ mod tests {
                 hook,
                 fields,
                 slot: &slot,
+                headers: None,
             },
         );
         asm.emit(Insn::exit());
@@ -763,8 +863,9 @@ mod tests {
     fn instruction_counts_stay_small() {
         let typical = [Field::IpSrc, Field::IpDst, Field::TcpDport, Field::UdpDport];
         assert!(count(Hook::Xdp, &typical) <= 90);
-        // Every field: 139 instructions plus the test's exit.
-        assert!(count(Hook::Xdp, &Field::ALL) <= 145);
+        // Every field: 167 instructions (ARP took 28) plus the test's exit.
+        let all = count(Hook::Xdp, &Field::ALL);
+        assert!(all <= 170, "{all}");
     }
 
     #[test]

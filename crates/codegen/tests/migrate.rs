@@ -301,6 +301,13 @@ fn every_example_migrates_through_the_verifier() {
         ]
     }) {
         let old = program(&std::fs::read_to_string(&path).unwrap());
+        let at_tc = options()
+            .hook
+            .is_some_and(|h| h != flowstate_lang::ir::Hook::Xdp);
+        if at_tc && old.rows.iter().any(|r| !r.writes.is_empty()) {
+            // Rows that write packet fields compile for XDP only.
+            continue;
+        }
         let mut new = old.clone();
         new.registers.push(flowstate_lang::ir::Register {
             name: "added".to_string(),

@@ -38,7 +38,7 @@ fn value_offset(field: Field) -> usize {
         .sum::<usize>()
 }
 
-const VALUE_SIZE: usize = 8 + 19 * 8 + 2 * 16;
+const VALUE_SIZE: usize = 8 + 24 * 8 + 2 * 16;
 /// The stack mirrors the map value: `[r10 - VALUE_SIZE, r10)`.
 const FRAME: i16 = -(VALUE_SIZE as i16);
 /// The map key lives below the mirror.
@@ -61,6 +61,7 @@ fn test_program(name: &str, hook: Hook, fields: &[Field], key: u32) -> ProgramDe
             hook,
             fields,
             slot: &slot,
+            headers: None,
         },
     );
     let exit = asm.new_label();
@@ -281,6 +282,18 @@ fn shapes() -> Vec<Vec<u8>> {
     let networks: Vec<PacketBuilder> = vec![
         PacketBuilder::eth(MAC_A, MAC_B).payload(30),
         PacketBuilder::eth(MAC_A, MAC_B).arp_request([10, 0, 0, 1], [10, 0, 0, 2]),
+        // An ARP reply (every address non-zero), and ARP for another
+        // protocol type, which is not parsed.
+        PacketBuilder::eth(MAC_A, MAC_B)
+            .ethertype(off::ETHERTYPE_ARP)
+            .payload_bytes(&[
+                0, 1, 8, 0, 6, 4, 0, 2, 2, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 10, 9, 8, 7, 0xfe, 0xdc,
+                0xba, 0x98, 0x76, 0x54, 192, 168, 1, 254,
+            ]),
+        PacketBuilder::eth(MAC_A, MAC_B)
+            .ethertype(off::ETHERTYPE_ARP)
+            .payload_bytes(&[0, 1, 0x86, 0xdd, 6, 4, 0, 1])
+            .payload(20),
         ipv4()
             .tcp(40000, 22, off::TCP_SYN | off::TCP_ACK_FLAG)
             .payload(5),

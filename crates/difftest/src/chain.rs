@@ -319,6 +319,7 @@ pub fn compare_chain(
                 retval,
                 table: got.functions[i].0.clone(),
                 globals: Vec::new(),
+                frame: Vec::new(),
             };
             if let Some(problem) =
                 eviction_problem(programs[i], &victims[i], replayed, &capacity_check)

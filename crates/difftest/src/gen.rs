@@ -26,9 +26,9 @@
 use std::fmt;
 
 use flowstate_lang::ir::{
-    Action, BinOp, CmpOp, CondMatch, Condition, ControllerThen, Expr, FieldMatch, FullPolicy,
-    Global, GlobalId, Hook, Pattern, Program, RegId, RegTarget, Register, Row, SourcePos, State,
-    StateId, StatePattern, Timeout, Update,
+    Action, BinOp, CmpOp, CondMatch, Condition, ControllerThen, Expr, FieldMatch, FieldWrite,
+    FullPolicy, Global, GlobalId, Hook, Pattern, Program, RegId, RegTarget, Register, Row,
+    SourcePos, State, StateId, StatePattern, Timeout, Update,
 };
 use flowstate_wire::Field;
 
@@ -270,7 +270,26 @@ pub fn random_program(rng: &mut Rng) -> Program {
         program.rows = grouped_rows(rng, &program);
     }
     small_table(rng, &mut program);
+    fit_field_writes(&mut program);
     program
+}
+
+/// Field writes take stack slots: drop the largest rows' writes until the
+/// frame fits the stack, so that the stack limit does not refuse programs
+/// that fitted before rows could write fields.
+fn fit_field_writes(program: &mut Program) {
+    let target = crate::test_target();
+    while !flowstate_codegen::stack_fits(program, &target) {
+        let Some(row) = program
+            .rows
+            .iter_mut()
+            .filter(|r| !r.writes.is_empty())
+            .max_by_key(|r| r.writes.len())
+        else {
+            return;
+        };
+        row.writes.clear();
+    }
 }
 
 /// A longer table whose rows mostly test one field for a value, a range
@@ -689,10 +708,50 @@ fn row(rng: &mut Rng, program: &Program) -> Row {
         conditions,
         action: action(rng, program),
         updates,
+        writes: field_writes(rng, program),
         next: rng
             .percent(50)
             .then(|| StateId(rng.below(program.states.len() as u64) as u16)),
     }
+}
+
+/// Packet field writes, for XDP programs (the kernel writes fields only
+/// there): mostly the Ethernet addresses every keyed packet has, sometimes
+/// any writable field (the row then matches only packets that carry it);
+/// constants from the pools or expressions, cut to the field's width by
+/// both executions.
+fn field_writes(rng: &mut Rng, program: &Program) -> Vec<FieldWrite> {
+    if program.hook != Hook::Xdp || !rng.percent(30) {
+        return Vec::new();
+    }
+    let writable: Vec<Field> = Field::ALL
+        .into_iter()
+        .filter(|&f| flowstate_wire::rewrite::writable(f))
+        .collect();
+    let mut writes: Vec<FieldWrite> = Vec::new();
+    for _ in 0..rng.range(1, 4) {
+        let field = if rng.percent(40) {
+            rng.pick(&[Field::EthSrc, Field::EthDst])
+                .copied()
+                .unwrap_or(Field::EthSrc)
+        } else {
+            rng.pick(&writable).copied().unwrap_or(Field::IpTtl)
+        };
+        if writes.iter().any(|w| w.field == field) {
+            continue;
+        }
+        let constant = |rng: &mut Rng| Expr::Const(field_value(rng, field) as i64);
+        let value = if rng.percent(40) {
+            constant(rng)
+        } else {
+            match expr(rng, program, 2) {
+                e if is_constant(&e) => constant(rng),
+                e => e,
+            }
+        };
+        writes.push(FieldWrite { field, value });
+    }
+    writes
 }
 
 /// Counters (`x = x + 1`) are common in real programs and make registers

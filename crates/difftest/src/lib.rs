@@ -148,12 +148,15 @@ pub struct Snapshot {
     /// Sorted by key.
     pub table: Vec<FlowRecord>,
     pub globals: Vec<i64>,
+    /// The packet as the program left it (rows may write fields).
+    pub frame: Vec<u8>,
 }
 
 impl Snapshot {
     fn describe(&self, hook: Hook) -> String {
         let mut out = format!("verdict {}\n", retval_name(self.retval, hook));
         let _ = writeln!(out, "globals {:?}", self.globals);
+        let _ = writeln!(out, "frame {}", hex(&self.frame));
         let _ = writeln!(out, "table ({} entries):", self.table.len());
         for record in &self.table {
             let _ = writeln!(out, "  {record}");
@@ -404,11 +407,14 @@ impl Kernel {
 
     /// Set the clock to `now` and run `frame` once; the return code.
     pub fn run(&self, frame: &[u8], now: i64) -> Result<u32, HarnessError> {
+        Ok(self.run_out(frame, now)?.0)
+    }
+
+    /// [`Kernel::run`], with the packet as the program left it.
+    pub fn run_out(&self, frame: &[u8], now: i64) -> Result<(u32, Vec<u8>), HarnessError> {
         self.set_clock(now)?;
-        Ok(self
-            .loaded
-            .test_run(&self.output.program_name, frame, 1)?
-            .retval)
+        let result = self.loaded.test_run(&self.output.program_name, frame, 1)?;
+        Ok((result.retval, result.data_out))
     }
 
     /// The state table, decoded and sorted by key.
@@ -453,8 +459,9 @@ impl Kernel {
         })
     }
 
-    pub(crate) fn snapshot(&self, retval: u32) -> Result<Snapshot, HarnessError> {
+    pub(crate) fn snapshot(&self, retval: u32, frame: Vec<u8>) -> Result<Snapshot, HarnessError> {
         Ok(Snapshot {
+            frame,
             retval,
             table: self.table()?,
             globals: self.globals()?,
@@ -556,8 +563,8 @@ pub fn compare_loaded_with(
         let before = machine.clone();
         // The kernel first: its evictions are replayed in the interpreter.
         before_packet(index)?;
-        let retval = kernel.run(&packet.frame, packet.now)?;
-        let got = kernel.snapshot(retval)?;
+        let (retval, data_out) = kernel.run_out(&packet.frame, packet.now)?;
+        let got = kernel.snapshot(retval, data_out)?;
         let victims = kernel_victims(program, machine.table(), &got.table, &packet.frame);
         let step = machine.process_evicting(&packet.frame, TEST_RUN_IFINDEX, packet.now, &victims);
         if let Some(problem) = eviction_problem(program, &victims, &step.evicted, &got) {
@@ -605,6 +612,7 @@ pub fn compare_loaded_with(
             retval: expected_retval(step.action, hook),
             table: interp_table(&machine),
             globals: machine.globals().to_vec(),
+            frame: step.output(&packet.frame),
         };
         stats.max_flows = stats.max_flows.max(got.table.len());
         if got != expected {
@@ -612,6 +620,7 @@ pub fn compare_loaded_with(
                 (got.retval != expected.retval, "verdict"),
                 (got.table != expected.table, "state table"),
                 (got.globals != expected.globals, "globals"),
+                (got.frame != expected.frame, "output bytes"),
             ]
             .iter()
             .filter(|(differs, _)| *differs)

@@ -100,6 +100,15 @@ pub fn field_values(field: Field) -> Vec<u128> {
         Field::IcmpCode => vec![0, 1],
         Field::PktLen => vec![14, 42, 54, 60, 74, 100, 300],
         Field::PktIfindex => vec![1, 2],
+        Field::ArpOp => vec![1, 2],
+        // Requests carry a zero target hardware address.
+        Field::ArpSha | Field::ArpTha => std::iter::once(0)
+            .chain(MAC_HOSTS.iter().map(|&n| mac_value(mac(n))))
+            .collect(),
+        Field::ArpSpa | Field::ArpTpa => IPV4_ADDRS
+            .iter()
+            .map(|a| u128::from(u32::from_be_bytes(*a)))
+            .collect(),
     }
 }
 

@@ -13,8 +13,11 @@
 //!   own table, globals, counters, clock reading (one `now` per packet),
 //!   and its `controller` events. Functions after the one that ended the
 //!   chain see nothing of the packet.
-//! - Every function sees the same frame and ingress interface: a function
-//!   changes nothing in the packet that the next one reads.
+//! - Every function sees the same ingress interface, and the frame as the
+//!   functions before it left it: a function that writes fields and
+//!   passes hands the rewritten packet on (the kernel stores the writes
+//!   before its tail call), and [`ChainStep::output`] is the frame the
+//!   chain sends.
 //! - Two functions may share one state table ([`Chain::share_table`]):
 //!   then both read and write the same entries, each with its own rows
 //!   (in chain order within a packet: the second sees what the first
@@ -59,6 +62,21 @@ impl<'p> ChainStep<'p> {
     /// every function passed).
     pub fn ended_by(&self) -> usize {
         self.steps.len() - 1
+    }
+
+    /// The frame as it leaves the chain: `frame` with every reached
+    /// function's field writes applied, in chain order.
+    pub fn output(&self, frame: &[u8]) -> Vec<u8> {
+        let mut out = frame.to_vec();
+        for step in &self.steps {
+            step.rewrite(&mut out);
+        }
+        out
+    }
+
+    /// Whether any function reached wrote a field.
+    pub fn writes_fields(&self) -> bool {
+        self.steps.iter().any(|s| !s.writes.is_empty())
     }
 
     fn last(&self) -> &Step<'p> {
@@ -145,8 +163,7 @@ impl<'p> Chain<'p> {
 
     /// Parse `frame` once and run it through the chain at time `now`.
     pub fn process(&mut self, frame: &[u8], ifindex: u32, now: i64) -> ChainStep<'p> {
-        let headers = flowstate_wire::parse(frame, ifindex);
-        self.process_headers_evicting(&headers, now, &[])
+        self.process_frame_evicting(frame, ifindex, now, &[])
     }
 
     /// [`Chain::process`] with the evictions another execution chose:
@@ -159,23 +176,31 @@ impl<'p> Chain<'p> {
         now: i64,
         victims: &[Vec<Key>],
     ) -> ChainStep<'p> {
-        let headers = flowstate_wire::parse(frame, ifindex);
-        self.process_headers_evicting(&headers, now, victims)
+        self.process_frame_evicting(frame, ifindex, now, victims)
     }
 
-    fn process_headers_evicting(
+    fn process_frame_evicting(
         &mut self,
-        headers: &Headers,
+        frame: &[u8],
+        ifindex: u32,
         now: i64,
         victims: &[Vec<Key>],
     ) -> ChainStep<'p> {
         let mut steps = Vec::new();
+        let mut headers: Headers = flowstate_wire::parse(frame, ifindex);
+        // The frame as rewritten so far (none until a function writes).
+        let mut rewritten: Option<Vec<u8>> = None;
         for function in 0..self.machines.len() {
             let chosen = victims.get(function).map_or(&[][..], Vec::as_slice);
             let step = self.with_table(function, |machine| {
-                machine.process_headers_evicting(headers, now, chosen)
+                machine.process_headers_evicting(&headers, now, chosen)
             });
             let goes_on = continues(step.action);
+            if goes_on && !step.writes.is_empty() {
+                let bytes = rewritten.get_or_insert_with(|| frame.to_vec());
+                step.rewrite(bytes);
+                headers = flowstate_wire::parse(bytes, ifindex);
+            }
             steps.push(step);
             if !goes_on {
                 break;

@@ -17,6 +17,13 @@
 //! - A row's updates are evaluated in parallel from the values before it.
 //! - Under `flows N refuse`, a new flow that finds the table full gets the
 //!   default action and nothing (not even a global) is written.
+//! - A row that writes a field the packet lacks does not match. A row's
+//!   field writes are evaluated with its updates, from the values before
+//!   the row; the step lists them ([`Step::writes`]) and
+//!   [`Step::rewrite`] applies them to the frame by the rules of
+//!   `flowstate_wire::rewrite` (checksums updated). Any verdict carries the
+//!   rewritten frame: what `pass` hands the stack, `tx` and `redirect`
+//!   send, and `controller` reports.
 //! - `redirect REGISTER` sends to the register's value before the row; a
 //!   value that is no ifindex (`flowstate_lang::ir::port_ifindex`) makes
 //!   the step's verdict `drop` (the row still fires and writes).
@@ -52,7 +59,8 @@ pub mod share;
 pub mod table;
 
 use flowstate_lang::ir::{
-    port_ifindex, Action, Condition, Expr, Program, RegTarget, Row, StateId, StatePattern,
+    port_ifindex, Action, Condition, Expr, FieldWrite, Program, RegTarget, Row, StateId,
+    StatePattern,
 };
 use flowstate_wire::{Field, Headers};
 
@@ -111,6 +119,26 @@ pub struct Step<'p> {
     /// Flows evicted to make room for this one (at most one, unless the
     /// victims were chosen: [`Machine::process_evicting`]).
     pub evicted: Vec<Key>,
+    /// The packet fields the row wrote, with their values (cut to each
+    /// field's width), in the row's order. Empty for the default action.
+    pub writes: Vec<(Field, u128)>,
+}
+
+impl Step<'_> {
+    /// Apply the step's field writes to `frame` (the frame the step was
+    /// made from), checksums kept right.
+    pub fn rewrite(&self, frame: &mut [u8]) {
+        if !self.writes.is_empty() {
+            flowstate_wire::rewrite::apply(frame, &self.writes);
+        }
+    }
+
+    /// The frame as it leaves the program: `frame` with the writes applied.
+    pub fn output(&self, frame: &[u8]) -> Vec<u8> {
+        let mut out = frame.to_vec();
+        self.rewrite(&mut out);
+        out
+    }
 }
 
 /// A program's run-time state, stepped one packet at a time.
@@ -132,6 +160,7 @@ pub struct Machine<'p> {
 struct RowEffects {
     registers: Vec<i64>,
     globals: Vec<(usize, i64)>,
+    writes: Vec<(Field, u128)>,
 }
 
 /// A flow's entry as the table read it for this packet.
@@ -290,6 +319,7 @@ impl<'p> Machine<'p> {
             state_before: Some(flow.state),
             state_after: Some(next),
             evicted,
+            writes: effects.writes,
         }
     }
 
@@ -310,6 +340,7 @@ impl<'p> Machine<'p> {
             state_before: state,
             state_after: state,
             evicted: Vec::new(),
+            writes: Vec::new(),
         }
     }
 
@@ -466,6 +497,16 @@ impl Env<'_> {
                 RegTarget::Global(g) => globals.push((g.0 as usize, value)),
             }
         }
-        Some(RowEffects { registers, globals })
+        let mut writes = Vec::with_capacity(row.writes.len());
+        for w in &row.writes {
+            // A packet without the field does not match (as for a read).
+            self.headers.get(w.field)?;
+            writes.push((w.field, FieldWrite::cut(w.field, self.eval(&w.value)?)));
+        }
+        Some(RowEffects {
+            registers,
+            globals,
+            writes,
+        })
     }
 }

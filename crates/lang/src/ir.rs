@@ -119,8 +119,29 @@ pub struct Row {
     /// Assignments, evaluated in parallel: every right-hand side reads the
     /// values from before the row.
     pub updates: Vec<Update>,
+    /// Packet field assignments (`ip.ttl = ip.ttl - 1`), evaluated in
+    /// parallel with `updates` from the values before the row; each value
+    /// is cut to the field's width. A packet that lacks a written field
+    /// does not match the row (as for a field an update reads). The rules
+    /// for bytes and checksums are in `flowstate_wire::rewrite`.
+    pub writes: Vec<FieldWrite>,
     /// `None` keeps the current state.
     pub next: Option<StateId>,
+}
+
+/// `FIELD = EXPR` in a row's actions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldWrite {
+    pub field: Field,
+    pub value: Expr,
+}
+
+impl FieldWrite {
+    /// The value written for `value` (the expression's result): its low
+    /// bits, as many as the field is wide.
+    pub fn cut(field: Field, value: i64) -> u128 {
+        u128::from(value as u64) & (u128::MAX >> (128 - field.bits()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -307,10 +307,23 @@ fn is_plain_name(name: &str) -> bool {
         && !crate::check::RESERVED.contains(&name)
 }
 
+/// `FIELD = EXPR`, a constant address in its notation.
+pub fn field_write(program: &Program, w: &crate::ir::FieldWrite) -> String {
+    use flowstate_wire::ValueFormat;
+    let value = match (&w.value, w.field.format()) {
+        (Expr::Const(c), format @ (ValueFormat::Mac | ValueFormat::Ipv4)) => {
+            flowstate_wire::format_value(format, crate::ir::FieldWrite::cut(w.field, *c))
+        }
+        (value, _) => expr(program, value),
+    };
+    format!("{} = {value}", w.field)
+}
+
 /// The text after `=>`: the action, the register updates, then `next S`.
 pub fn row_effects(program: &Program, row: &Row) -> String {
     let mut parts = vec![action_in(program, &row.action)];
     parts.extend(row.updates.iter().map(|u| update(program, u)));
+    parts.extend(row.writes.iter().map(|w| field_write(program, w)));
     if let Some(next) = row.next {
         parts.push(format!("next {}", state_name(program, next.0)));
     }
@@ -494,6 +507,7 @@ mod tests {
                     target: RegTarget::Global(GlobalId(0)),
                     value: bin(BinOp::Add, Expr::Global(GlobalId(0)), Expr::Const(1)),
                 }],
+                writes: vec![],
                 next: Some(StateId(1)),
             }],
             default_action: Action::Pass,
@@ -729,6 +743,7 @@ mod tests {
             conditions: vec![],
             action: Action::Drop,
             updates: vec![],
+            writes: vec![],
             next: None,
         };
         assert_eq!(state_pattern(&p, &bare.state), "*");

@@ -156,7 +156,7 @@ fn tokenbucket_compiles_with_folded_constants() {
 
 #[test]
 fn printed_examples_compile_back_to_the_same_program() {
-    for name in ["portknock.fsm", "tokenbucket.fsm"] {
+    for name in ["portknock.fsm", "tokenbucket.fsm", "arp-responder.fsm"] {
         let original = compiled(name).program;
         let text = print::program(&original);
         let again = match compile(&text) {

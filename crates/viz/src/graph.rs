@@ -133,6 +133,10 @@ impl Graph {
                 prefix: String::new(),
                 text: format!("{UPDATE_INDENT}{}", print::update(program, u)),
             }));
+            label.extend(row.writes.iter().map(|w| LabelLine {
+                prefix: String::new(),
+                text: format!("{UPDATE_INDENT}{}", print::field_write(program, w)),
+            }));
             let target = row.next.map(|n| n.0 as usize).filter(|&n| n < state_count);
             if row.next.is_some() && target.is_none() {
                 // A next state the checker would have refused: nothing to draw.

@@ -23,6 +23,7 @@ fn row(line: u32, state: StatePattern, action: Action, next: Option<u16>) -> Row
         conditions: Vec::new(),
         action,
         updates: Vec::new(),
+        writes: Vec::new(),
         next: next.map(StateId),
     }
 }

@@ -31,6 +31,13 @@ pub enum Field {
     IcmpCode,
     PktLen,
     PktIfindex,
+    // ARP comes last so the older fields keep their numbers (presence bits,
+    // metadata written into objects).
+    ArpOp,
+    ArpSha,
+    ArpSpa,
+    ArpTha,
+    ArpTpa,
 }
 
 /// The header a field lives in; a field is absent when its layer is.
@@ -47,10 +54,12 @@ pub enum Layer {
     Udp,
     /// ICMP over IPv4 or ICMPv6 over IPv6.
     Icmp,
+    /// ARP for IPv4 over Ethernet.
+    Arp,
 }
 
 impl Field {
-    pub const ALL: [Field; 21] = [
+    pub const ALL: [Field; 26] = [
         Field::EthSrc,
         Field::EthDst,
         Field::EthType,
@@ -72,6 +81,11 @@ impl Field {
         Field::IcmpCode,
         Field::PktLen,
         Field::PktIfindex,
+        Field::ArpOp,
+        Field::ArpSha,
+        Field::ArpSpa,
+        Field::ArpTha,
+        Field::ArpTpa,
     ];
 
     /// The name a program writes, e.g. `tcp.dport`.
@@ -98,6 +112,11 @@ impl Field {
             Field::IcmpCode => "icmp.code",
             Field::PktLen => "pkt.len",
             Field::PktIfindex => "pkt.ifindex",
+            Field::ArpOp => "arp.op",
+            Field::ArpSha => "arp.sha",
+            Field::ArpSpa => "arp.spa",
+            Field::ArpTha => "arp.tha",
+            Field::ArpTpa => "arp.tpa",
         }
     }
 
@@ -121,6 +140,9 @@ impl Field {
             Field::TcpFlags => 8,
             Field::IcmpType | Field::IcmpCode => 8,
             Field::PktLen | Field::PktIfindex => 32,
+            Field::ArpOp => 16,
+            Field::ArpSha | Field::ArpTha => 48,
+            Field::ArpSpa | Field::ArpTpa => 32,
         }
     }
 
@@ -146,14 +168,17 @@ impl Field {
             Field::UdpSport | Field::UdpDport => Layer::Udp,
             Field::IcmpType | Field::IcmpCode => Layer::Icmp,
             Field::PktLen | Field::PktIfindex => Layer::Meta,
+            Field::ArpOp | Field::ArpSha | Field::ArpSpa | Field::ArpTha | Field::ArpTpa => {
+                Layer::Arp
+            }
         }
     }
 
     /// How values of this field are written and printed.
     pub fn format(self) -> ValueFormat {
         match self {
-            Field::EthSrc | Field::EthDst => ValueFormat::Mac,
-            Field::IpSrc | Field::IpDst => ValueFormat::Ipv4,
+            Field::EthSrc | Field::EthDst | Field::ArpSha | Field::ArpTha => ValueFormat::Mac,
+            Field::IpSrc | Field::IpDst | Field::ArpSpa | Field::ArpTpa => ValueFormat::Ipv4,
             Field::Ip6Src | Field::Ip6Dst => ValueFormat::Ipv6,
             Field::TcpFlags => ValueFormat::TcpFlags,
             Field::EthType => ValueFormat::Hex,

@@ -18,6 +18,10 @@
 //!   checksum are not trusted or checked. `ip.dscp` is TOS >> 2. Transport
 //!   headers start at IHL*4 and are parsed only in the first fragment
 //!   (fragment offset 0; the MF flag does not matter).
+//! - ARP (eth.type 0x0806) needs 28 bytes with hardware type 1, protocol
+//!   type 0x0800 and address lengths 6 and 4 (ARP for IPv4 over Ethernet);
+//!   it gives `arp.op`, `arp.sha`, `arp.spa`, `arp.tha`, `arp.tpa`. Any
+//!   other ARP is not parsed.
 //! - IPv6 (eth.type 0x86dd) needs 40 bytes and version 6. Extension headers
 //!   are not walked: the transport, at byte 40, is parsed when `ip6.next`
 //!   names it.
@@ -38,6 +42,7 @@
 pub mod build;
 pub mod field;
 pub mod offsets;
+pub mod rewrite;
 
 use std::fmt;
 
@@ -101,6 +106,8 @@ pub struct Layout {
     pub eth_type: Option<usize>,
     pub ipv4: Option<usize>,
     pub ipv6: Option<usize>,
+    /// An Ethernet/IPv4 ARP header.
+    pub arp: Option<usize>,
     /// Start of the transport header, with its protocol number, when its
     /// minimum length is present and the rules say to parse it.
     pub transport: Option<(u8, usize)>,
@@ -150,6 +157,20 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Headers {
         }
         if let Some(tos) = bytes.u8(ip + off::IPV4_TOS) {
             h.set(Field::IpDscp, (tos >> off::IPV4_DSCP_SHIFT).into());
+        }
+    }
+    if let Some(arp) = layout.arp {
+        let fields = [
+            (Field::ArpOp, off::ARP_OP, 2),
+            (Field::ArpSha, off::ARP_SHA, off::ETH_ADDR_LEN),
+            (Field::ArpSpa, off::ARP_SPA, 4),
+            (Field::ArpTha, off::ARP_THA, off::ETH_ADDR_LEN),
+            (Field::ArpTpa, off::ARP_TPA, 4),
+        ];
+        for (field, at, len) in fields {
+            if let Some(v) = bytes.uint(arp + at, len) {
+                h.set(field, v);
+            }
         }
     }
     if let Some(ip) = layout.ipv6 {
@@ -258,6 +279,16 @@ pub fn layout(frame: &[u8]) -> Layout {
             let next = bytes.u8(l3 + off::IPV6_NEXT).unwrap_or(0);
             if next != off::IP_PROTO_ICMP {
                 layout.transport = transport(bytes, next, l3 + off::IPV6_HEADER_LEN);
+            }
+        }
+        Some(off::ETHERTYPE_ARP) => {
+            let types = bytes.uint(l3 + off::ARP_HTYPE, 4);
+            let lens = bytes.u16(l3 + off::ARP_HLEN);
+            if bytes.has(l3, off::ARP_LEN)
+                && types == Some(off::ARP_ETH_IPV4_TYPES.into())
+                && lens == Some(off::ARP_ETH_IPV4_LENS)
+            {
+                layout.arp = Some(l3);
             }
         }
         _ => {}

@@ -49,6 +49,35 @@ pub const ETHERTYPE_VLAN: u16 = 0x8100;
 pub const ETHERTYPE_QINQ: u16 = 0x88a8;
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 
+// ---- ARP (IPv4 over Ethernet only) ---------------------------------------
+//
+// The header follows the ethertype 0x0806, where an IPv4 header would.
+
+/// Hardware type, 2 bytes; 1 is Ethernet.
+pub const ARP_HTYPE: usize = 0;
+/// Protocol type, 2 bytes; 0x0800 is IPv4.
+pub const ARP_PTYPE: usize = 2;
+/// Hardware address length (6) and protocol address length (4).
+pub const ARP_HLEN: usize = 4;
+pub const ARP_PLEN: usize = 5;
+/// Operation, 2 bytes: 1 request, 2 reply.
+pub const ARP_OP: usize = 6;
+/// Sender hardware address, 6 bytes.
+pub const ARP_SHA: usize = 8;
+/// Sender protocol address, 4 bytes.
+pub const ARP_SPA: usize = 14;
+/// Target hardware address, 6 bytes.
+pub const ARP_THA: usize = 18;
+/// Target protocol address, 4 bytes.
+pub const ARP_TPA: usize = 24;
+/// Length of an Ethernet/IPv4 ARP header.
+pub const ARP_LEN: usize = 28;
+pub const ARP_HTYPE_ETHERNET: u16 = 1;
+/// The first four bytes of an Ethernet/IPv4 ARP header (htype, ptype) as
+/// one big-endian word, and the two length bytes after them.
+pub const ARP_ETH_IPV4_TYPES: u32 = 0x0001_0800;
+pub const ARP_ETH_IPV4_LENS: u16 = 0x0604;
+
 // ---- IPv4 ------------------------------------------------------------------
 
 /// Version (high nibble) and IHL in 32-bit words (low nibble).

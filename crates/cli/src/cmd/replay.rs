@@ -35,12 +35,18 @@ pub struct Args {
     /// No per-packet lines; only the summary.
     #[arg(long, short)]
     quiet: bool,
-    /// Write the packets that pass (including `controller then pass`) to a pcap file.
+    /// Write the packets that pass (including `controller then pass`) to a pcap file,
+    /// as the program left them (rows that assign packet fields rewrite them).
     #[arg(long, value_name = "OUT.pcap")]
     write_pass: Option<PathBuf>,
-    /// Write the dropped packets (including `controller then drop`) to a pcap file.
+    /// Write the dropped packets (including `controller then drop`) to a pcap file,
+    /// as the program left them.
     #[arg(long, value_name = "OUT.pcap")]
     write_drop: Option<PathBuf>,
+    /// Write the packets the program sends out of a port (`tx`, `redirect`) to a pcap
+    /// file, as they are sent (rewritten): an ARP or ICMP echo responder's replies.
+    #[arg(long, value_name = "OUT.pcap")]
+    write_tx: Option<PathBuf>,
 }
 
 /// Verdict names, in the order of [`verdict_index`].
@@ -101,6 +107,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let outputs: Vec<Named<'_>> = [
         ("--write-pass", &args.write_pass),
         ("--write-drop", &args.write_drop),
+        ("--write-tx", &args.write_tx),
     ]
     .into_iter()
     .filter_map(|(what, path)| {
@@ -128,6 +135,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let mut drop_out = args
         .write_drop
+        .as_deref()
+        .map(CaptureWriter::create)
+        .transpose()?;
+    let mut tx_out = args
+        .write_tx
         .as_deref()
         .map(CaptureWriter::create)
         .transpose()?;
@@ -182,10 +194,21 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let sink = match passes(step.action()) {
             Some(true) => pass_out.as_mut(),
             Some(false) => drop_out.as_mut(),
-            None => None,
+            None => tx_out.as_mut(),
         };
         if let Some(writer) = sink {
-            writer.write(&frame)?;
+            if !step.writes_fields() {
+                writer.write(&frame)?;
+            } else {
+                // What the kernel would send: the frame with the row's
+                // field writes applied.
+                let sent = Frame {
+                    time_ns: frame.time_ns,
+                    data: step.output(&frame.data),
+                    ifindex: frame.ifindex,
+                };
+                writer.write(&sent)?;
+            }
         }
         index += 1;
     }
@@ -200,6 +223,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         w.flush()?;
     }
     if let Some(w) = drop_out.as_mut() {
+        w.flush()?;
+    }
+    if let Some(w) = tx_out.as_mut() {
         w.flush()?;
     }
 

@@ -953,7 +953,7 @@ impl Checker<'_> {
                 None => ok = false,
             }
         }
-        let (action, updates, next) = self.actions(row)?;
+        let (action, updates, writes, next) = self.actions(row)?;
         ok.then_some(ir::Row {
             pos: ir::SourcePos { line, column },
             state,
@@ -961,19 +961,19 @@ impl Checker<'_> {
             conditions,
             action,
             updates,
+            writes,
             next,
         })
     }
 
-    fn actions(
-        &mut self,
-        row: &ast::Row,
-    ) -> Option<(ir::Action, Vec<ir::Update>, Option<StateId>)> {
+    fn actions(&mut self, row: &ast::Row) -> Option<RowActions> {
         let mut ok = true;
         let mut verdict: Option<(ir::Action, Span)> = None;
         let mut next: Option<(Option<StateId>, Span)> = None;
         let mut updates = Vec::new();
         let mut assigned: HashMap<RegTarget, Span> = HashMap::new();
+        let mut writes = Vec::new();
+        let mut written: HashMap<Field, Span> = HashMap::new();
         for a in &row.actions {
             match a {
                 ast::ActionItem::Verdict(v, span) => {
@@ -1014,6 +1014,15 @@ impl Checker<'_> {
                     let id = self.state(state);
                     ok &= id.is_some();
                     next = Some((id, span.clone()));
+                }
+                ast::ActionItem::Assign { target, value } if target.name.contains('.') => {
+                    match self.field_write(target, value, &written) {
+                        Some(w) => {
+                            written.insert(w.field, target.span.clone());
+                            writes.push(w);
+                        }
+                        None => ok = false,
+                    }
                 }
                 ast::ActionItem::Assign { target, value } => {
                     let value = self.lower_expr(value, Ctx::Row);
@@ -1062,7 +1071,66 @@ impl Checker<'_> {
             Some((id, _)) => Some(id?),
             None => None,
         };
-        ok.then_some((action, updates, next))
+        ok.then_some((action, updates, writes, next))
+    }
+
+    /// `FIELD = EXPR`: a writable field, assigned once, with a value that
+    /// fits when it is a constant (other values are cut to the width).
+    fn field_write(
+        &mut self,
+        target: &ast::Ident,
+        value: &ast::Expr,
+        written: &HashMap<Field, Span>,
+    ) -> Option<ir::FieldWrite> {
+        let lowered = self.lower_expr(value, Ctx::Row);
+        let field = self.field(target)?;
+        if !flowstate_wire::rewrite::writable(field) {
+            let writable: Vec<&str> = Field::ALL
+                .iter()
+                .filter(|&&f| flowstate_wire::rewrite::writable(f))
+                .map(|f| f.name())
+                .collect();
+            self.err(
+                Diagnostic::error(
+                    format!("cannot assign `{field}`"),
+                    target.span.clone(),
+                    "not a writable field",
+                )
+                .with_help(format!("fields a row may write: {}", writable.join(", "))),
+            );
+            return None;
+        }
+        if let Some(first) = written.get(&field) {
+            self.err(
+                Diagnostic::error(
+                    format!("`{field}` assigned twice in one row"),
+                    target.span.clone(),
+                    "second assignment",
+                )
+                .with_note(first.clone(), "first assignment")
+                .with_help("a row writes each field at most once"),
+            );
+            return None;
+        }
+        let lowered = lowered?;
+        if let Expr::Const(c) = lowered {
+            let fits = c >= 0 && (c as u128) <= width_mask(field);
+            if !fits {
+                self.err(
+                    Diagnostic::error(
+                        format!("value does not fit `{field}`"),
+                        value.span.clone(),
+                        format!("`{field}` is {} bits wide", field.bits()),
+                    )
+                    .with_help(format!("write a value from 0 to {}", width_mask(field))),
+                );
+                return None;
+            }
+        }
+        Some(ir::FieldWrite {
+            field,
+            value: lowered,
+        })
     }
 
     fn assign_target(&mut self, target: &ast::Ident) -> Option<RegTarget> {
@@ -1384,6 +1452,15 @@ impl Checker<'_> {
         );
     }
 }
+
+/// What a row's actions give: the verdict, register updates, field
+/// writes and next state.
+type RowActions = (
+    ir::Action,
+    Vec<ir::Update>,
+    Vec<ir::FieldWrite>,
+    Option<StateId>,
+);
 
 enum Lowered {
     Field(ir::FieldMatch),

@@ -12,7 +12,7 @@ use flowstate_wire::Field;
 
 use super::width_mask;
 use crate::diag::{Diagnostic, LineIndex};
-use crate::ir::{CondMatch, Pattern, Program, Row, StateId, StatePattern};
+use crate::ir::{CondMatch, Expr, Pattern, Program, Row, StateId, StatePattern};
 use crate::syntax::Span;
 
 /// Patterns with at most this many values are compared value by value.
@@ -199,9 +199,33 @@ fn row_facts<'a>(row: &'a Row, levels: &HashMap<Field, Vec<u32>>) -> Vec<Fact<'a
     facts
 }
 
+/// Fields a row's field writes need present (what they write and read):
+/// a packet without one does not match the row.
+fn written_fields(row: &Row) -> Vec<Field> {
+    fn visit(e: &Expr, out: &mut Vec<Field>) {
+        match e {
+            Expr::Field(f) => out.push(*f),
+            Expr::Binary(_, a, b) => {
+                visit(a, out);
+                visit(b, out);
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for w in &row.writes {
+        out.push(w.field);
+        visit(&w.value, &mut out);
+    }
+    out
+}
+
 /// Every packet that `later` matches, `earlier` matches too.
 fn row_covers(earlier: &Row, later: &Row) -> bool {
     state_covers(&earlier.state, &later.state)
+        && written_fields(earlier)
+            .iter()
+            .all(|f| later.fields.iter().any(|l| l.field == *f))
         && earlier.fields.iter().all(|e| {
             later
                 .fields
@@ -308,7 +332,7 @@ fn values(p: &Pattern, width: u128) -> Option<Vec<u128>> {
 pub(super) fn covers_all_packets(program: &Program) -> bool {
     let mut covered = vec![false; program.states.len()];
     for row in &program.rows {
-        if !(row.fields.is_empty() && row.conditions.is_empty()) {
+        if !(row.fields.is_empty() && row.conditions.is_empty() && row.writes.is_empty()) {
             continue;
         }
         match &row.state {
@@ -346,6 +370,7 @@ mod tests {
             conditions,
             action: Action::Drop,
             updates: Vec::new(),
+            writes: Vec::new(),
             next: None,
         }
     }
