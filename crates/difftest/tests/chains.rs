@@ -52,6 +52,13 @@ fn chain_case(seed: u64) -> ChainCase {
     }
     for (i, program) in programs.iter_mut().enumerate() {
         program.hook = hook;
+        // The kernel writes packet fields at XDP only (codegen refuses
+        // them at TC); the generator wrote them for the program's own hook.
+        if hook != flowstate_lang::ir::Hook::Xdp {
+            for row in &mut program.rows {
+                row.writes.clear();
+            }
+        }
         program.name = format!("f{i}");
         if i < last && rng.percent(50) {
             program.default_action = Action::Pass;

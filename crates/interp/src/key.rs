@@ -9,7 +9,7 @@ use std::hash::{Hash, Hasher};
 use flowstate_wire::{format_value, Field, Headers};
 
 /// Longest possible key: every field of the catalogue once.
-pub const MAX_KEY_BYTES: usize = 80;
+pub const MAX_KEY_BYTES: usize = 104;
 
 /// A packed key, stored inline so that building one never allocates.
 #[derive(Clone, Copy)]
