@@ -386,7 +386,8 @@ pub fn run_in_netns(spec: &RunSpec, netns: Option<&str>) -> Result<Instance, Con
     paths::check_roots(true)?;
     let _lock = InstanceLock::acquire(&name)?;
     journal::repair_locked(&name)?;
-    if paths::pin_dir(&name).exists() || paths::meta_path(&name).exists() {
+    if paths::pin_dir(&name).exists() || paths::meta_path(&name).exists() || chain::is_chain(&name)
+    {
         return Err(ControlError::NameTaken(name));
     }
     let pin_dir = paths::pin_dir(&name);
