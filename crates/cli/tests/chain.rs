@@ -61,6 +61,8 @@ impl Lab {
         let (remove, owned) = (dir.clone(), chain.clone());
         lab.topology.on_cleanup("stop the chain", move || {
             let _ = chain::stop(&owned);
+            // An instance a failing test ran under the chain's name.
+            let _ = flowstate_control::stop(&owned);
             let _ = std::fs::remove_dir_all(&remove);
         });
         Lab { lab, dir, chain }
@@ -183,6 +185,19 @@ fn three_functions_see_traffic_in_order_and_a_drop_ends_the_chain() {
     assert!(
         text.contains(&format!("CHAIN {} on {DEV}", lab.chain)) && text.contains("fa -> fb -> fc"),
         "{text}"
+    );
+    // An instance cannot take the chain's name.
+    let clash = flowstate_control::RunSpec {
+        program_path: files[0].clone(),
+        dev: SwitchLab::SWITCH_SERVER_DEV.to_string(),
+        name: Some(lab.chain.clone()),
+        ..Default::default()
+    };
+    let refused = flowstate_control::run_in_netns(&clash, Some(lab.lab.switch.name()));
+    assert!(
+        matches!(refused, Err(flowstate_control::ControlError::NameTaken(_))),
+        "{:?}",
+        refused.map(|i| i.name)
     );
     chain::stop(&lab.chain).unwrap();
     assert!(

@@ -404,7 +404,8 @@ pub(crate) fn run_in_netns_with(
     paths::check_roots(true)?;
     let _lock = InstanceLock::acquire(&name)?;
     journal::repair_locked(&name)?;
-    if paths::pin_dir(&name).exists() || paths::meta_path(&name).exists() {
+    if paths::pin_dir(&name).exists() || paths::meta_path(&name).exists() || chain::is_chain(&name)
+    {
         return Err(ControlError::NameTaken(name));
     }
     let pin_dir = paths::pin_dir(&name);

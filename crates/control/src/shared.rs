@@ -163,7 +163,10 @@ fn run_shared_with(
     paths::check_roots(true)?;
     let _lock = InstanceLock::acquire(&name)?;
     journal::repair_locked(&name)?;
-    if paths::pin_dir(&name).exists() || paths::meta_path(&name).exists() {
+    if paths::pin_dir(&name).exists()
+        || paths::meta_path(&name).exists()
+        || crate::chain::is_chain(&name)
+    {
         return Err(ControlError::NameTaken(name));
     }
     let pin_dir = paths::pin_dir(&name);

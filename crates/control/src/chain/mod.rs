@@ -672,3 +672,9 @@ fn within<T: Send>(
         None => Ok(f()),
     }
 }
+
+/// Whether a chain has the name `name` (instance and chain names are
+/// one namespace: they share the lock).
+pub(crate) fn is_chain(name: &str) -> bool {
+    store::meta_path(name).exists() || store::chain_dir(name).exists()
+}
